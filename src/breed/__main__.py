@@ -1,0 +1,5 @@
+import sys
+
+from breed.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""The sampler interface: the server asks for the parameters of the next simulation.
+
+Late binding: the server calls :meth:`Sampler.next` only when a client asks for work, so a
+sampler may rewrite every parameter it has not handed out yet (Breed's steering) and can never
+touch one already running.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DIM = 5  # lambda = (T0, T1, T2, T3, T4)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Parameters of one simulation and where they came from (recorded in samples.csv)."""
+
+    params: np.ndarray  # shape (DIM,), float64, within bounds
+    source: str = "uniform"  # "uniform" | "proposal" | "halton" | "lhs" | "sobol"
+    generation: int = 0  # resampling index s (0: initial design)
+    parent: int | None = None  # sim id of the proposal member it was drawn around
+    sigma: float | None = None  # sigma of that member when drawn (K)
+
+
+class Sampler(ABC):
+    """Chooses lambda for each simulation; told about losses and finished simulations."""
+
+    name: str = "base"
+
+    def __init__(self, budget: int, bounds: tuple[float, float], seed: int = 0,
+                 dim: int = DIM) -> None:
+        self.budget = int(budget)
+        self.lower, self.upper = float(bounds[0]), float(bounds[1])
+        self.seed = int(seed)
+        self.dim = dim
+
+    @abstractmethod
+    def next(self) -> Draw:
+        """Parameters for the next simulation to start (called at hand-out time)."""
+
+    def on_losses(self, iteration: int, sim_ids: np.ndarray, steps: np.ndarray,
+                  losses: np.ndarray) -> np.ndarray | None:
+        """Per-sample losses of one training batch; returns per-sample deviations if tracked."""
+        return None
+
+    def on_simulation_done(self, sim_id: int, steps: int) -> None:
+        """All ``steps`` time steps of ``sim_id`` were received."""
+
+    def on_iteration(self, iteration: int) -> None:
+        """Called after every training iteration (Breed resamples every P of them)."""
+
+    def quality(self, sim_id: int) -> float | None:
+        """Q_j of a simulation when the sampler computes it (Breed), else None."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume the parameter sequence from a checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
