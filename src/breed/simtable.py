@@ -1,0 +1,198 @@
+"""The server's table of simulations: late-bound hand-out, completion, retries.
+
+Parameters are drawn from the sampler only when a client asks for work (late binding, paper
+Section 2.2), so Breed can rewrite every simulation not yet handed out. A failed simulation is
+handed out again with the same λ up to ``max_retries`` times, then given up: with
+``on_give_up="resample"`` a fresh simulation is drawn so the run still completes ``budget``
+simulations; with ``"drop"`` the budget shrinks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from breed.sampling.base import Sampler
+
+IN_FLIGHT = ("assigned", "running")
+COLUMNS = ["sim_id", "T0", "T1", "T2", "T3", "T4", "source", "generation", "parent", "sigma",
+           "Q", "status", "attempts", "job_id", "assign_time", "start_time", "end_time"]
+
+
+@dataclass
+class SimRecord:
+    sim_id: int
+    params: list[float]
+    source: str
+    generation: int
+    parent: int | None
+    sigma: float | None
+    status: str = "assigned"  # assigned | running | done | failed (awaiting retry) | lost
+    attempts: int = 1
+    job_id: str | None = None
+    client: str = ""
+    assign_time: float = field(default_factory=time.time)
+    start_time: float | None = None
+    end_time: float | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+    failures: list[str] = field(default_factory=list)
+
+    def row(self, q: float | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"sim_id": self.sim_id}
+        out.update({f"T{k}": v for k, v in enumerate(self.params)})
+        out.update(source=self.source, generation=self.generation, parent=self.parent,
+                   sigma=self.sigma, Q=q, status=self.status, attempts=self.attempts,
+                   job_id=self.job_id, assign_time=self.assign_time,
+                   start_time=self.start_time, end_time=self.end_time)
+        return out
+
+
+class SimTable:
+    """Thread-safe: the receiver thread hands out work, the launcher reports failures."""
+
+    def __init__(self, budget: int, sampler: Sampler, sampler_lock: threading.Lock,
+                 max_retries: int = 2, on_give_up: str = "resample") -> None:
+        self.budget = budget
+        self.sampler = sampler
+        self.sampler_lock = sampler_lock
+        self.max_retries = max_retries
+        self.on_give_up = on_give_up
+        self.records: dict[int, SimRecord] = {}
+        self.retry: deque[int] = deque()
+        self.target = budget  # simulations that must finish; shrinks on "drop"
+        self.drawn = 0  # simulations drawn from the sampler
+        self._lock = threading.Lock()
+
+    # -- hand-out -----------------------------------------------------------------------
+    def request(self, job_id: str | None, client: str) -> SimRecord | str:
+        """A record to run, or ``"stop"`` (nothing left) or ``"wait"`` (retries may come)."""
+        with self._lock:
+            if self.retry:
+                rec = self.records[self.retry.popleft()]
+                rec.status, rec.attempts = "assigned", rec.attempts + 1
+            elif self.drawn < self._to_draw():
+                with self.sampler_lock:
+                    draw = self.sampler.next()
+                rec = SimRecord(self.drawn, [float(x) for x in draw.params], draw.source,
+                                draw.generation, draw.parent, draw.sigma)
+                self.records[rec.sim_id] = rec
+                self.drawn += 1
+            else:
+                return "stop" if self._finished() else "wait"
+            rec.job_id, rec.client = job_id, client
+            rec.assign_time, rec.last_seen = time.time(), time.monotonic()
+            rec.start_time = rec.end_time = None
+            return rec
+
+    def _to_draw(self) -> int:
+        lost = sum(r.status == "lost" for r in self.records.values())
+        return self.budget + (lost if self.on_give_up == "resample" else 0)
+
+    def _finished(self) -> bool:
+        return self.done_count() >= self.target or (
+            not self.retry and not any(r.status in IN_FLIGHT for r in self.records.values())
+            and self.drawn >= self._to_draw())
+
+    # -- progress -----------------------------------------------------------------------
+    def known(self, sim_id: int) -> bool:
+        rec = self.records.get(sim_id)
+        return rec is not None and rec.status != "lost"
+
+    def on_step(self, sim_id: int) -> None:
+        rec = self.records[sim_id]
+        rec.last_seen = time.monotonic()
+        if rec.status == "assigned":
+            rec.status, rec.start_time = "running", time.time()
+
+    def complete(self, sim_id: int) -> bool:
+        """All steps of ``sim_id`` arrived; False if it was already counted."""
+        with self._lock:
+            rec = self.records[sim_id]
+            if rec.status == "done":
+                return False
+            if sim_id in self.retry:
+                self.retry.remove(sim_id)  # a "dead" attempt that delivered after all
+            rec.status, rec.end_time = "done", time.time()
+            return True
+
+    def fail(self, sim_id: int, reason: str) -> str:
+        """Mark an in-flight simulation failed; returns ``retry`` or ``lost``."""
+        with self._lock:
+            rec = self.records[sim_id]
+            if rec.status not in IN_FLIGHT:
+                return rec.status
+            rec.failures.append(reason)
+            if rec.attempts <= self.max_retries:
+                rec.status = "failed"
+                self.retry.append(sim_id)
+                return "retry"
+            rec.status, rec.end_time = "lost", time.time()
+            if self.on_give_up == "drop":
+                self.target -= 1
+            return "lost"
+
+    def fail_job(self, job_id: str, reason: str) -> list[int]:
+        """A client job died: fail every simulation it was running."""
+        ids = [r.sim_id for r in self.records.values()
+               if r.job_id == job_id and r.status in IN_FLIGHT]
+        for sim_id in ids:
+            self.fail(sim_id, reason)
+        return ids
+
+    def expire(self, timeout: float) -> list[int]:
+        """Fail in-flight simulations silent for longer than ``timeout`` seconds."""
+        now = time.monotonic()
+        ids = [r.sim_id for r in self.records.values()
+               if r.status in IN_FLIGHT and now - r.last_seen > timeout]
+        for sim_id in ids:
+            self.fail(sim_id, f"silent for more than {timeout:g} s")
+        return ids
+
+    # -- views --------------------------------------------------------------------------
+    def done_count(self) -> int:
+        return sum(r.status == "done" for r in self.records.values())
+
+    def in_flight(self) -> int:
+        return sum(r.status in IN_FLIGHT for r in self.records.values())
+
+    def finished(self) -> bool:
+        with self._lock:
+            return self._finished()
+
+    def wanted_clients(self, max_jobs: int) -> int:
+        """Client jobs worth having alive: never more than simulations left to finish."""
+        with self._lock:
+            if self._finished():
+                return 0
+            return min(max_jobs, self.target - self.done_count())
+
+    def params_of(self, sim_id: int) -> np.ndarray:
+        return np.asarray(self.records[sim_id].params, dtype=np.float64)
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            recs = sorted(self.records.values(), key=lambda r: r.sim_id)
+        with self.sampler_lock:
+            return [r.row(self.sampler.quality(r.sim_id)) for r in recs]
+
+    def state_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {"records": [asdict(r) for r in self.records.values()],
+                    "retry": list(self.retry), "target": self.target, "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: simulations that were in flight when the checkpoint was taken run again."""
+        with self._lock:
+            self.records = {d["sim_id"]: SimRecord(**d) for d in state["records"]}
+            self.retry = deque(state["retry"])
+            self.target, self.drawn = state["target"], state["drawn"]
+            for rec in self.records.values():
+                if rec.status in IN_FLIGHT:
+                    rec.status = "failed"
+                    rec.failures.append("in flight at the checkpoint the server resumed from")
+                    self.retry.append(rec.sim_id)
