@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     PENDING = "pending"  # known to the launcher, not yet submitted
     SUBMITTED = "submitted"  # accepted by the scheduler, not running yet
     RUNNING = "running"
@@ -66,5 +66,5 @@ class Backend(ABC):
     def cancel(self, job_id: str) -> None:
         """Stop a job; no error if it already ended."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the backend holds (local processes are cancelled)."""
