@@ -122,9 +122,10 @@ def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = Fals
         link = ServerLink(endpoints["control"], token_from_hex(token), timeout=5.0)
         try:
             status = launcher.run(link, progress)
+            launcher.shutdown()
+            link.ping({"shutdown": True})
         finally:
             link.close()
-        launcher.shutdown()
         code = server.wait(timeout=120)
         if code != 0:
             raise LauncherError(f"the server exited with code {code}; see logs/server.log")

@@ -66,6 +66,7 @@ class Server:
         self.validation = self._validation_set()
         self.iteration = 0
         self.finished = threading.Event()
+        self.released = threading.Event()  # the launcher saw the end: no need to linger
         self.start = time.time()
         self.last_ping = time.monotonic()
         self.failed_jobs_seen: set[str] = set()
@@ -105,6 +106,8 @@ class Server:
 
     def _on_launcher(self, body: dict[str, Any]) -> None:
         self.last_ping = time.monotonic()
+        if body.get("shutdown"):
+            self.released.set()
         self.job_map.update(body.get("jobs", {}))
         for job_id in body.get("failed_jobs", []):
             if job_id not in self.failed_jobs_seen:
@@ -247,10 +250,9 @@ class Server:
         log.info("resumed from %s at iteration %d", self.checkpoint_path, self.iteration)
 
     def close(self, linger: float = 0.0) -> None:
-        """Keep answering pings/requests (STOP) for ``linger`` s, then stop the receiver."""
-        deadline = time.monotonic() + linger
-        while time.monotonic() < deadline and time.monotonic() - self.last_ping < linger:
-            time.sleep(0.05)
+        """Keep answering (STOP to clients, pongs) until the launcher releases us or
+        ``linger`` s pass, then stop the receiver."""
+        self.released.wait(linger)
         self.receiver.stop_event.set()
         self.receiver.join(timeout=5)
 
