@@ -172,7 +172,9 @@ class MPIHeatSolver:
 
     def _dots(self, *pairs: tuple[np.ndarray, np.ndarray]) -> list[float]:
         """Global dot products, all in one ``Allreduce`` (latency, not bandwidth, dominates)."""
-        local = np.array([np.vdot(a, b) for a, b in pairs])
+        # einsum, not BLAS: multi-threaded BLAS dots crawl on oversubscribed nodes (one
+        # OpenBLAS pool per rank) and their rounding may depend on the thread count
+        local = np.array([np.einsum("ij,ij->", a, b) for a, b in pairs])
         sums = self._sums[:len(pairs)]
         self.comm.Allreduce(local, sums)
         return sums.tolist()
