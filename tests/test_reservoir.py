@@ -10,21 +10,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from breed.config import validate
 from breed.reservoir import (
     Batch,
     BufferClosedError,
     FifoBuffer,
     Reservoir,
     SampleBuffer,
+    buffer_from_config,
     make_buffer,
 )
+from breed.trainer import Normalisation
 
 F = 4  # field size of the tiny samples used here
 
 
-def sample(i: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Sample number ``i``: every value encodes ``i`` so a batch row can be traced back."""
-    return np.full(F, i, np.float32), np.full(6, i, np.float32), i, i % 7
+def sample(i: int) -> tuple[np.ndarray, int, np.ndarray, int]:
+    """Sample number ``i`` as put's (params, step, field, sim_id): every value encodes ``i``
+    so a batch row can be traced back."""
+    return np.full(5, i, np.float64), i % 7, np.full(F, i, np.float32), i
 
 
 def fill(buf: SampleBuffer, n: int, start: int = 0) -> None:
@@ -54,10 +58,11 @@ def test_rows_are_consistent_and_typed(cls: type[SampleBuffer]) -> None:
     assert batch.inputs.shape == (3, 6) and batch.inputs.dtype == np.float32
     assert batch.targets.shape == (3, F) and batch.targets.dtype == np.float32
     assert batch.sim_ids.dtype == np.int64 and batch.steps.dtype == np.int64
+    assert not batch.normalised  # no Normalisation given: raw values, the trainer refuses
     for row in range(3):  # field, inputs, id and step of a row all come from the same sample
         i = batch.sim_ids[row]
-        assert (batch.targets[row] == i).all() and (batch.inputs[row] == i).all()
-        assert batch.steps[row] == i % 7
+        assert (batch.targets[row] == i).all() and (batch.inputs[row, :5] == i).all()
+        assert batch.steps[row] == i % 7 and batch.inputs[row, 5] == i % 7
 
 
 def test_capacity_never_exceeded_and_replacement_once_full() -> None:
@@ -126,11 +131,26 @@ def test_offer_refuses_when_every_sample_is_unseen() -> None:
     assert not buf.can_accept()  # the one seen sample was replaced by an unseen one
 
 
-def test_field_normalised_on_the_way_in() -> None:
-    buf = Reservoir(capacity=2, watermark=1, field_size=F, seed=0, field_offset=300.0,
-                    field_scale=200.0)
-    buf.offer(np.array([100.0, 300.0, 500.0, 400.0]), np.zeros(6), 0, 0)
-    np.testing.assert_allclose(buf.sample_batch(1).targets[0], [-1.0, 0.0, 1.0, 0.5])
+def test_normalised_on_the_way_in() -> None:
+    norm = Normalisation(100.0, 500.0, steps=20)
+    buf = Reservoir(capacity=2, watermark=1, field_size=F, seed=0, normalisation=norm)
+    params = np.array([100.0, 200.0, 300.0, 400.0, 500.0])
+    field = np.array([100.0, 300.0, 500.0, 400.0])
+    buf.offer(params, 5, field, 0)
+    batch = buf.sample_batch(1)
+    assert batch.normalised
+    np.testing.assert_allclose(batch.targets[0], [-1.0, 0.0, 1.0, 0.5])
+    np.testing.assert_allclose(batch.inputs[0], [-1.0, -0.5, 0.0, 0.5, 1.0, 0.25])
+    np.testing.assert_allclose(batch.inputs[0], norm.inputs(params, 5))
+    np.testing.assert_allclose(batch.targets[0], norm.field(field))
+
+
+def test_buffer_from_config() -> None:
+    cfg = validate({"buffer": {"kind": "fifo", "capacity": 7, "watermark": 3},
+                    "solver": {"grid": 4, "bounds": [0.0, 10.0]}})
+    buf = buffer_from_config(cfg)
+    assert isinstance(buf, FifoBuffer) and buf.capacity == 7 and buf.field_size == 16
+    assert buf.normalisation == Normalisation(0.0, 10.0, 100)
 
 
 def test_bad_input_is_a_clear_error() -> None:
@@ -138,9 +158,11 @@ def test_bad_input_is_a_clear_error() -> None:
         Reservoir(capacity=3, watermark=4, field_size=F)
     buf = Reservoir(capacity=3, watermark=1, field_size=F)
     with pytest.raises(ValueError, match="expects 4"):
-        buf.offer(np.zeros(5), np.zeros(6), 0, 0)
-    with pytest.raises(ValueError, match="inputs"):
-        buf.offer(np.zeros(4), np.zeros(5), 0, 0)
+        buf.offer(np.zeros(5), 0, np.zeros(5), 0)
+    with pytest.raises(ValueError, match="parameters"):
+        buf.offer(np.zeros(4), 0, np.zeros(4), 0)
+    with pytest.raises(ValueError, match="batch size"):
+        buf.sample_batch(0)
     with pytest.raises(ValueError, match="buffer.kind"):
         make_buffer("lifo", 3, 1, F)
     buf.close()

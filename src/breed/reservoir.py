@@ -8,14 +8,14 @@ the receiver stops reading its socket, the ZeroMQ high-water marks fill up and t
 in ``send`` (backpressure). No sample is ever dropped before the model has trained on it.
 :class:`FifoBuffer` has the same interface for comparison: each sample is trained on exactly once.
 
-What is stored. A sample is one time step of one simulation: ``field`` (M*M values),
-``inputs`` (6 values: lambda' and t', already normalised by the caller, see
-:class:`breed.trainer.Normalisation`), ``sim_id`` and ``step``. Fields are stored as float32 in
-*normalised* units ``u' = (u - field_offset) / field_scale``, converted once while copying into
-the preallocated slot, so a batch goes to the model without any per-batch arithmetic and a
-sample reused k times is not normalised k times. Pass ``field_offset=c, field_scale=h`` of the
-run (``Normalisation.c``, ``Normalisation.h``) and put raw Kelvin fields, or keep the defaults
-(0, 1) and put fields that are already normalised.
+What is stored. A sample is one time step of one simulation: the field ``u`` (M*M values),
+its parameters lambda = (T0..T4), its time step t and its simulation id. With a
+:class:`breed.trainer.Normalisation` (always, in a run) the buffer stores the model's inputs and targets in
+normalised units, ``lambda' = (lambda - c)/h``, ``t' = t/T`` and ``u' = (u - c)/h``
+(docs/ARCHITECTURE.md), converted once while copying into the preallocated float32 slot: a batch
+goes to the model without per-batch arithmetic, and a sample reused k times is not normalised
+k times. Without one (tests, hand-made data) values are stored as given and batches are marked
+``normalised=False``, which the trainer refuses.
 
 Threading. One lock guards the storage; ``put``/``offer`` (receiver) and ``sample_batch``
 (trainer) may run in different threads. Batches are copies, so a later replacement cannot change
@@ -26,7 +26,7 @@ Typical receiver loop::
 
     if not buffer.wait_can_accept(timeout=0.1):
         continue                      # do not read the socket: clients block on the HWM
-    buffer.offer(field, inputs, sim_id, step)  # True: never refused right after can_accept
+    buffer.offer(params, step, field, sim_id)  # never refused right after can_accept
 
 Typical training loop::
 
@@ -41,11 +41,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:  # the trainer owns the normalisation; no torch import at run time here
+    from breed.trainer import Normalisation
+
 INPUTS = 6  # lambda (T0..T4) and t
+DIM = INPUTS - 1
 
 
 class BufferClosedError(RuntimeError):
@@ -56,11 +60,12 @@ class BufferClosedError(RuntimeError):
 class Batch:
     """A training batch: copies of the buffer's rows, safe to keep while the buffer changes."""
 
-    inputs: np.ndarray  # (B, 6) float32, normalised (lambda', t')
-    targets: np.ndarray  # (B, M*M) float32, normalised field u'
+    inputs: np.ndarray  # (B, 6) float32: (lambda', t')
+    targets: np.ndarray  # (B, M*M) float32: field u'
     sim_ids: np.ndarray  # (B,) int64
     steps: np.ndarray  # (B,) int64, time step t of each sample
     waited: float = 0.0  # seconds sample_batch waited for data (trainer starvation)
+    normalised: bool = True  # False: raw values from a buffer without a Normalisation
 
     def __len__(self) -> int:
         return int(self.sim_ids.shape[0])
@@ -72,7 +77,7 @@ class SampleBuffer:
     kind = "base"
 
     def __init__(self, capacity: int, watermark: int, field_size: int, seed: int = 0,
-                 field_offset: float = 0.0, field_scale: float = 1.0) -> None:
+                 normalisation: Normalisation | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
         if not 1 <= watermark <= capacity:
@@ -80,11 +85,8 @@ class SampleBuffer:
                              f"got {watermark}")
         if field_size < 1:
             raise ValueError(f"field_size must be >= 1, got {field_size}")
-        if not field_scale > 0:
-            raise ValueError(f"field_scale must be > 0, got {field_scale}")
         self.capacity, self.watermark, self.field_size = int(capacity), int(watermark), field_size
-        self.field_offset, self.field_scale = float(field_offset), float(field_scale)
-        self._identity = self.field_offset == 0.0 and self.field_scale == 1.0
+        self.normalisation = normalisation
         self._fields = np.empty((capacity, field_size), dtype=np.float32)
         self._inputs = np.empty((capacity, INPUTS), dtype=np.float32)
         self._sim_ids = np.empty(capacity, dtype=np.int64)
@@ -137,24 +139,25 @@ class SampleBuffer:
         with self._lock:
             return self._space.wait_for(lambda: self._closed or self._can_accept(), timeout)
 
-    def offer(self, field: np.ndarray, inputs: np.ndarray, sim_id: int, step: int) -> bool:
-        """Store a sample if it fits without blocking; False (nothing stored) otherwise."""
-        field, inputs = self._check(field, inputs)
+    def offer(self, params: np.ndarray, step: int, field: np.ndarray, sim_id: int) -> bool:
+        """Store a sample (lambda in K, step t, field u in K) if it fits without blocking;
+        False (nothing stored) otherwise."""
+        params, field = self._check(params, field)
         with self._lock:
             self._raise_if_closed()
             if not self._can_accept():
                 self.refused += 1
                 return False
-            self._write(field, inputs, sim_id, step)
+            self._write(params, step, field, sim_id)
             return True
 
-    def put(self, field: np.ndarray, inputs: np.ndarray, sim_id: int, step: int,
+    def put(self, params: np.ndarray, step: int, field: np.ndarray, sim_id: int,
             timeout: float | None = None) -> bool:
         """Store a sample, blocking while the buffer cannot take it; False on timeout.
 
         Raises :class:`BufferClosedError` if the buffer is (or gets) closed.
         """
-        field, inputs = self._check(field, inputs)
+        params, field = self._check(params, field)
         with self._lock:
             self._raise_if_closed()
             if not self._can_accept():
@@ -165,7 +168,7 @@ class SampleBuffer:
                 if not ok:
                     return False
                 self._raise_if_closed()
-            self._write(field, inputs, sim_id, step)
+            self._write(params, step, field, sim_id)
             return True
 
     def close(self) -> None:
@@ -212,7 +215,8 @@ class SampleBuffer:
                 if idx is None:
                     return None
             batch = Batch(self._inputs[idx], self._fields[idx], self._sim_ids[idx],
-                          self._steps[idx], waited)  # fancy indexing copies
+                          self._steps[idx], waited,  # fancy indexing copies
+                          normalised=self.normalisation is not None)
             self.batches += 1
             self.samples_drawn += len(idx)
             self._space.notify_all()
@@ -261,29 +265,33 @@ class SampleBuffer:
                 setattr(self, key, float(state.get(key, 0.0)))
 
     # -- internals --------------------------------------------------------------------------
-    def _check(self, field: np.ndarray, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _check(self, params: np.ndarray, field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        params = np.asarray(params, dtype=np.float64)
         field = np.asarray(field)
-        inputs = np.asarray(inputs)
         if field.size != self.field_size:
             raise ValueError(f"sample field has {field.size} values, the buffer expects "
                              f"{self.field_size}")
-        if inputs.size != INPUTS:
-            raise ValueError(f"sample inputs have {inputs.size} values, expected {INPUTS}")
-        return field.reshape(-1), inputs.reshape(-1)
+        if params.size != DIM:
+            raise ValueError(f"sample parameters have {params.size} values, expected {DIM}")
+        return params.reshape(-1), field.reshape(-1)
 
     def _raise_if_closed(self) -> None:
         if self._closed:
             raise BufferClosedError("sample put into a closed buffer (after end of stream)")
 
-    def _write(self, field: np.ndarray, inputs: np.ndarray, sim_id: int, step: int) -> None:
+    def _write(self, params: np.ndarray, step: int, field: np.ndarray, sim_id: int) -> None:
         slot = self._store()
-        row = self._fields[slot]
-        if self._identity:
+        row, inputs = self._fields[slot], self._inputs[slot]
+        norm = self.normalisation
+        if norm is None:
             row[...] = field
+            inputs[:DIM] = params
+            inputs[DIM] = step
         else:  # normalise while copying, without a temporary
-            np.subtract(field, self.field_offset, out=row, casting="unsafe")
-            row *= np.float32(1.0 / self.field_scale)
-        self._inputs[slot] = inputs
+            np.subtract(field, np.float32(norm.c), out=row, casting="unsafe")
+            row *= np.float32(1.0 / norm.h)
+            inputs[:DIM] = (params - norm.c) / norm.h
+            inputs[DIM] = step / norm.steps
         self._sim_ids[slot] = sim_id
         self._steps[slot] = step
         self._seen[slot] = 0
@@ -305,8 +313,8 @@ class Reservoir(SampleBuffer):
     kind = "reservoir"
 
     def __init__(self, capacity: int, watermark: int, field_size: int, seed: int = 0,
-                 field_offset: float = 0.0, field_scale: float = 1.0) -> None:
-        super().__init__(capacity, watermark, field_size, seed, field_offset, field_scale)
+                 normalisation: Normalisation | None = None) -> None:
+        super().__init__(capacity, watermark, field_size, seed, normalisation)
         self._size = 0
         self._unseen_count = 0
         # Slots seen at least once, as an indexable set: eviction picks one in O(1).
@@ -374,8 +382,8 @@ class FifoBuffer(SampleBuffer):
     kind = "fifo"
 
     def __init__(self, capacity: int, watermark: int, field_size: int, seed: int = 0,
-                 field_offset: float = 0.0, field_scale: float = 1.0) -> None:
-        super().__init__(capacity, watermark, field_size, seed, field_offset, field_scale)
+                 normalisation: Normalisation | None = None) -> None:
+        super().__init__(capacity, watermark, field_size, seed, normalisation)
         self._head = 0  # slot of the oldest sample
         self._size = 0
 
@@ -408,9 +416,20 @@ class FifoBuffer(SampleBuffer):
 
 
 def make_buffer(kind: str, capacity: int, watermark: int, field_size: int, seed: int = 0,
-                field_offset: float = 0.0, field_scale: float = 1.0) -> SampleBuffer:
+                normalisation: Normalisation | None = None) -> SampleBuffer:
     """The buffer named by the config's ``buffer.kind``."""
     classes = {"reservoir": Reservoir, "fifo": FifoBuffer}
     if kind not in classes:
         raise ValueError(f"buffer.kind: {kind!r} is not one of {sorted(classes)}")
-    return classes[kind](capacity, watermark, field_size, seed, field_offset, field_scale)
+    return classes[kind](capacity, watermark, field_size, seed, normalisation)
+
+
+def buffer_from_config(cfg: dict[str, Any], normalisation: Normalisation | None = None
+                       ) -> SampleBuffer:
+    """The run's buffer (``buffer.*``, ``solver.grid``, ``seed``), normalising by default."""
+    from breed.trainer import Normalisation
+
+    bc = cfg["buffer"]
+    norm = normalisation or Normalisation.from_config(cfg)
+    return make_buffer(bc["kind"], bc["capacity"], bc["watermark"], cfg["solver"]["grid"] ** 2,
+                       seed=cfg["seed"], normalisation=norm)
