@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import yaml
 
+from breed.collective import Collective, mpi_world
 from breed.protocol import token_from_hex
-from breed.receiver import Receiver
+from breed.receiver import Receiver, resolve_host
 from breed.reservoir import buffer_from_config
 from breed.runlog import (
     PER_SAMPLE_COLUMNS,
@@ -34,36 +35,87 @@ from breed.runlog import (
     write_table,
 )
 from breed.sampling import make_sampler
+from breed.shard import RankLink, RemoteTable, ShardedTable
 from breed.simtable import COLUMNS, SimTable
-from breed.trainer import Trainer
+from breed.trainer import Trainer, resolve_device
 from breed.validation import load_validation, make_validation
 
 log = logging.getLogger("breed.server")
 
 
+class LoopClock:
+    """Where the training loop's time goes: training, waiting for data (starvation)."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None  # first training iteration (the watermark)
+        self.train_s = self.wait_s = 0.0
+        self.waited = 0  # iterations whose batch had to wait for data
+        self.samples = 0
+        self.last_validated = -1
+
+    def starved(self, seconds: float, after_start: bool) -> None:
+        if after_start:
+            self.wait_s += seconds
+
+    def batch(self, waited: float) -> None:
+        if self.first is None:
+            self.first = time.monotonic()
+        if waited > 1e-3:
+            self.waited += 1
+            self.wait_s += waited
+
+    def trained(self, seconds: float, samples: int) -> None:
+        self.train_s += seconds
+        self.samples += samples
+
+    def elapsed(self) -> float:
+        return 0.0 if self.first is None else time.monotonic() - self.first
+
+    def metrics(self, iterations: int) -> dict[str, float]:
+        return {"samples_per_s": self.samples / max(self.elapsed(), 1e-9),
+                "waited": self.waited, "wait_s": self.wait_s, "train_s": self.train_s}
+
+    def summary(self, iterations: int) -> dict[str, float]:
+        return {"train_loop_s": self.elapsed(), "samples_trained": self.samples,
+                "waiting_fraction": self.waited / max(iterations, 1),
+                "waited_iterations": self.waited, **self.metrics(iterations)}
+
+
 class Server:
     """Wires sampler, simulation table, buffer, receiver and trainer for one run directory."""
 
-    def __init__(self, run_dir: Path, resume: bool = False) -> None:
+    def __init__(self, run_dir: Path, resume: bool = False,
+                 collective: Collective | None = None) -> None:
         self.run_dir = run_dir
         self.cfg: dict[str, Any] = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())
-        cfg = self.cfg
+        cfg, lc = self.cfg, self.cfg["launcher"]
         self.token = token_from_hex(os.environ.get("BREED_TOKEN")
                                     or (run_dir / "token").read_text())
         seed = cfg["seed"]
         torch.manual_seed(seed)
         if cfg["training"]["threads"]:
             torch.set_num_threads(cfg["training"]["threads"])
+        self.coll = collective or Collective(mpi_world(), resolve_host(lc["host"]),
+                                             resolve_device(cfg["model"]["device"]).type)
+        self.root = self.coll.is_root
         self.solver = {k: cfg["solver"][k] for k in
                        ("grid", "steps", "dt", "alpha", "length", "dtype")}
         self.sampler_lock = threading.Lock()
-        self.sampler = make_sampler(cfg)
-        lc = cfg["launcher"]
-        self.table = SimTable(cfg["study"]["simulations"], self.sampler, self.sampler_lock,
-                              lc["max_retries"], lc["on_give_up"])
-        self.trainer = Trainer(cfg, seed=seed)
+        # one sampler and one simulation table, on rank 0 (Breed needs every rank's losses)
+        self.sampler = make_sampler(cfg) if self.root else None
+        self.link = None
+        table_args = (cfg["study"]["simulations"], self.sampler, self.sampler_lock,
+                      lc["max_retries"], lc["on_give_up"])
+        if self.coll.size == 1:
+            self.table: Any = SimTable(*table_args)
+        else:
+            self.link = RankLink(self.coll.rank, self.coll.size, resolve_host(lc["host"]))
+            self.link.connect(self.coll.allgather(self.link.address))
+            self.table = (ShardedTable(*table_args, link=self.link) if self.root
+                          else RemoteTable(self.link))
+        self.trainer = Trainer(cfg, seed=seed)  # wrapped in DDP when ranks > 1
         self.buffer = buffer_from_config(cfg, self.trainer.normalisation)
-        self.validation = self._validation_set()
+        self.validation = self._validation_set() if self.root else None
         self.iteration = 0
         self.finished = threading.Event()
         self.released = threading.Event()  # the launcher saw the end: no need to linger
@@ -75,7 +127,10 @@ class Server:
         self.receiver = Receiver(
             token=self.token, host=lc["host"], table=self.table, buffer=self.buffer,
             solver=self.solver, status=self.status, on_sim_done=self._on_sim_done,
-            on_launcher=self._on_launcher, simulation_timeout=lc["simulation_timeout"])
+            on_launcher=self._on_launcher, simulation_timeout=lc["simulation_timeout"],
+            control=self.root)
+        # rank r receives the simulations with sim_id % R == r
+        self.receiver.data_addresses = self.coll.allgather(self.receiver.data_address)
         self.checkpoint_path = run_dir / "checkpoints" / "checkpoint.pt"
         if resume and self.checkpoint_path.exists():
             self._load_checkpoint()
@@ -101,6 +156,8 @@ class Server:
                 "buffer": self.buffer.stats(), "rejected": dict(self.receiver.counts)}
 
     def _on_sim_done(self, sim_id: int) -> None:
+        if self.sampler is None:
+            return  # rank r > 0: rank 0 hears of it through the link
         with self.sampler_lock:
             self.sampler.on_simulation_done(sim_id, self.cfg["solver"]["steps"] + 1)
 
@@ -119,87 +176,98 @@ class Server:
     # -- training loop ------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self.receiver.start()
-        atomic_write_json(self.run_dir / "server.json", {
-            "control": self.receiver.control_address, "data": self.receiver.data_addresses,
-            "pid": os.getpid(), "host": self.cfg["launcher"]["host"]})
+        if self.root:
+            atomic_write_json(self.run_dir / "server.json", {
+                "control": self.receiver.control_address,
+                "data": self.receiver.data_addresses, "pid": os.getpid(),
+                "ranks": self.coll.size, "host": self.cfg["launcher"]["host"]})
         tc = self.cfg["training"]
-        metrics = JsonLines(self.run_dir / "metrics.jsonl")
+        metrics = JsonLines(self.run_dir / "metrics.jsonl") if self.root else None
         per_sample = (CsvLog(self.run_dir / "per_sample_loss.csv", PER_SAMPLE_COLUMNS)
-                      if tc["per_sample_log"] else None)
-        batch_size = self.cfg["model"]["batch_size"]
-        waited_iters, wait_s, train_s = 0, 0.0, 0.0
-        t_ready = None
+                      if tc["per_sample_log"] and self.root else None)
+        clock = LoopClock()
         try:
-            while not self._data_finished() and not self.buffer.ready():
-                time.sleep(0.01)
-            t_ready = time.monotonic()
-            received_at_ready = self.buffer.stats()["received"]
-            while not self._should_stop():
-                t0 = time.monotonic()
-                batch = self.buffer.sample_batch(batch_size, timeout=0.5)
-                waited = time.monotonic() - t0
-                if batch is None:  # FIFO starved, or end of stream
-                    wait_s += waited
-                    if self._data_finished():
-                        self.buffer.close()
-                    continue
-                if waited > 1e-3:
-                    waited_iters += 1
-                    wait_s += waited
-                t1 = time.monotonic()
-                result = self.trainer.step(batch)
-                train_s += time.monotonic() - t1
-                self.iteration += 1
-                with self.sampler_lock:
-                    deltas = self.sampler.on_losses(self.iteration, batch.sim_ids, batch.steps,
-                                                    result.losses)
-                    self.sampler.on_iteration(self.iteration)
-                if self.iteration % tc["log_interval"] == 0:
-                    stats = self.buffer.stats()
-                    elapsed = time.monotonic() - t_ready
-                    metrics.write({
-                        "kind": "train", "iteration": self.iteration,
-                        "time": time.time() - self.start, "batch_loss": result.loss,
-                        "batch_loss_std": result.std, "samples_received": stats["received"],
-                        "samples_per_s": self.iteration * batch_size / max(elapsed, 1e-9),
-                        "received_per_s": (stats["received"] - received_at_ready)
-                        / max(elapsed, 1e-9),
-                        "buffer_fill": stats["fill"], "waited": waited_iters,
-                        "wait_s": wait_s, "train_s": train_s,
-                        "receiver_paused_s": self.receiver.paused_s})
-                    if per_sample is not None:
-                        self._log_samples(per_sample, batch, result, deltas)
-                if self.iteration % tc["validation_interval"] == 0:
-                    self._validate(metrics)
-                if self.iteration % tc["checkpoint_interval"] == 0:
-                    self.save_checkpoint()
-            if self.iteration and self.iteration % tc["validation_interval"] != 0:
+            self._loop(metrics, per_sample, clock)
+            if self.root and self.iteration and self.iteration != clock.last_validated:
                 self._validate(metrics)
         finally:
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
             if per_sample is not None:
                 per_sample.close()
-        self.save_checkpoint()
-        self.trainer.save_model(self.run_dir / "model.pt")
-        self.write_samples()
+        buffers = self.coll.allgather(self.buffer.stats())
         summary = {"iterations": self.iteration, "wall_time": time.time() - self.start,
-                   "train_s": train_s, "wait_s": wait_s, "waited_iterations": waited_iters,
-                   "waiting_fraction": waited_iters / max(self.iteration, 1),
-                   "sims_done": self.table.done_count(), "target": self.table.target,
-                   "rejected": dict(self.receiver.counts), "buffer": self.buffer.stats(),
-                   "final_validation": self.last_validation}
-        atomic_write_json(self.run_dir / "summary.json", summary)
+                   "ranks": self.coll.size, **clock.summary(self.iteration),
+                   "sims_done": self.table.done_count() if self.root else None,
+                   "target": self.table.target if self.root else None,
+                   "rejected": dict(self.receiver.counts), "buffer": buffers[0],
+                   "buffers": buffers, "final_validation": self.last_validation}
+        if self.root:
+            self.save_checkpoint()
+            self.trainer.save_model(self.run_dir / "model.pt")
+            self.write_samples()
+            atomic_write_json(self.run_dir / "summary.json", summary)
         self.finished.set()
         return summary
 
-    def _data_finished(self) -> bool:
-        return self.table.finished()
+    def _loop(self, metrics: JsonLines | None, per_sample: CsvLog | None,
+              clock: LoopClock) -> None:
+        tc, size = self.cfg["training"], self.coll.size
+        batch_size = self.cfg["model"]["batch_size"]
+        max_it = tc["max_iterations"]
+        while True:
+            if self.root and self.link is not None:
+                for sim_id in self.table.collect_completions():
+                    self._on_sim_done(sim_id)
+            t0 = time.monotonic()
+            batch = self.buffer.sample_batch(batch_size, timeout=0.05 if size == 1 else 0.002)
+            ag = self.coll.agree(
+                samples=0 if batch is None else len(batch), all_seen=self.buffer.finished(),
+                data_finished=self.root and self.table.finished(),
+                stop=max_it is not None and self.iteration >= max_it)
+            if ag.data_finished and not self.buffer.closed:
+                self.buffer.close()  # end of stream: the reservoir stops recycling samples
+            if ag.stop or (ag.data_finished and ag.all_seen):
+                return
+            if ag.samples == 0:
+                clock.starved(time.monotonic() - t0, self.iteration > 0)
+                continue
+            clock.batch(batch.waited if batch is not None else 0.0)
+            t1 = time.monotonic()
+            # DDP averages gradients over ranks: weight each rank by its share of the global
+            # batch so the step is the global batch's MSE; a rank without data steps with 0
+            weight = size * (0 if batch is None else len(batch)) / ag.samples
+            result = self.trainer.step(batch, weight=weight) if batch is not None else \
+                self.trainer.idle_step()
+            clock.trained(time.monotonic() - t1, ag.samples)
+            self.iteration += 1
+            ids, steps, losses = self.coll.gather_losses(
+                np.empty(0) if batch is None else batch.sim_ids,
+                np.empty(0) if batch is None else batch.steps,
+                np.empty(0) if batch is None else result.losses, batch_size)
+            if not self.root:
+                continue
+            with self.sampler_lock:
+                deltas = self.sampler.on_losses(self.iteration, ids, steps, losses)
+                self.sampler.on_iteration(self.iteration)
+            if self.iteration % tc["log_interval"] == 0:
+                metrics.write({"kind": "train", "iteration": self.iteration,
+                               "time": time.time() - self.start,
+                               "batch_loss": float(losses.mean()),
+                               "batch_loss_std": float(losses.std()),
+                               **self._buffer_metrics(), **clock.metrics(self.iteration)})
+                if per_sample is not None:
+                    self._log_samples(per_sample, ids, steps, losses, deltas)
+            if self.iteration % tc["validation_interval"] == 0:
+                self._validate(metrics)
+                clock.last_validated = self.iteration
+            if self.iteration % tc["checkpoint_interval"] == 0:
+                self.save_checkpoint()
 
-    def _should_stop(self) -> bool:
-        max_it = self.cfg["training"]["max_iterations"]
-        if max_it is not None and self.iteration >= max_it:
-            return True
-        return self._data_finished() and self.buffer.all_seen()
+    def _buffer_metrics(self) -> dict[str, Any]:
+        stats = self.buffer.stats()
+        return {"samples_received": stats["received"], "buffer_fill": stats["fill"],
+                "receiver_paused_s": self.receiver.paused_s}
 
     def _validate(self, metrics: JsonLines) -> None:
         vals = self.trainer.evaluate(self.validation)
@@ -208,16 +276,17 @@ class Server:
                        "time": time.time() - self.start, **vals})
         log.info("iteration %d: validation MSE %.4g", self.iteration, vals["val_mse"])
 
-    def _log_samples(self, out: CsvLog, batch: Any, result: Any, deltas: Any) -> None:
-        rows = []
+    def _log_samples(self, out: CsvLog, ids: np.ndarray, steps: np.ndarray,
+                     losses: np.ndarray, deltas: np.ndarray | None) -> None:
         with self.sampler_lock:
-            qs = [self.sampler.quality(int(s)) for s in batch.sim_ids]
-        sources = {int(s): self.table.records[int(s)].source for s in set(batch.sim_ids)}
-        for k, (sim, step) in enumerate(zip(batch.sim_ids, batch.steps, strict=True)):
-            rows.append([self.iteration, int(sim), int(step), float(result.losses[k]),
-                         result.loss, None if deltas is None else float(deltas[k]), qs[k],
-                         int(sources[int(sim)] == "uniform")])
-        out.write_rows(rows)
+            qs = self.sampler.qualities(ids)
+        uniform = [self.table.records[int(s)].source == "uniform" for s in ids]
+        batch_loss = float(losses.mean())
+        out.write_rows([
+            [self.iteration, int(ids[k]), int(steps[k]), float(losses[k]), batch_loss,
+             None if deltas is None else float(deltas[k]),
+             None if np.isnan(qs[k]) else float(qs[k]), int(uniform[k])]
+            for k in range(len(ids))])
 
     def write_samples(self) -> None:
         rows = self.table.rows()
@@ -255,6 +324,9 @@ class Server:
         self.released.wait(linger)
         self.receiver.stop_event.set()
         self.receiver.join(timeout=5)
+        if self.link is not None:
+            self.link.close()
+        self.coll.close()
 
 
 def main(argv: list[str] | None = None) -> int:
