@@ -249,3 +249,61 @@ def test_ddp_wrapping_in_a_one_rank_group(tmp_path) -> None:
                                        rtol=1e-6)
     finally:
         dist.destroy_process_group()
+
+
+DDP_RANK = """
+import sys
+import numpy as np, torch, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from test_trainer import GRID, STEPS, batch_of, config, trajectories
+from breed.trainer import Trainer
+
+rank = int(sys.argv[1])
+torch.set_num_threads(1)
+dist.init_process_group("gloo", init_method="file://{store}", rank=rank, world_size=2)
+tr = Trainer(config())
+assert isinstance(tr.net, torch.nn.parallel.DistributedDataParallel)
+a, b, c = (batch_of(tr.normalisation, *trajectories(1, seed=s)) for s in (1, 2, 3))
+b = type(b)(b.inputs[:5], b.targets[:5], b.sim_ids[:5], b.steps[:5])  # 11 and 5 samples
+# iteration 1: both ranks hold data, weighted by their share of the 16 samples
+tr.step(a if rank == 0 else b, weight=2 * (11 if rank == 0 else 5) / 16)
+# iteration 2: rank 1 ran dry and joins the all-reduce with an idle step
+tr.step(c, weight=2.0) if rank == 0 else tr.idle_step()
+np.savez({out!r}.format(rank), *[p.detach().numpy() for p in tr.model.parameters()])
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_two_rank_ddp_equals_one_process_on_the_global_batch(tmp_path) -> None:
+    """Real DDP over gloo in two processes: weighted steps and an idle rank give exactly the
+    single-process update on the union of the ranks' batches (ranks stay in sync)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "rank.py"
+    script.write_text(DDP_RANK.format(tests=str(Path(__file__).parent),
+                                      store=tmp_path / "store",
+                                      out=str(tmp_path / "rank{}.npz")))
+    procs = [subprocess.Popen([sys.executable, str(script), str(r)], stderr=subprocess.PIPE,
+                              text=True) for r in (0, 1)]
+    try:
+        errs = [p.communicate(timeout=100)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert [p.returncode for p in procs] == [0, 0], errs
+    ref = Trainer(config())
+    a, b, c = (batch_of(ref.normalisation, *trajectories(1, seed=s)) for s in (1, 2, 3))
+    ref.step(Batch(np.concatenate([a.inputs, b.inputs[:5]]),
+                   np.concatenate([a.targets, b.targets[:5]]),
+                   np.concatenate([a.sim_ids, b.sim_ids[:5]]),
+                   np.concatenate([a.steps, b.steps[:5]])))
+    ref.step(c)
+    expected = [p.detach().numpy() for p in ref.model.parameters()]
+    for r in (0, 1):
+        with np.load(tmp_path / f"rank{r}.npz") as got:
+            for k, want in enumerate(expected):
+                np.testing.assert_allclose(got[f"arr_{k}"], want, rtol=1e-5, atol=1e-6)
