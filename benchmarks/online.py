@@ -1,0 +1,167 @@
+"""On-line vs off-line training throughput, and per-simulation orchestration overhead.
+
+In one run and one process tree:
+  (b) on-line: ``breed run`` with the local backend (real server, real clients, ZeroMQ);
+  (a) off-line: the same model, same torch thread count, trained in this process for the same
+      number of iterations on the same simulations' samples, all held in memory.
+Prints the ratio on-line/off-line of trainer samples/s after the watermark, the fraction of
+training iterations that waited for data, and the per-simulation overhead beyond the solve
+(persistent clients). The trainer gets ``--threads`` torch threads; clients and the receiver
+share the remaining cores, so the ratio measures the framework's overhead, not CPU sharing.
+
+    python benchmarks/online.py                         # paper model, CPU, ~1 min
+    python benchmarks/online.py --hidden 64 --layers 3 --device cuda --clients 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from breed.config import validate
+from breed.heatpde import solve
+from breed.reservoir import buffer_from_config
+from breed.trainer import Trainer
+
+
+def run_config(args: argparse.Namespace) -> dict:
+    return validate({
+        "seed": args.seed,
+        "study": {"simulations": args.simulations},
+        "solver": {"grid": args.grid, "steps": 100},
+        "model": {"hidden": args.hidden, "layers": args.layers, "device": args.device},
+        "training": {"validation_interval": 10**9, "checkpoint_interval": 10**9,
+                     "threads": args.threads, "progress": False,
+                     "max_iterations": args.max_iterations},
+        "buffer": {"capacity": args.capacity, "watermark": 300},
+        "launcher": {"max_jobs": args.clients, "persistent": True, "ping_interval": 0.2,
+                     "poll_interval": 0.2},
+        "validation": {"size": 4},
+    })
+
+
+def online(cfg: dict, workdir: Path) -> tuple[dict, list[dict]]:
+    path = workdir / "online.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = workdir / "online"
+    # one BLAS/OpenMP thread per client process: the clients share the cores left over
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "breed", "run", str(path), "--output",
+                           str(run)], env=env, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        sys.exit(f"on-line run failed: {proc.stderr.strip()}")
+    summary = json.loads((run / "summary.json").read_text())
+    with open(run / "samples.csv") as fh:
+        return summary, list(csv.DictReader(fh))
+
+
+def offline(cfg: dict, rows: list[dict], iterations: int) -> float:
+    """Trainer samples/s with every sample of the same simulations already in memory."""
+    torch.set_num_threads(cfg["training"]["threads"])
+    sc = cfg["solver"]
+    n = len(rows) * (sc["steps"] + 1)
+    cfg = {**cfg, "buffer": {**cfg["buffer"], "capacity": n, "watermark": 1}}
+    trainer = Trainer(cfg, seed=cfg["seed"])
+    buffer = buffer_from_config(cfg, trainer.normalisation)
+    for row in rows:
+        params = np.array([float(row[f"T{k}"]) for k in range(5)])
+        traj = solve(params, grid=sc["grid"], steps=sc["steps"], dt=sc["dt"],
+                     alpha=sc["alpha"], length=sc["length"])
+        for t in range(sc["steps"] + 1):
+            buffer.put(params, t, traj[t].astype(np.float32).ravel(), int(row["sim_id"]))
+    batch_size = cfg["model"]["batch_size"]
+    for _ in range(20):  # warm-up (allocator, kernels, CUDA context)
+        trainer.step(buffer.sample_batch(batch_size))
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        trainer.step(buffer.sample_batch(batch_size))
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return iterations * batch_size / (time.perf_counter() - t0)
+
+
+def orchestration_overhead(rows: list[dict], grid: int) -> tuple[float, float, float]:
+    """(solve s, busy s per simulation, overhead s per simulation) for persistent clients."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    params = np.array([300.0, 100.0, 500.0, 200.0, 400.0])
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        solve(params, grid=grid)
+        times.append(time.perf_counter() - t0)
+    solve_s = float(np.median(times))
+    per_sim = []
+    by_job: dict[str, list[dict]] = {}
+    for row in rows:
+        by_job.setdefault(row["job_id"], []).append(row)
+    for sims in by_job.values():
+        if len(sims) < 2:
+            continue
+        first = min(float(r["assign_time"]) for r in sims)
+        last = max(float(r["end_time"]) for r in sims)
+        per_sim.append((last - first) / len(sims))
+    busy = float(np.median(per_sim))
+    return solve_s, busy, busy - solve_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--simulations", type=int, default=60)
+    ap.add_argument("--grid", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=16)
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
+    ap.add_argument("--clients", type=int, default=1, help="m, client processes")
+    ap.add_argument("--capacity", type=int, default=2000)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--max-iterations", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    args = ap.parse_args()
+    cfg = run_config(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary, rows = online(cfg, Path(tmp))
+    iters = summary["iterations"]
+    on = summary["samples_per_s"]
+    off = offline(cfg, rows, iters)
+    solve_s, busy, overhead = orchestration_overhead(rows, args.grid)
+    result = {
+        "device": str(Trainer(cfg).device), "model": f"H={args.hidden} L={args.layers}",
+        "grid": args.grid, "simulations": args.simulations, "clients": args.clients,
+        "trainer_threads": args.threads, "iterations": iters,
+        "online_samples_per_s": on, "offline_samples_per_s": off, "ratio": on / off,
+        "waiting_fraction": summary["waiting_fraction"], "wait_s": summary["wait_s"],
+        "train_loop_s": summary["train_loop_s"], "solve_ms": solve_s * 1e3,
+        "busy_ms_per_sim": busy * 1e3, "overhead_ms_per_sim": overhead * 1e3,
+        "receiver_paused_s": summary["buffer"].get("put_wait_time"),
+    }
+    print(f"device {result['device']}, model {result['model']}, M={args.grid}, "
+          f"S={args.simulations}, m={args.clients}, trainer threads={args.threads}")
+    print(f"  training iterations after the watermark : {iters}")
+    print(f"  on-line  trainer samples/s              : {on:10.0f}")
+    print(f"  off-line trainer samples/s              : {off:10.0f}")
+    print(f"  ratio on-line / off-line                : {on / off:10.3f}")
+    print(f"  iterations that waited for data         : {summary['waiting_fraction']:10.3%}")
+    print(f"  solve per simulation (serial, 1 thread) : {solve_s * 1e3:8.1f} ms")
+    print(f"  client busy per simulation (persistent) : {busy * 1e3:8.1f} ms")
+    print(f"  orchestration overhead per simulation   : {overhead * 1e3:8.1f} ms")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
