@@ -1,0 +1,238 @@
+"""The paper's figures (3a, 3b, 4, 6) drawn from the tidy tables of :mod:`breed.study`.
+
+Pure functions of stored results: redrawing never re-trains. Every curve is a median over seeds
+with a min-max band (seed noise is 25-50 % of the final error on this problem).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; never need a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+COLORS = {"random": "tab:blue", "breed": "tab:orange"}
+LABELS = {"random": "Random", "breed": "Breed"}
+SYMBOLS = {"sigma": "σ", "P": "P", "N": "N", "r_s": "$r_s$", "r_e": "$r_e$", "r_c": "$r_c$",
+           "H": "H", "L": "L"}
+CORR_LABELS = {"iteration": "NN iteration", "sample_loss": "per-sample loss",
+               "batch_loss": "batch loss", "Q": "loss deviation Q", "uniform": "uniform"}
+MA_ITERATIONS = 40  # paper Fig. 3: training curve averaged over a window of 40 iterations
+
+
+class FigureError(ValueError):
+    """The tables lack what a figure needs (e.g. no Breed run in the study)."""
+
+
+def save(fig: plt.Figure, png: str | Path, pdf: str | Path) -> None:
+    """PNG for the report, PDF for papers; no timestamps so reruns are byte-stable."""
+    fig.savefig(png, dpi=150, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(pdf, bbox_inches="tight", metadata={"CreationDate": None, "ModDate": None})
+    plt.close(fig)
+
+
+def moving_average(curve: pd.DataFrame, iterations: int = MA_ITERATIONS) -> pd.DataFrame:
+    """Average ``loss`` over a window of ``iterations`` NN iterations (rows are logged every
+    ``log_interval`` iterations, so the window in rows is ``iterations / log_interval``)."""
+    curve = curve.sort_values("iteration")
+    step = float(np.median(np.diff(curve["iteration"]))) if len(curve) > 1 else 1.0
+    window = max(1, int(round(iterations / max(step, 1.0))))
+    return curve.assign(loss=curve["loss"].rolling(window, min_periods=1).mean())
+
+
+def seed_band(curves: pd.DataFrame) -> pd.DataFrame:
+    """Median, min and max over runs (seeds) of ``loss`` against ``iteration``.
+
+    Each run is interpolated (in log loss) onto the union of iterations, within its own range
+    only, so runs that stop at different iterations do not zig-zag the median.
+    """
+    grid = np.unique(curves["iteration"].to_numpy(dtype=float))
+    stack = []
+    for _, run in curves.groupby("run_id"):
+        run = run.sort_values("iteration")
+        x, y = run["iteration"].to_numpy(float), np.log(run["loss"].to_numpy(float))
+        yi = np.interp(grid, x, y)
+        yi[(grid < x[0]) | (grid > x[-1])] = np.nan
+        stack.append(yi)
+    logs = np.vstack(stack)
+    valid = np.isfinite(logs).any(axis=0)
+    with np.errstate(all="ignore"):
+        out = pd.DataFrame({"iteration": grid, "median": np.exp(np.nanmedian(logs, axis=0)),
+                            "lo": np.exp(np.nanmin(logs, axis=0)),
+                            "hi": np.exp(np.nanmax(logs, axis=0))})
+    return out[valid]
+
+
+def _plot_config(ax: plt.Axes, curves: pd.DataFrame, runs: pd.DataFrame, color: str,
+                 label: str, dy: float = 0.0) -> None:
+    """Validation (solid, band over seeds) and moving-average training (dotted) of one
+    configuration; the median final validation loss is written at the end of its curve."""
+    mine = curves[curves["run_id"].isin(runs["run_id"])]
+    train = mine[mine["kind"] == "train"]
+    if len(train):
+        smooth = pd.concat(moving_average(g) for _, g in train.groupby("run_id"))
+        band = seed_band(smooth)
+        ax.plot(band["iteration"], band["median"], ":", color=color, lw=1.2)
+    val = mine[mine["kind"] == "validation"]
+    if len(val):
+        band = seed_band(val)
+        ax.plot(band["iteration"], band["median"], "-", color=color, lw=1.5, label=label)
+        if runs["run_id"].nunique() > 1:
+            ax.fill_between(band["iteration"], band["lo"], band["hi"], color=color, alpha=0.2,
+                            lw=0)
+        final = float(np.nanmedian(runs["val_mse"]))
+        ax.annotate(f"{final:.2e}", (band["iteration"].iloc[-1], final), xytext=(3, dy),
+                    textcoords="offset points", fontsize=7, color=color, va="center")
+
+
+def _finish(fig: plt.Figure, axes: np.ndarray, title: str) -> None:
+    for ax in axes.flat:
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo, hi + 0.18 * (hi - lo))  # room for the final-loss labels
+        ax.set_yscale("log")
+        ax.grid(True, which="major", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+
+
+def fig_model_grid(runs: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure:
+    """Fig. 3a: rows H, columns L; Random vs Breed training and validation curves."""
+    runs = runs[runs["centre"].astype(bool)]
+    hs, ls = sorted(runs["H"].unique()), sorted(runs["L"].unique())
+    fig, axes = plt.subplots(len(hs), len(ls),
+                             figsize=(max(3.4 * len(ls), 5.5), max(2.6 * len(hs), 3.6)),
+                             sharex=True, sharey=True, squeeze=False)
+    for i, h in enumerate(hs):
+        for j, layers in enumerate(ls):
+            ax = axes[i, j]
+            cell = runs[(runs["H"] == h) & (runs["L"] == layers)]
+            for method, group in cell.groupby("method", sort=True):
+                _plot_config(ax, curves, group, COLORS.get(method, "k"),
+                             LABELS.get(method, method), dy=4 if method == "random" else -4)
+            ax.set_title(f"H={h}, L={layers}", fontsize=9)
+            if i == len(hs) - 1:
+                ax.set_xlabel("NN iteration")
+            if j == 0:
+                ax.set_ylabel("loss (normalised MSE)")
+    axes[0, 0].legend(fontsize=7, title="validation (solid)\ntraining MA-40 (dotted)",
+                      title_fontsize=7)
+    _finish(fig, axes, "Models: Random vs Breed (median over seeds, band: min-max)")
+    return fig
+
+
+def fig_hyperparameters(runs: pd.DataFrame, curves: pd.DataFrame,
+                        varied: list[str]) -> plt.Figure:
+    """Fig. 3b: one panel per varied Breed hyperparameter, the others at the centre values."""
+    breed = runs[runs["method"] == "breed"]
+    centre = breed[breed["centre"].astype(bool)]
+    if centre.empty or not varied:
+        raise FigureError("Fig. 3b needs the centre Breed configuration and varied parameters")
+    c = centre.iloc[0]
+    random = runs[(runs["method"] == "random") & (runs["pair_id"] == c["pair_id"])]
+    fig, axes = plt.subplots(1, len(varied), figsize=(max(3.4 * len(varied), 5.5), 3.2),
+                             sharey=True,
+                             squeeze=False)
+    for ax, param in zip(axes[0], varied, strict=True):
+        others = [p for p in varied if p != param]
+        panel = breed[np.logical_and.reduce([breed[p] == c[p] for p in others])] \
+            if others else breed
+        values = sorted(panel[param].unique())
+        cmap = plt.get_cmap("viridis", max(len(values), 2))
+        for k, value in enumerate(values):
+            _plot_config(ax, curves, panel[panel[param] == value], cmap(k),
+                         f"{SYMBOLS.get(param, param)}={value:g}")
+        if len(random):
+            _plot_config(ax, curves, random, "0.5", "Random")
+        ax.set_title(f"varying {SYMBOLS.get(param, param)}", fontsize=9)
+        ax.set_xlabel("NN iteration")
+        ax.legend(fontsize=6)
+    axes[0, 0].set_ylabel("loss (normalised MSE)")
+    _finish(fig, axes, "Breed hyperparameters, one at a time (validation solid, "
+                       "training MA-40 dotted)")
+    return fig
+
+
+def reference_pair(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs of the study's reference Breed configuration and of its paired Random one."""
+    ref = runs[runs["reference"].astype(bool)]
+    breed = ref[ref["method"] == "breed"]
+    if breed.empty:
+        raise FigureError("no reference Breed run in this study (see `reference` in config)")
+    breed = breed[breed["config_id"] == breed["config_id"].iloc[0]]
+    random = runs[(runs["method"] == "random") & (runs["pair_id"] == breed["pair_id"].iloc[0])]
+    return breed, random
+
+
+def _histograms(ax: plt.Axes, groups: list[tuple[str, pd.Series, str]]) -> None:
+    data = pd.concat([g for _, g, _ in groups])
+    bins = np.histogram_bin_edges(data, bins=30) if len(data) else 10
+    for label, values, color in groups:
+        if len(values) == 0:
+            continue
+        ax.hist(values, bins=bins, density=True, alpha=0.45, color=color,
+                label=f"{label} (n={len(values)}, mean {values.mean():.1f} K)")
+        ax.axvline(values.mean(), color=color, ls="--", lw=1.5)
+    ax.set_xlabel("deviation std($T_0..T_4$) (K)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
+
+
+def fig_deviation(runs: pd.DataFrame, inputs: pd.DataFrame) -> plt.Figure:
+    """Fig. 4: (a) uniform vs proposal draws of the reference Breed runs, (b) Random vs Breed;
+    dashed lines mark the means. Pooled over seeds."""
+    breed, random = reference_pair(runs)
+    b = inputs[inputs["run_id"].isin(breed["run_id"])]
+    r = inputs[inputs["run_id"].isin(random["run_id"])]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), squeeze=False)
+    proposal = b["source"] == "proposal"
+    _histograms(axes[0, 0], [("uniform", b.loc[~proposal, "deviation"], COLORS["random"]),
+                             ("proposal", b.loc[proposal, "deviation"], COLORS["breed"])])
+    axes[0, 0].set_title(f"(a) one Breed configuration: {breed['config_id'].iloc[0]}",
+                         fontsize=8)
+    _histograms(axes[0, 1], [("Random", r["deviation"], COLORS["random"]),
+                             ("Breed", b["deviation"], COLORS["breed"])])
+    axes[0, 1].set_title("(b) Random vs Breed runs", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def correlation_matrix(correlations: pd.DataFrame, run_ids: list[str]) -> pd.DataFrame:
+    """Median over the given runs of each pairwise correlation, as a square matrix."""
+    sub = correlations[correlations["run_id"].isin(run_ids)]
+    if sub.empty:
+        raise FigureError("no per-sample loss correlations for the reference Breed runs")
+    med = sub.groupby(["a", "b"])["r"].median()
+    names = list(CORR_LABELS)
+    mat = pd.DataFrame(np.nan, index=names, columns=names)
+    for (a, b), value in med.items():
+        mat.loc[a, b] = mat.loc[b, a] = value
+    return mat
+
+
+def fig_correlation(runs: pd.DataFrame, correlations: pd.DataFrame) -> plt.Figure:
+    """Fig. 6: lower triangle of the correlation matrix of the per-sample training log."""
+    breed, _ = reference_pair(runs)
+    mat = correlation_matrix(correlations, list(breed["run_id"]))
+    n = len(mat)
+    # strictly lower triangle: rows 1..n-1 against columns 0..n-2 (diagonal and upper omitted)
+    lower = np.where(np.tril(np.ones((n, n), bool), k=-1), mat.to_numpy(), np.nan)[1:, :-1]
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    im = ax.imshow(lower, cmap="RdBu_r", vmin=-1, vmax=1)
+    for i in range(n - 1):
+        for j in range(i + 1):
+            if np.isfinite(lower[i, j]):
+                ax.text(j, i, f"{lower[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if abs(lower[i, j]) > 0.6 else "black")
+    labels = [CORR_LABELS[c] for c in mat.index]
+    ax.set_xticks(range(n - 1), labels[:-1], rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(n - 1), labels[1:], fontsize=8)
+    fig.colorbar(im, ax=ax, label="Pearson r (median over seeds)")
+    ax.set_title(f"{breed['config_id'].iloc[0]} ({breed['run_id'].nunique()} seeds)",
+                 fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,129 @@
+"""breed.figures on SYNTHETIC run directories (tests/synthetic_rundir.py): the figures draw
+what the tables say (annotations, means, correlations), in PNG and PDF."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from synthetic_rundir import write_synthetic_study
+
+from breed import figures as F
+from breed import study as S
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["seeds"] = [0, 1]
+    # a 2 x 2 models grid keeps the synthetic study small
+    cfg["studies"]["models"]["grid"].update({"model.hidden": [16, 32], "model.layers": [1, 2]})
+    return cfg
+
+
+def tables(config: dict, name: str, root: Path) -> dict[str, pd.DataFrame]:
+    specs = S.expand_study(config, name)
+    write_synthetic_study(root, specs)
+    out = {"runs": S.runs_table(specs, root), "curves": S.curves_table(specs, root),
+           "inputs": S.inputs_table(specs, root),
+           "correlations": S.correlations_table(specs, root)}
+    # the workflow passes tables through CSV: test what the figure rules really read
+    for key, frame in out.items():
+        frame.to_csv(root / f"{key}.csv", index=False)
+        out[key] = pd.read_csv(root / f"{key}.csv")
+    return out
+
+
+def texts(fig: plt.Figure) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_moving_average_spans_40_iterations() -> None:
+    curve = pd.DataFrame({"iteration": np.arange(10, 110, 10), "loss": np.arange(10.0)})
+    ma = F.moving_average(curve)  # rows every 10 iterations -> window of 4 rows
+    assert ma["loss"].iloc[-1] == pytest.approx(np.mean([6, 7, 8, 9]))
+    assert ma["loss"].iloc[0] == 0.0
+
+
+def test_seed_band_median_and_range_within_each_run() -> None:
+    curves = pd.DataFrame({
+        "run_id": ["a"] * 3 + ["b"] * 3 + ["c"] * 2,
+        "iteration": [10, 20, 30, 10, 20, 30, 10, 20],
+        "loss": [1.0, 1.0, 1.0, 4.0, 4.0, 4.0, 2.0, 2.0]})
+    band = F.seed_band(curves).set_index("iteration")
+    assert band.loc[10, "median"] == pytest.approx(2.0)
+    assert (band.loc[10, "lo"], band.loc[10, "hi"]) == pytest.approx((1.0, 4.0))
+    assert band.loc[30, "median"] == pytest.approx(2.0)  # c stopped at 20: median of a, b
+
+
+def test_fig3a_grid_annotates_median_final_validation(config: dict, tmp_path: Path) -> None:
+    t = tables(config, "models", tmp_path)
+    fig = F.fig_model_grid(t["runs"], t["curves"])
+    assert len(fig.axes) == 4
+    assert [ax.get_title() for ax in fig.axes] == ["H=16, L=1", "H=16, L=2", "H=32, L=1",
+                                                 "H=32, L=2"]
+    assert all(ax.get_yscale() == "log" for ax in fig.axes)
+    cell = t["runs"].query("H == 32 and L == 2 and method == 'breed'")
+    assert f"{cell['val_mse'].median():.2e}" in texts(fig)
+    styles = {line.get_linestyle() for line in fig.axes[0].lines}
+    assert styles == {"-", ":"}  # validation solid, training moving average dotted
+    F.save(fig, tmp_path / "fig3a.png", tmp_path / "fig3a.pdf")
+    assert (tmp_path / "fig3a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "fig3a.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_fig3b_one_panel_per_varied_parameter(config: dict, tmp_path: Path) -> None:
+    cfg = copy.deepcopy(config)
+    cfg["studies"]["sampling"]["vary"] = {"sampler.breed.sigma": [1.0, 25.0],
+                                          "sampler.breed.period": [10]}
+    t = tables(cfg, "sampling", tmp_path)
+    fig = F.fig_hyperparameters(t["runs"], t["curves"], ["sigma", "P"])
+    assert [ax.get_title() for ax in fig.axes] == ["varying σ", "varying P"]
+    legend = [x.get_text() for x in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["σ=1", "σ=5", "σ=25", "Random"]  # the centre (σ=5) sits in every panel
+    legend = [x.get_text() for x in fig.axes[1].get_legend().get_texts()]
+    assert legend == ["P=10", "P=200", "Random"]
+    with pytest.raises(F.FigureError):
+        F.fig_hyperparameters(t["runs"].query("method == 'random'"), t["curves"], ["sigma"])
+
+
+def test_fig4_marks_means_of_uniform_proposal_random_breed(config: dict,
+                                                           tmp_path: Path) -> None:
+    t = tables(config, "quick", tmp_path)
+    fig = F.fig_deviation(t["runs"], t["inputs"])
+    a, b = fig.axes
+    breed_ids = t["runs"].query("method == 'breed'")["run_id"]
+    b_in = t["inputs"][t["inputs"]["run_id"].isin(breed_ids)]
+    r_in = t["inputs"][~t["inputs"]["run_id"].isin(breed_ids)]
+    means_a = sorted(line.get_xdata()[0] for line in a.lines)
+    expected_a = sorted([b_in.query("source != 'proposal'")["deviation"].mean(),
+                         b_in.query("source == 'proposal'")["deviation"].mean()])
+    assert means_a == pytest.approx(expected_a)
+    means_b = sorted(line.get_xdata()[0] for line in b.lines)
+    assert means_b == pytest.approx(sorted([r_in["deviation"].mean(),
+                                            b_in["deviation"].mean()]))
+    # synthetic proposal draws have a larger spread: the figure shows the shift
+    assert b_in.query("source == 'proposal'")["deviation"].mean() > \
+        b_in.query("source != 'proposal'")["deviation"].mean()
+
+
+def test_fig6_lower_triangle_of_median_correlations(config: dict, tmp_path: Path) -> None:
+    t = tables(config, "quick", tmp_path)
+    fig = F.fig_correlation(t["runs"], t["correlations"])
+    values = texts(fig)
+    assert len(values) == 10  # 5 variables: strictly lower triangle
+    c = t["correlations"].query("a == 'sample_loss' and b == 'Q'")
+    assert f"{c['r'].median():.2f}" in values
+
+
+def test_figures_need_a_reference_breed_run(config: dict, tmp_path: Path) -> None:
+    t = tables(config, "quick", tmp_path)
+    with pytest.raises(F.FigureError, match="no reference Breed run"):
+        F.fig_deviation(t["runs"].query("method == 'random'"), t["inputs"])

@@ -1,0 +1,213 @@
+"""breed.study: study grids -> run configs with readable ids, tidy tables, paired ratios."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from synthetic_rundir import write_synthetic_study
+
+from breed import study as S
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def ids(specs: list[S.RunSpec]) -> set[str]:
+    return {s.run_id for s in specs}
+
+
+def test_config_matches_workflow_schema(config: dict) -> None:
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    jsonschema.Draft202012Validator(schema).validate(config)
+
+
+def test_every_schema_key_has_description_and_default() -> None:
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    missing = []
+
+    def walk(node: dict, path: str) -> None:
+        for key, sub in node.get("properties", {}).items():
+            if "description" not in sub or "default" not in sub:
+                missing.append(f"{path}{key}")
+            walk(sub, f"{path}{key}.")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}*.")
+
+    walk(schema, "")
+    assert missing == []
+
+
+def test_models_study_is_h_by_l_by_method_per_seed(config: dict) -> None:
+    specs = S.expand_study(config, "models")
+    assert len(specs) == 3 * 3 * 2 * len(config["seeds"])
+    assert "breed-H16-L1-s10-P300-N200-r0.5-0.7-3-seed0" in ids(specs)
+    assert "random-H64-L3-seed2" in ids(specs)
+    breed = next(s for s in specs if s.run_id.startswith("breed-H32-L2"))
+    assert breed.config["study"]["simulations"] == 800
+    assert breed.config["solver"]["grid"] == 64 and breed.config["solver"]["steps"] == 100
+    assert breed.config["model"]["batch_size"] == 128
+    assert breed.config["buffer"]["watermark"] == 300
+    assert breed.config["launcher"]["max_jobs"] == 10
+    assert breed.config["validation"]["size"] == 200
+    ref = {s.run_id for s in specs if s.reference}
+    assert ref == {f"{m}-seed{k}" for k in config["seeds"]
+                   for m in ("random-H16-L1", "breed-H16-L1-s10-P300-N200-r0.5-0.7-3")}
+
+
+def test_sampling_study_varies_one_parameter_at_a_time(config: dict) -> None:
+    specs = [s for s in S.expand_study(config, "sampling") if s.seed == 0]
+    breed = [s for s in specs if s.params["method"] == "breed"]
+    # centre + sigma {1, 10, 25} (5 is the centre) + 5 periods + 3 windows
+    assert len(breed) == 1 + 3 + 5 + 3
+    assert len([s for s in specs if s.params["method"] == "random"]) == 1
+    assert "breed-H16-L1-s5-P200-N200-r0.5-0.9-3-seed0" in ids(specs)
+    assert "breed-H16-L1-s5-P10-N200-r0.5-0.9-3-seed0" in ids(specs)
+    assert "breed-H16-L1-s25-P200-N200-r0.5-0.9-3-seed0" in ids(specs)
+    assert "breed-H16-L1-s5-P200-N1000-r0.5-0.9-3-seed0" in ids(specs)
+    for s in breed:  # exactly one parameter away from the centre
+        off = [s.params["sigma"] != 5, s.params["P"] != 200, s.params["N"] != 200]
+        assert sum(off) <= 1
+    centre = [s for s in breed if s.params["centre"]]
+    assert [s.run_id for s in centre] == ["breed-H16-L1-s5-P200-N200-r0.5-0.9-3-seed0"]
+
+
+def test_mixing_study_uses_table1_centre(config: dict) -> None:
+    specs = [s for s in S.expand_study(config, "mixing") if s.seed == 1]
+    breed = ids(s for s in specs if s.params["method"] == "breed")
+    assert len(breed) == 1 + 3 + 2 + 2
+    assert "breed-H16-L1-s5-P200-N200-r0.1-1-5-seed1" in breed
+    assert "breed-H16-L1-s5-P200-N200-r0.8-1-5-seed1" in breed
+    assert "breed-H16-L1-s5-P200-N200-r0.1-0.7-5-seed1" in breed
+    assert "breed-H16-L1-s5-P200-N200-r0.1-1-2-seed1" in breed
+
+
+def test_random_and_breed_of_one_seed_are_paired(config: dict) -> None:
+    specs = S.expand_study(config, "quick")
+    assert sorted(s.run_id for s in specs) == [
+        "breed-H16-L1-s10-P25-N40-r0.5-0.9-3-seed0", "breed-H16-L1-s10-P25-N40-r0.5-0.9-3-seed1",
+        "random-H16-L1-seed0", "random-H16-L1-seed1"]
+    by_seed: dict[int, set[str]] = {}
+    for s in specs:
+        by_seed.setdefault(s.seed, set()).add(s.params["pair_id"])
+        assert s.config["seed"] == s.seed
+    assert all(p == {"H16-L1"} for p in by_seed.values())
+
+
+def test_backend_and_validation_file_reach_the_run_config(config: dict) -> None:
+    cfg = {**config, "launcher_backend": "slurm"}
+    spec = S.expand_study(cfg, "tiny")[0]
+    run = S.run_config(spec, "results/tiny/validation.npz", f"results/tiny/{spec.run_id}")
+    assert run["launcher"]["backend"] == "slurm"
+    assert run["validation"]["file"] == "results/tiny/validation.npz"
+    assert run["output"] == f"results/tiny/{spec.run_id}"
+    assert spec.config["validation"]["file"] is None  # the spec itself is not modified
+
+
+def test_selected_studies_expands_sets(config: dict) -> None:
+    assert S.selected_studies(config, "paper") == ["models", "sampling", "mixing"]
+    assert S.selected_studies(config) == ["quick"]
+    with pytest.raises(S.StudyError, match="'nope' is not one of"):
+        S.selected_studies(config, "nope")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grid": {"model.hiden": [16]}}, r"studies\.bad: model\.hiden: unknown key"),
+    ({"grid": {"model.hidden": [0]}}, r"studies\.bad: model\.hidden: 0 is less than"),
+    ({"vary": {"solver.grid": [16, 32]}}, r"solver\.grid cannot vary"),
+    ({"base": {"training": {"per_sample_log": False}}}, r"per_sample_log must stay true"),
+])
+def test_bad_studies_fail_with_one_line(config: dict, change: dict, message: str) -> None:
+    cfg = copy.deepcopy(config)
+    cfg["studies"]["bad"] = {**copy.deepcopy(cfg["studies"]["tiny"]), **change}
+    with pytest.raises(S.StudyError, match=message) as info:
+        S.expand_study(cfg, "bad")
+    assert "\n" not in str(info.value)
+
+
+def test_extra_varied_keys_enter_the_run_id(config: dict) -> None:
+    cfg = copy.deepcopy(config)
+    cfg["studies"]["buf"] = {**copy.deepcopy(cfg["studies"]["tiny"]),
+                             "grid": {"buffer.kind": ["reservoir", "fifo"],
+                                      "sampler.name": ["uniform"]}}
+    assert ids(S.expand_study(cfg, "buf")) == {"random-H16-L1-kindreservoir-seed0",
+                                               "random-H16-L1-kindfifo-seed0"}
+
+
+def test_study_figures_and_resources(config: dict) -> None:
+    assert S.study_figures(config, "quick") == ["fig3a", "fig4", "fig6"]
+    assert S.study_figures(config, "sampling") == ["fig3b", "fig4", "fig6"]
+    assert S.run_resources(config, "quick") == {"mem_mb": 2000, "runtime": 15, "gpu": 0}
+    assert S.run_resources(config, "models")["runtime"] == 240
+    spec = S.expand_study(config, "quick")[0]
+    assert S.run_threads(spec.config) == 1 + 2  # trainer + two local clients
+
+
+def test_geometric_mean() -> None:
+    assert S.geometric_mean(np.array([0.5, 2.0])) == pytest.approx(1.0)
+    assert S.geometric_mean(np.array([0.25, 1.0])) == pytest.approx(0.5)
+    assert math.isnan(S.geometric_mean(np.array([np.nan])))
+
+
+def test_paired_ratios_divide_by_the_same_seed() -> None:
+    runs = pd.DataFrame([
+        {"study": "s", "config_id": "breed-a", "pair_id": "H16-L1", "seed": 0,
+         "method": "breed", "val_mse": 1.0},
+        {"study": "s", "config_id": "breed-a", "pair_id": "H16-L1", "seed": 1,
+         "method": "breed", "val_mse": 4.0},
+        {"study": "s", "config_id": "random", "pair_id": "H16-L1", "seed": 0,
+         "method": "random", "val_mse": 4.0},
+        {"study": "s", "config_id": "random", "pair_id": "H16-L1", "seed": 1,
+         "method": "random", "val_mse": 4.0}])
+    for m in S.VALIDATION_METRICS[1:]:
+        runs[m] = runs["val_mse"]
+    ratios = S.paired_ratios(runs)
+    row = ratios.iloc[0]
+    assert row["pairs"] == 2
+    assert row["val_mse_ratio_gmean"] == pytest.approx(0.5)  # sqrt(0.25 * 1)
+    assert (row["val_mse_ratio_min"], row["val_mse_ratio_max"]) == (0.25, 1.0)
+
+
+def test_tables_from_synthetic_runs(config: dict, tmp_path: Path) -> None:
+    specs = S.expand_study(config, "quick")
+    write_synthetic_study(tmp_path, specs)
+    runs = S.runs_table(specs, tmp_path)
+    assert len(runs) == 4 and set(runs["method"]) == {"random", "breed"}
+    r0 = runs.set_index("run_id").loc["random-H16-L1-seed0"]
+    last_val = S.read_metrics(tmp_path / "random-H16-L1-seed0").query("kind == 'validation'")
+    assert r0["val_mse"] == pytest.approx(last_val["val_mse"].iloc[-1])
+    assert r0["iterations"] == 200 and r0["sims_done"] == 39
+    assert math.isnan(r0["sigma"]) and runs.set_index("run_id").loc[
+        "breed-H16-L1-s10-P25-N40-r0.5-0.9-3-seed1", "sigma"] == 10
+
+    curves = S.curves_table(specs, tmp_path)
+    assert set(curves["kind"]) == {"train", "validation"}
+    assert len(curves.query("run_id == 'random-H16-L1-seed0' and kind == 'train'")) == 20
+
+    inputs = S.inputs_table(specs, tmp_path)
+    assert len(inputs) == 4 * 39  # the "lost" simulation is left out
+    expected = np.std(inputs[["T0", "T1", "T2", "T3", "T4"]].to_numpy(), axis=1)
+    assert np.allclose(inputs["deviation"], expected)
+
+    corr = S.correlations_table(specs, tmp_path)
+    assert set(corr["run_id"]) == {s.run_id for s in specs if s.params["method"] == "breed"}
+    assert len(corr) == 2 * 10  # 5 variables -> 10 pairs per Breed run
+    one = corr.query("a == 'sample_loss' and b == 'batch_loss'").iloc[0]
+    frame = pd.read_csv(tmp_path / one["run_id"] / "per_sample_loss.csv")
+    assert one["r"] == pytest.approx(frame["sample_loss"].corr(frame["batch_loss"]))
+
+    summary = S.summary_by_config(runs)
+    assert list(summary["seeds"]) == [2, 2]
+    rnd = summary.set_index("config_id").loc["random-H16-L1"]
+    assert rnd["val_mse_median"] == pytest.approx(
+        runs.query("method == 'random'")["val_mse"].median())
