@@ -1,0 +1,271 @@
+"""The Snakemake study pipeline: lint, dry runs of every profile, the OAR profile scripts, the
+Nix flake and the conda env against pyproject.toml, and (slow tier) the tiny DAG end to end.
+
+Snakemake runs in a temporary copy of the workflow (Snakefile, workflow/, config/, profiles/
+and the root links `slurm`, `oar`), so results/ of the working tree never change what a dry
+run lists.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+QUICK_JOBS = {"validation_config": 1, "make_validation": 1, "run_config": 4, "breed_run": 4,
+              "tables": 1, "summary": 1, "fig3a": 1, "fig4": 1, "fig6": 1, "all": 1}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A copy of the workflow, laid out as at the repository root."""
+    for name in ("Snakefile",):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    for name in ("workflow", "config", "profiles"):
+        shutil.copytree(ROOT / name, tmp_path / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("slurm", "oar"):
+        os.symlink(os.readlink(ROOT / name), tmp_path / name)
+    os.symlink(ROOT / "src", tmp_path / "src")
+    return tmp_path
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("SNAKEMAKE_PROFILE", None)
+    return subprocess.run([*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run."""
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in table.splitlines()[3:] if line.strip()]
+    return {name: int(count) for name, count in rows if name != "total"}
+
+
+@pytest.mark.timeout(60)
+def test_lint_is_clean(workdir: Path) -> None:
+    proc = snakemake(workdir, "--lint")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("profile", [None, "slurm", "oar"])
+def test_dry_run_of_each_profile_lists_the_quick_study(workdir: Path, profile: str) -> None:
+    args = ["--profile", profile] if profile else []
+    proc = snakemake(workdir, *args, "--dry-run")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert job_counts(out) == QUICK_JOBS
+    # profiles/default is applied automatically, the named profile is found by its name
+    used = f"Using profiles {profile} and workflow" if profile else "Using workflow"
+    assert f"{used} specific profile profiles/default" in out
+    if profile:
+        assert f"{profile}/backend.yaml" in out  # the profile's scheduler for breed run
+
+
+@pytest.mark.timeout(60)
+def test_dry_run_of_the_paper_lists_every_grid_point(workdir: Path) -> None:
+    proc = snakemake(workdir, "--profile", "slurm", "--dry-run", "--config", "study=paper")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    # models 9 x 2 x 3 seeds; sampling (12 Breed + 1 Random) x 3; mixing (8 + 1) x 3
+    assert job_counts(out) == {
+        "validation_config": 3, "make_validation": 3, "run_config": 120, "breed_run": 120,
+        "tables": 3, "summary": 3, "fig3a": 1, "fig3b": 2, "fig4": 3, "fig6": 3, "all": 1}
+    assert "results/sampling/breed-H16-L1-s5-P10-N200-r0.5-0.9-3-seed2/config.yaml" in out
+
+
+@pytest.mark.timeout(60)
+def test_invalid_config_is_one_clear_error(workdir: Path) -> None:
+    proc = snakemake(workdir, "--dry-run", "--config", "study=nope")
+    assert proc.returncode != 0
+    assert "study: 'nope' is not one of" in proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- OAR profile
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name.replace("-", "_"),
+                                                  ROOT / "profiles" / "oar" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+OARSUB_OUTPUT = """\
+[ADMISSION RULE] Set default walltime to 7200.
+[ADMISSION RULE] Modify resource description with type constraints
+OAR_JOB_ID=4242
+"""
+
+
+def test_oarsub_output_is_parsed_after_admission_rules() -> None:
+    submit = load_script("oar-submit.py")
+    assert submit.parse_job_id(OARSUB_OUTPUT) == "4242"
+    with pytest.raises(ValueError, match="no OAR_JOB_ID"):
+        submit.parse_job_id("[ADMISSION RULE] Error: bad resource request\n")
+
+
+def test_oarsub_command_from_job_properties() -> None:
+    submit = load_script("oar-submit.py")
+    props = {"rule": "breed_run", "threads": 3,
+             "resources": {"runtime": 90, "mem_mb": 2000, "oar_queue": "besteffort",
+                           "oar_extra": "-t idempotent"}}
+    argv = submit.oarsub_argv(props, "/w/.snakemake/tmp/job.sh", "/w", "/w/logs")
+    assert argv[0] == "oarsub" and argv[-1] == "/w/.snakemake/tmp/job.sh"
+    assert "/nodes=1/core=3,walltime=1:30:00" in argv
+    assert argv[argv.index("--queue") + 1] == "besteffort"
+    assert argv[argv.index("--directory") + 1] == "/w"
+    assert ["-t", "idempotent"] == argv[-3:-1]
+    assert submit.walltime(5) == "0:05:00"
+
+
+@pytest.mark.parametrize("text, status", [
+    ('{"4242": {"state": "Running", "exit_code": null}}', "running"),
+    ('{"4242": {"state": "Waiting"}}', "running"),
+    ('{"4242": {"state": "Terminated", "exit_code": 0}}', "success"),
+    ('{"4242": {"state": "Terminated", "exit_code": 256}}', "failed"),
+    ('{"4242": {"state": "Error", "exit_code": null}}', "failed"),
+    ("Job_Id: 4242\n    state = Terminated\n    exit_code = 0 (0,0,0)\n", "success"),
+    ("Job_Id: 4242\n    state = Terminated\n    exit_code = 256 (1,0,0)\n", "failed"),
+    ("Job_Id: 4242\n    state = Finishing\n", "running"),
+])
+def test_oarstat_states(text: str, status: str) -> None:
+    assert load_script("oar-status.py").parse_status(text) == status
+
+
+def fake_bin(tmp_path: Path, name: str, body: str) -> None:
+    """FAKE scheduler command (a boundary we do not own): records its argv, prints ``body``.
+    The real OAR daemons are exercised by the oar-marked tests of the cluster CI."""
+    path = tmp_path / "bin" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/{name}.argv\ncat <<'EOF'\n{body}EOF\n")
+    path.chmod(0o755)
+
+
+@pytest.mark.timeout(30)
+def test_submit_and_status_scripts_against_fake_oar_commands(tmp_path: Path) -> None:
+    fake_bin(tmp_path, "oarsub", OARSUB_OUTPUT)
+    fake_bin(tmp_path, "oarstat", '{"4242": {"state": "Terminated", "exit_code": 0}}\n')
+    jobscript = tmp_path / "job.sh"
+    props = {"rule": "tables", "threads": 1, "resources": {"runtime": 30}}
+    jobscript.write_text(f"#!/bin/sh\n# properties = {json.dumps(props)}\necho hi\n")
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    oar = ROOT / "profiles" / "oar"
+    out = subprocess.run([oar / "oar-submit.py", jobscript], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=20)
+    assert (out.returncode, out.stdout.strip()) == (0, "4242"), out.stderr
+    assert "/nodes=1/core=1,walltime=0:30:00" in (tmp_path / "oarsub.argv").read_text()
+    out = subprocess.run([oar / "oar-status.py", "4242"], capture_output=True, text=True,
+                         env=env, timeout=20)
+    assert (out.returncode, out.stdout.strip()) == (0, "success"), out.stderr
+
+
+# --------------------------------------------------------------------------- environments
+def pyproject_names() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"])
+    for deps in project["optional-dependencies"].values():
+        specs += [d for d in deps if not d.startswith(project["name"] + "[")]
+    return {re.split(r"[<>=!~;\[ ]", s, maxsplit=1)[0].lower().replace("_", "-") for s in specs}
+
+
+def nix(*args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("nix-instantiate")
+    if exe is None:
+        pytest.skip("nix-instantiate not installed (Debian: apt-get install nix-bin)")
+    return subprocess.run([exe, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.timeout(60)
+def test_flake_parses() -> None:
+    proc = nix("--parse", "flake.nix")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_flake_maps_every_pyproject_dependency() -> None:
+    expr = "((import ./flake.nix).outputs { self = {}; nixpkgs = {}; }).lib"
+    proc = nix("--eval", "--strict", "--json", "-E", expr)
+    assert proc.returncode == 0, proc.stderr
+    lib = json.loads(proc.stdout)
+    assert lib["unmapped"] == []
+    assert set(lib["pypiNames"]) == pyproject_names()
+    assert set(lib["groups"]["runtime"]) == {
+        re.split(r"[<>=!~;\[ ]", s, maxsplit=1)[0].lower() for s in
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+
+
+def test_conda_env_lists_the_runtime_dependencies() -> None:
+    env = yaml.safe_load((ROOT / "workflow" / "envs" / "breed.yaml").read_text())
+    names = {d.split()[0] for d in env["dependencies"] if isinstance(d, str)}
+    conda_names = {"torch": "pytorch", "matplotlib": "matplotlib-base"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"] + project["optional-dependencies"]["mpich"]:
+        name = re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0].lower()
+        assert conda_names.get(name, name) in names, name
+
+
+# --------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tiny_dag_end_to_end_then_figures_alone(workdir: Path) -> None:
+    proc = snakemake(workdir, "--cores", "2", "--config", "study=tiny", timeout=540)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    res = workdir / "results" / "tiny"
+    for fig in ("fig3a", "fig4", "fig6"):
+        assert (res / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (res / "figures" / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-"
+    runs = (res / "tables" / "runs.csv").read_text().splitlines()
+    assert len(runs) == 3  # header + Random + Breed of seed 0
+    ratios = (res / "tables" / "ratios.csv").read_text().splitlines()
+    assert ratios[1].startswith("tiny,breed-H16-L1-s25-P5-N4-r0.5-0.9-3,H16-L1,1,")
+    inputs = (res / "tables" / "inputs.csv").read_text()
+    assert ",proposal," in inputs  # the tiny budget still steers
+    run_cfg = yaml.safe_load((res / "random-H16-L1-seed0" / "config.yaml").read_text())
+    assert run_cfg["validation"]["file"] == "results/tiny/validation.npz"
+    assert (res / "random-H16-L1-seed0" / "config.resolved.yaml").exists()
+    assert "breed run" in (res / "logs" / "breed_run" / "random-H16-L1-seed0.log").read_text()
+
+    proc = snakemake(workdir, "--dry-run", "--config", "study=tiny")
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
+
+    # redraw: only the figure and table rules run, no training
+    (res / "figures" / "fig4.png").unlink()
+    proc = snakemake(workdir, "--cores", "2", "--config", "study=tiny",
+                     "--forcerun", "fig3a", "summary", timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    ran = set(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", out))
+    assert ran == {"fig3a", "fig4", "summary", "all"}
+
+    proc = snakemake(workdir, "--config", "study=tiny", "--report", "report.html")
+    assert proc.returncode == 0, proc.stderr
+    html = (workdir / "report.html").read_text()
+    assert "fig3a.png" in html and "Fig. 6: Pearson correlations" in html
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_oar_profile_backend_reaches_the_run_configs(workdir: Path) -> None:
+    """A local rule under the oar profile: the profile's backend merges with --config."""
+    target = "results/tiny/random-H16-L1-seed0/config.yaml"
+    proc = snakemake(workdir, "--profile", "oar", "--config", "study=tiny", "--", target,
+                     timeout=100)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_cfg = yaml.safe_load((workdir / target).read_text())
+    assert run_cfg["launcher"]["backend"] == "oar"
+    assert run_cfg["study"]["simulations"] == 30  # study=tiny kept
