@@ -209,6 +209,18 @@ def test_flake_maps_every_pyproject_dependency() -> None:
         tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
 
 
+@pytest.mark.timeout(60)
+def test_flake_reports_a_new_unmapped_dependency(tmp_path: Path) -> None:
+    shutil.copy2(ROOT / "flake.nix", tmp_path / "flake.nix")
+    text = (ROOT / "pyproject.toml").read_text()
+    (tmp_path / "pyproject.toml").write_text(
+        text.replace('dependencies = [\n', 'dependencies = [\n  "Some_New.Package>=1",\n', 1))
+    expr = f"((import {tmp_path}/flake.nix).outputs {{ self = {{}}; nixpkgs = {{}}; }}).lib"
+    proc = nix("--eval", "--strict", "--json", "-E", expr)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["unmapped"] == ["some-new-package"]
+
+
 def test_conda_env_lists_the_runtime_dependencies() -> None:
     env = yaml.safe_load((ROOT / "workflow" / "envs" / "breed.yaml").read_text())
     names = {d.split()[0] for d in env["dependencies"] if isinstance(d, str)}
