@@ -142,9 +142,9 @@ def fig_hyperparameters(runs: pd.DataFrame, curves: pd.DataFrame,
         panel = breed[np.logical_and.reduce([breed[p] == c[p] for p in others])] \
             if others else breed
         values = sorted(panel[param].unique())
-        cmap = plt.get_cmap("viridis", max(len(values), 2))
-        for k, value in enumerate(values):
-            _plot_config(ax, curves, panel[panel[param] == value], cmap(k),
+        shades = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(len(values), 2)))
+        for k, value in enumerate(values):  # viridis without its pale yellow end
+            _plot_config(ax, curves, panel[panel[param] == value], shades[k],
                          f"{SYMBOLS.get(param, param)}={value:g}")
         if len(random):
             _plot_config(ax, curves, random, "0.5", "Random")
