@@ -40,8 +40,9 @@ FINISH_BODY = struct.Struct("!QHHI")
 MAX_CONTROL_BYTES = 64 * 1024
 DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
 
-DTYPES: dict[int, np.dtype] = {1: np.dtype(">f4"), 2: np.dtype(">f8")}
-"""Payload dtypes: big-endian on the wire so clients and servers of any endianness agree."""
+DTYPES: dict[int, np.dtype] = {1: np.dtype("<f4"), 2: np.dtype("<f8")}
+"""Payload dtypes: little-endian on the wire (a fixed order, so clients and servers of any
+endianness agree; little because x86 and ARM then decode without a byte swap)."""
 DTYPE_CODES = {dt.newbyteorder("="): code for code, dt in DTYPES.items()}
 
 
@@ -80,7 +81,7 @@ class StepMessage:
     nranks: int
     row_offset: int
     global_rows: int
-    block: np.ndarray  # shape (rows, cols), native byte order
+    block: np.ndarray  # (rows, cols), native byte order; may be a read-only view of the frame
 
     @property
     def rows(self) -> int:
@@ -140,7 +141,7 @@ def encode_step(
     row_offset: int = 0,
     global_rows: int | None = None,
 ) -> list[bytes]:
-    """Frames for one block; the payload is the block's bytes (big-endian), no copy of metadata."""
+    """Frames for one block; the payload is the block's bytes (little-endian, C order)."""
     if block.ndim != 2:
         raise ValueError("a step block must be 2-D (rows, cols)")
     native = block.dtype.newbyteorder("=")
@@ -241,6 +242,7 @@ def _decode_step(frames: list[bytes], body: bytes, max_payload: int, max_rows: i
     dtype = DTYPES[code]
     if size != rows * cols * dtype.itemsize:
         raise ProtocolError(f"payload is {size} bytes, header says {rows}x{cols} {dtype.name}")
+    # a read-only view of the frame on little-endian hosts: the assembler copies it once
     block = np.frombuffer(payload, dtype=dtype).reshape(rows, cols).astype(
-        dtype.newbyteorder("="), copy=True)
+        dtype.newbyteorder("="), copy=False)
     return StepMessage(sim_id, step, rank, nranks, offset, grows, block)
