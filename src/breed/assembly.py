@@ -69,7 +69,8 @@ class Assembler:
             self._check_nranks(sim_id, sim, nranks)
 
     def add(self, msg: StepMessage) -> tuple[int, int, np.ndarray] | None:
-        """Store one block; return the full field when this block completes its step."""
+        """Store one block; return the full field when this block completes its step (for a
+        one-rank simulation the block itself, possibly a read-only view: copy to keep it)."""
         block = msg.block
         if block.ndim != 2 or block.shape[0] == 0:
             raise ProtocolError(f"sim {msg.sim_id}: a block must be 2-D with at least one row")
@@ -89,6 +90,9 @@ class Assembler:
             return None
         self._check_nranks(msg.sim_id, sim, msg.nranks)
         self._check_layout(msg.sim_id, sim, msg.rank, msg.row_offset, msg.rows)
+        if msg.nranks == 1:  # the whole field in one block: nothing to reassemble or copy
+            sim.completed.add(msg.step)
+            return msg.sim_id, msg.step, block
         part = sim.partial.get(msg.step)
         if part is None:
             if len(sim.partial) >= self.max_partial_steps:
