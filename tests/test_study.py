@@ -126,6 +126,7 @@ def test_selected_studies_expands_sets(config: dict) -> None:
     ({"grid": {"model.hidden": [0]}}, r"studies\.bad: model\.hidden: 0 is less than"),
     ({"vary": {"solver.grid": [16, 32]}}, r"solver\.grid cannot vary"),
     ({"base": {"training": {"per_sample_log": False}}}, r"per_sample_log must stay true"),
+    ({"reference": {"model.hiddn": 16}}, r"reference: model\.hiddn is not a run-config key"),
 ])
 def test_bad_studies_fail_with_one_line(config: dict, change: dict, message: str) -> None:
     cfg = copy.deepcopy(config)

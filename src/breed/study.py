@@ -168,7 +168,12 @@ def expand_study(config: dict[str, Any], name: str) -> list[RunSpec]:
     base = deep_merge(config.get("common", {}), st.get("base", {}))
     base.setdefault("launcher", {})["backend"] = config.get("launcher_backend", "local")
     extra = [k for k in [*grid, *vary] if k not in PARAMS and k != "sampler.name"]
-    reference = st.get("reference", {})
+    reference = st.get("reference") or {}
+    for key in reference:
+        try:
+            get_dotted(_resolve(name, copy.deepcopy(base)), key)
+        except (KeyError, TypeError):
+            raise StudyError(f"studies.{name}.reference: {key} is not a run-config key") from None
     specs: dict[str, RunSpec] = {}
     for seed in st.get("seeds") or config.get("seeds") or [0]:
         for g in _points(grid, product=True):
