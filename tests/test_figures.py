@@ -73,7 +73,11 @@ def test_fig3a_grid_annotates_median_final_validation(config: dict, tmp_path: Pa
     cell = t["runs"].query("H == 32 and L == 2 and method == 'breed'")
     assert f"{cell['val_mse'].median():.2e}" in texts(fig)
     styles = {line.get_linestyle() for line in fig.axes[0].lines}
-    assert styles == {"-", ":"}  # validation solid, training moving average dotted
+    assert styles == {"-", ":", "None"}  # validation solid, training MA dotted, final dots
+    dots = [line for line in fig.axes[3].lines if line.get_linestyle() == "None"]
+    finals = {(float(x), float(y)) for d in dots for x, y in zip(*d.get_data(), strict=True)}
+    cell = t["runs"].query("H == 32 and L == 2")
+    assert finals == set(zip(cell["iterations"].astype(float), cell["val_mse"], strict=True))
     F.save(fig, tmp_path / "fig3a.png", tmp_path / "fig3a.pdf")
     assert (tmp_path / "fig3a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "fig3a.pdf").read_bytes()[:5] == b"%PDF-"

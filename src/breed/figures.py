@@ -71,7 +71,7 @@ def seed_band(curves: pd.DataFrame) -> pd.DataFrame:
 def _plot_config(ax: plt.Axes, curves: pd.DataFrame, runs: pd.DataFrame, color: str,
                  label: str, dy: float = 0.0) -> None:
     """Validation (solid, band over seeds) and moving-average training (dotted) of one
-    configuration; the median final validation loss is written at the end of its curve."""
+    configuration; dots: each seed's last validation loss, labelled with their median."""
     mine = curves[curves["run_id"].isin(runs["run_id"])]
     train = mine[mine["kind"] == "train"]
     if len(train):
@@ -85,9 +85,13 @@ def _plot_config(ax: plt.Axes, curves: pd.DataFrame, runs: pd.DataFrame, color: 
         if runs["run_id"].nunique() > 1:
             ax.fill_between(band["iteration"], band["lo"], band["hi"], color=color, alpha=0.2,
                             lw=0)
+        # Seeds stop at different iterations: mark each seed's last validation loss, and
+        # write the median of those at the median stopping point.
+        ax.plot(runs["iterations"], runs["val_mse"], "o", ms=2.5, color=color)
         final = float(np.nanmedian(runs["val_mse"]))
-        ax.annotate(f"{final:.2e}", (band["iteration"].iloc[-1], final), xytext=(3, dy),
-                    textcoords="offset points", fontsize=7, color=color, va="center")
+        where = float(np.nanmedian(runs["iterations"]))
+        ax.annotate(f"{final:.2e}", (where, final), xytext=(4, dy), textcoords="offset points",
+                    fontsize=7, color=color, va="center")
 
 
 def _finish(fig: plt.Figure, axes: np.ndarray, title: str) -> None:
