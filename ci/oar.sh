@@ -83,6 +83,9 @@ set_conf() { # set_conf KEY VALUE: set (or add) KEY="VALUE" in oar.conf
 }
 
 configure() {
+  if ! grep -qxF "$MARK" "$OAR_CONF" && ! grep -q '^DB_BASE_PASSWD=""' "$OAR_CONF"; then
+    die "$OAR_CONF is configured already (not by this script): not touching it"
+  fi
   [ -e "$OAR_CONF.breed-orig" ] || cp -p "$OAR_CONF" "$OAR_CONF.breed-orig"
   grep -qxF "$MARK" "$OAR_CONF" || echo "$MARK" >>"$OAR_CONF"
   local key

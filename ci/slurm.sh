@@ -186,9 +186,12 @@ node_idle() { sinfo -h -N -o %t | grep -qx 'idle\|mix\|alloc'; }
 up() {
   [ "$(id -u)" = 0 ] || die "up needs root"
   install
-  if [ -e "$CONF" ] && ! grep -qxF "$MARK" "$CONF"; then
-    die "$CONF exists and was not written by this script: not touching it"
-  fi
+  local f
+  for f in "$CONF" "$DBD_CONF"; do
+    if [ -e "$f" ] && ! grep -qxF "$MARK" "$f"; then
+      die "$f exists and was not written by this script: not touching it"
+    fi
+  done
   mkdir -p "$STATE"/{spool/ctld,spool/d,log,run}
   chmod 755 "$STATE"
   start_munge
