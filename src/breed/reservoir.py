@@ -151,6 +151,47 @@ class SampleBuffer:
             self._write(params, step, field, sim_id)
             return True
 
+    def offer_many(self, params: np.ndarray, steps: np.ndarray, fields: np.ndarray,
+                   sim_ids: np.ndarray, normalised: bool = False) -> int:
+        """Store, in order, as many of k samples as fit without blocking; returns how many.
+
+        One lock and vectorised copies for the whole group (the ingest process hands samples
+        over in bulk). ``normalised``: ``fields`` are already ``(u - c) / h`` float32."""
+        params = np.asarray(params, dtype=np.float64).reshape(-1, DIM)
+        fields = np.asarray(fields).reshape(len(params), -1)
+        if fields.shape[1] != self.field_size:
+            raise ValueError(f"sample fields have {fields.shape[1]} values, the buffer "
+                             f"expects {self.field_size}")
+        steps = np.asarray(steps, dtype=np.int64)
+        with self._lock:
+            self._raise_if_closed()
+            slots = []
+            while len(slots) < len(params) and self._can_accept():
+                slots.append(self._store())
+            n = len(slots)
+            if n == 0:
+                self.refused += 1
+                return 0
+            idx = np.asarray(slots, dtype=np.int64)
+            norm = self.normalisation
+            if norm is None or normalised:
+                self._fields[idx] = fields[:n]
+                self._inputs[idx, :DIM] = params[:n]
+                self._inputs[idx, DIM] = steps[:n]
+            else:
+                self._fields[idx] = (fields[:n] - norm.c) / norm.h
+            if norm is not None:
+                self._inputs[idx, :DIM] = (params[:n] - norm.c) / norm.h
+                self._inputs[idx, DIM] = steps[:n] / norm.steps
+            self._sim_ids[idx] = np.asarray(sim_ids, dtype=np.int64)[:n]
+            self._steps[idx] = steps[:n]
+            self._seen[idx] = 0
+            self.received += n
+            if self.received >= self.watermark:
+                self._started = True
+            self._data.notify_all()
+            return n
+
     def put(self, params: np.ndarray, step: int, field: np.ndarray, sim_id: int,
             timeout: float | None = None) -> bool:
         """Store a sample, blocking while the buffer cannot take it; False on timeout.
