@@ -222,7 +222,8 @@ class Server:
             t0 = time.monotonic()
             batch = self.buffer.sample_batch(batch_size, timeout=0.05 if size == 1 else 0.002)
             ag = self.coll.agree(
-                samples=0 if batch is None else len(batch), all_seen=self.buffer.finished(),
+                samples=0 if batch is None else len(batch),
+                all_seen=batch is None and self.buffer.finished(),  # a drawn batch is trained
                 data_finished=self.root and self.table.finished(),
                 stop=max_it is not None and self.iteration >= max_it)
             if ag.data_finished and not self.buffer.closed:
