@@ -18,6 +18,7 @@ reported FAILED with that reason rather than running forever.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -63,8 +64,13 @@ class SlurmBackend(ClusterBackend):
                                 int(self.options.get("cpus_per_task", 1)))
 
     def _submit(self, spec: JobSpec) -> str:
+        # absolute paths: slurmd reads a relative --output from the job's --chdir, not from
+        # where sbatch ran (`breed run --output run` would log to run/run/logs)
+        spec = dataclasses.replace(
+            spec, workdir=Path(spec.workdir).resolve(),
+            log_path=None if spec.log_path is None else Path(spec.log_path).resolve())
         if spec.log_path is not None:  # slurmd does not make missing directories
-            Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
+            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         res = self.run(sbatch_argv(spec, self.options), input=self.script(spec),
                        env={**os.environ, **spec.env})
         return parse_sbatch_parsable(self.check(res, "sbatch"))
