@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from breed import protocol
+from breed import protocol, security
 from breed.protocol import AuthError, Kind, ProtocolError
 
 DEFAULT_TIMEOUT = 30.0
@@ -148,6 +148,7 @@ class Client:
         self.send_timeout = max(10 * self.timeout, 60.0) if send_timeout is None else \
             float(send_timeout)
         self.sndhwm = sndhwm
+        self.curve_serverkey = security.curve_from_env()  # BREED_CURVE_SERVERKEY: encrypt
         self.assignment: Assignment | None = None
         self._steps_sent = 0
         self._ctx = zmq.Context()
@@ -172,10 +173,13 @@ class Client:
         sock.setsockopt(zmq.RCVTIMEO, int(self.timeout * 1000))
         sock.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
         try:
+            if self.curve_serverkey is not None:
+                security.make_curve_client(sock, self.curve_serverkey)
             sock.connect(self.server)
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, ValueError) as exc:
             sock.close()
-            raise ClientConfigError(f"invalid server address {self.server!r}: {exc}") from None
+            raise ClientConfigError(f"invalid server address {self.server!r} or "
+                                    f"{security.ENV_CURVE}: {exc}") from None
         return sock
 
     def _call(self, kind: Kind, body: dict[str, Any]) -> protocol.ControlMessage:
@@ -252,6 +256,8 @@ class Client:
             # on close, keep trying to deliver what is queued, but not forever
             sock.setsockopt(zmq.LINGER, int(self.send_timeout * 1000))
             try:
+                if self.curve_serverkey is not None:
+                    security.make_curve_client(sock, self.curve_serverkey)
                 sock.connect(address)
             except zmq.ZMQError as exc:
                 sock.close()

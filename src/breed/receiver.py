@@ -5,6 +5,14 @@ pings, and turns STEP messages into complete fields in the buffer. When the buff
 accept (reservoir full of unseen samples) it stops reading the data socket: the ZeroMQ
 high-water marks then make the clients' ``send`` block — backpressure, nothing dropped.
 Every bad message is counted and logged, never raised (paper Appendix A; Melissa's server).
+
+Fault tolerance: a step enters the buffer at most once per run, across client retries and server
+restarts (:class:`~breed.recovery.StepLedger`, checkpointed); a simulation whose every rank
+finished with steps missing is handed out again at once; clients silent for longer than
+``simulation_timeout`` are reported to the launcher (``stale_jobs`` in the pong) to be cancelled.
+Security: the run token on every message, optional CURVE encryption, a hard size limit per frame
+(``ZMQ_MAXMSGSIZE``: libzmq drops the sender's connection) and field checks (shape, dtype, range,
+finite values) before anything reaches the buffer.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from breed.protocol import (
     decode,
     encode_control,
 )
+from breed.recovery import StepLedger
 from breed.simtable import SimTable
 
 log = logging.getLogger("breed.server")
@@ -61,7 +70,9 @@ class Receiver(threading.Thread):
                  solver: dict[str, Any], status: Callable[[], dict[str, Any]],
                  on_sim_done: Callable[[int], None], on_launcher: Callable[[dict], None],
                  simulation_timeout: float, control: bool = True,
-                 max_payload: int = 64 << 20) -> None:
+                 max_payload: int | None = None, max_message: int | None = None,
+                 curve_secret: bytes | None = None, bounds: tuple[float, float] | None = None,
+                 ledger: StepLedger | None = None) -> None:
         super().__init__(name="breed-receiver", daemon=True)
         self.token = token
         self.table = table
@@ -69,31 +80,45 @@ class Receiver(threading.Thread):
         self.solver = solver
         self.steps = int(solver["steps"])
         self.grid = int(solver["grid"])
+        self.dtype = np.dtype(solver.get("dtype", "float64"))
         self.status = status
         self.on_sim_done = on_sim_done
         self.on_launcher = on_launcher
         self.simulation_timeout = simulation_timeout
-        self.max_payload = max_payload
+        # a block is at most one whole field: anything larger is refused by decode (counted)
+        self.max_payload = max_payload or self.grid * self.grid * self.dtype.itemsize
+        self.max_message = max_message or (self.max_payload + (64 << 10))
+        self.bounds = bounds
         self.assembler = Assembler()
+        self.ledger = ledger or StepLedger(self.steps + 1)
+        self.ingest_lock = threading.Lock()  # ledger + buffer + table move together (checkpoint)
         self.counts: Counter[str] = Counter()
-        self.steps_done: dict[int, int] = {}
+        self.stale_jobs: set[str] = set()
         self.stop_event = threading.Event()
         self.paused_s = 0.0
         self._ctx = zmq.Context.instance()
         addr = resolve_host(host)
-        self.data = self._ctx.socket(zmq.PULL)
+        self.data = self._socket(zmq.PULL, curve_secret)
         self.data.setsockopt(zmq.RCVHWM, DATA_HWM)
-        self.data.setsockopt(zmq.LINGER, 0)
         port = self.data.bind_to_random_port(f"tcp://{addr}")
         self.data_address = f"tcp://{addr}:{port}"
         self.control = None
         self.control_address = None
         if control:
-            self.control = self._ctx.socket(zmq.ROUTER)
-            self.control.setsockopt(zmq.LINGER, 0)
+            self.control = self._socket(zmq.ROUTER, curve_secret)
             port = self.control.bind_to_random_port(f"tcp://{addr}")
             self.control_address = f"tcp://{addr}:{port}"
         self.data_addresses: list[str] = [self.data_address]
+
+    def _socket(self, kind: int, curve_secret: bytes | None) -> zmq.Socket:
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, int(self.max_message))
+        if curve_secret is not None:
+            from breed.security import make_curve_server
+
+            make_curve_server(sock, curve_secret)
+        return sock
 
     # -- loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -119,7 +144,12 @@ class Receiver(threading.Thread):
                     last_expire = now
                     for sim_id in self.table.expire(self.simulation_timeout):
                         self.counts["sims_timed_out"] += 1
-                        log.warning("simulation %d timed out; handed out again or lost", sim_id)
+                        job = self.table.job_of(sim_id)
+                        if job is not None:
+                            self.stale_jobs.add(job)
+                        log.warning("simulation %d (job %s) silent for more than %g s; handed "
+                                    "out again or given up", sim_id, job,
+                                    self.simulation_timeout)
         finally:
             self.data.close(0)
             if self.control is not None:
@@ -137,6 +167,10 @@ class Receiver(threading.Thread):
 
     # -- data ---------------------------------------------------------------------------
     def _on_data(self, frames: list[bytes]) -> None:
+        if len(frames) > 2 and len(frames[2]) > self.max_payload:
+            self._reject(f"frame of {len(frames[2])} bytes, the most a field takes is "
+                         f"{self.max_payload}", "oversized")
+            return
         try:
             msg = decode(frames, self.token, max_payload=self.max_payload)
         except AuthError:
@@ -146,7 +180,7 @@ class Receiver(threading.Thread):
             self._reject(f"malformed data message: {exc}", "malformed")
             return
         if isinstance(msg, FinishMessage):
-            self.counts["finish"] += 1
+            self._on_finish(msg)
             return
         if not isinstance(msg, StepMessage):
             self._reject(f"{type(msg).__name__} on the data socket", "malformed")
@@ -155,22 +189,58 @@ class Receiver(threading.Thread):
         if problem:
             self._reject(problem[0], problem[1])
             return
+        with self.ingest_lock:
+            self._ingest(msg)
+
+    def _ingest(self, msg: StepMessage) -> None:
+        sim_id = msg.sim_id
+        if self.ledger.has(sim_id, msg.step):  # a retried client re-sending: keep the first
+            self.counts["duplicate_steps"] += 1
+            self.table.on_step(sim_id)
+            return
         try:
             out = self.assembler.add(msg)
         except ProtocolError as exc:
             self._reject(f"inconsistent block: {exc}", "malformed")
             return
-        self.table.on_step(msg.sim_id)
+        self.counts["blocks"] += 1
+        self.table.on_step(sim_id)
         if out is None:
             return
-        sim_id, step, field = out
+        _, step, field = out
         self.buffer.put(self.table.params_of(sim_id), step, field.astype(np.float32).ravel(),
                         sim_id)
+        self.ledger.add(sim_id, step)
         self.counts["samples"] += 1
-        done = self.steps_done.get(sim_id, 0) + 1
-        self.steps_done[sim_id] = done
-        if done == self.steps + 1 and self.table.complete(sim_id):
+        if self.ledger.count(sim_id) == self.steps + 1 and self.table.complete(sim_id):
             self.on_sim_done(sim_id)
+
+    def _on_finish(self, msg: FinishMessage) -> None:
+        """Every rank finished: a simulation still missing steps (lost in a dead server's queue,
+        or rejected) is handed out again now rather than after ``simulation_timeout``."""
+        if not self.table.known(msg.sim_id):
+            self._reject(f"FINISH for unknown simulation {msg.sim_id}", "unknown_sim")
+            return
+        with self.ingest_lock:
+            have = self.ledger.count(msg.sim_id)
+            if have == self.steps + 1:  # complete (or a retry's FINISH, its steps dropped)
+                self.counts["finish"] += 1
+                return
+            try:
+                every_rank = self.assembler.finish(msg)
+            except ProtocolError as exc:
+                self._reject(f"inconsistent FINISH: {exc}", "malformed")
+                return
+            self.counts["finish"] += 1
+            fail = getattr(self.table, "fail", None)
+            if not every_rank or fail is None:  # rank r > 0: rank 0's timeout retries it
+                return
+            outcome = fail(msg.sim_id, f"client finished with "
+                                      f"{self.steps + 1 - have} steps missing")
+            self.assembler.discard(msg.sim_id)
+        self.counts["incomplete_sims"] += 1
+        log.warning("simulation %d finished with %d of %d steps -> %s", msg.sim_id, have,
+                    self.steps + 1, outcome)
 
     def _check_step(self, msg: StepMessage) -> tuple[str, str] | None:
         if not self.table.known(msg.sim_id):
@@ -180,8 +250,16 @@ class Receiver(threading.Thread):
         if msg.global_rows != self.grid or msg.block.shape[1] != self.grid:
             return (f"field {msg.global_rows}x{msg.block.shape[1]}, run has "
                     f"{self.grid}x{self.grid}"), "bad_shape"
+        if msg.block.dtype != self.dtype:
+            return f"dtype {msg.block.dtype}, run has {self.dtype}", "bad_dtype"
         if not np.isfinite(msg.block).all():
             return f"non-finite values in sim {msg.sim_id} step {msg.step}", "non_finite"
+        if self.bounds is not None:
+            lo, hi = self.bounds
+            tol = 0.01 * (hi - lo)  # the maximum principle keeps u within the bounds
+            if msg.block.min() < lo - tol or msg.block.max() > hi + tol:
+                return (f"values outside the bounds [{lo:g}, {hi:g}] in sim {msg.sim_id} "
+                        f"step {msg.step}"), "out_of_range"
         return None
 
     def _reject(self, text: str, counter: str) -> None:
@@ -207,13 +285,14 @@ class Receiver(threading.Thread):
             self._reply(ident, Kind.REJECT, {"reason": f"malformed message: {exc}"})
             return
         if not isinstance(msg, ControlMessage):
+            self._reject("data message on the control socket", "malformed")
             self._reply(ident, Kind.REJECT, {"reason": "data message on the control socket"})
             return
         if msg.kind is Kind.REQUEST:
             self._on_request(ident, msg.body)
         elif msg.kind is Kind.PING:
             self.on_launcher(msg.body)
-            self._reply(ident, Kind.PONG, self.status())
+            self._reply(ident, Kind.PONG, {**self.status(), **self.fault_status()})
         elif msg.kind is Kind.ABORT:
             sim_id = msg.body.get("sim_id")
             if isinstance(sim_id, int) and self.table.known(sim_id):
@@ -234,10 +313,20 @@ class Receiver(threading.Thread):
             self._reply(ident, Kind.WAIT, {"retry_after": 0.5})
         else:
             self.counts["assigned"] += 1
+            self.assembler.discard(got.sim_id)  # new attempt: fresh layout, steps kept
             self._reply(ident, Kind.ASSIGN, {
                 "sim_id": got.sim_id, "params": got.params, "attempt": got.attempts,
                 "data": self.data_addresses[got.sim_id % len(self.data_addresses)],
                 "solver": self.solver})
+
+    def fault_status(self) -> dict[str, Any]:
+        """Pong fields for the launcher: jobs to cancel, and per in-flight simulation its job
+        and the steps received (operators, fault-injection tests)."""
+        with self.ingest_lock:
+            steps = {str(s): [self.table.job_of(s), self.ledger.count(s)]
+                     for s in self.table.in_flight_ids()}
+        return {"stale_jobs": sorted(self.stale_jobs), "in_flight_steps": steps,
+                "unique_steps": self.ledger.total()}
 
     def _reply(self, ident: bytes, kind: Kind, body: dict[str, Any]) -> None:
         assert self.control is not None

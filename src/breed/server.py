@@ -25,6 +25,7 @@ import yaml
 from breed.collective import Collective, mpi_world
 from breed.protocol import token_from_hex
 from breed.receiver import Receiver, resolve_host
+from breed.recovery import capture, restore, truncate_logs
 from breed.reservoir import buffer_from_config
 from breed.runlog import (
     PER_SAMPLE_COLUMNS,
@@ -35,6 +36,7 @@ from breed.runlog import (
     write_table,
 )
 from breed.sampling import make_sampler
+from breed.security import server_options
 from breed.shard import RankLink, RemoteTable, ShardedTable
 from breed.simtable import COLUMNS, SimTable
 from breed.trainer import Trainer, resolve_device
@@ -128,12 +130,14 @@ class Server:
             token=self.token, host=lc["host"], table=self.table, buffer=self.buffer,
             solver=self.solver, status=self.status, on_sim_done=self._on_sim_done,
             on_launcher=self._on_launcher, simulation_timeout=lc["simulation_timeout"],
-            control=self.root)
+            control=self.root, **server_options(cfg, run_dir))
         # rank r receives the simulations with sim_id % R == r
         self.receiver.data_addresses = self.coll.allgather(self.receiver.data_address)
         self.checkpoint_path = run_dir / "checkpoints" / "checkpoint.pt"
         if resume and self.checkpoint_path.exists():
             self._load_checkpoint()
+        elif resume and self.root:  # died before its first checkpoint: start over
+            truncate_logs(run_dir, 0)
 
     # -- set-up -------------------------------------------------------------------------
     def _validation_set(self) -> dict[str, Any]:
@@ -299,12 +303,9 @@ class Server:
     def save_checkpoint(self) -> None:
         import io
 
-        with self.sampler_lock:
-            sampler_state = self.sampler.state_dict()
         state = {"iteration": self.iteration, "trainer": self.trainer.state_dict(),
-                 "sampler": sampler_state, "table": self.table.state_dict(),
-                 "buffer": self.buffer.state_dict(), "torch_rng": torch.get_rng_state(),
-                 "numpy_rng": np.random.get_state()}
+                 "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                 **self._receiver_state()}
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.checkpoint_path, buf.getvalue())
@@ -313,11 +314,22 @@ class Server:
         state = torch.load(self.checkpoint_path, weights_only=False)
         self.iteration = state["iteration"]
         self.trainer.load_state_dict(state["trainer"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.table.load_state_dict(state["table"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
-        log.info("resumed from %s at iteration %d", self.checkpoint_path, self.iteration)
+        if self.root:  # multi-rank: the other ranks' ledgers and buffers are not saved yet
+            restore(state, ledger=self.receiver.ledger, table=self.table, sampler=self.sampler,
+                    buffer=self.buffer, counts=self.receiver.counts)
+            truncate_logs(self.run_dir, self.iteration)
+            log.info("resumed from %s at iteration %d (%d simulations done, %d steps "
+                     "received)", self.checkpoint_path, self.iteration,
+                     self.table.done_count(), self.receiver.ledger.total())
+
+    def _receiver_state(self) -> dict[str, Any]:
+        """Table, sampler, received-steps ledger and buffer samples in one consistent cut
+        (breed.recovery): what a restart needs to lose and duplicate nothing."""
+        return capture(ingest_lock=self.receiver.ingest_lock, ledger=self.receiver.ledger,
+                       table=self.table, sampler=self.sampler, sampler_lock=self.sampler_lock,
+                       buffer=self.buffer, counts=self.receiver.counts)
 
     def close(self, linger: float = 0.0) -> None:
         """Keep answering (STOP to clients, pongs) until the launcher releases us or

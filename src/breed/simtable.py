@@ -4,7 +4,9 @@ Parameters are drawn from the sampler only when a client asks for work (late bin
 Section 2.2), so Breed can rewrite every simulation not yet handed out. A failed simulation is
 handed out again with the same λ up to ``max_retries`` times, then given up: with
 ``on_give_up="resample"`` a fresh simulation is drawn so the run still completes ``budget``
-simulations; with ``"drop"`` the budget shrinks.
+simulations; with ``"drop"`` the budget shrinks. A server restart hands the simulations that were
+in flight at its checkpoint out again without counting it against their retries (the server
+failed, not the simulation).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class SimRecord:
     end_time: float | None = None
     last_seen: float = field(default_factory=time.monotonic)
     failures: list[str] = field(default_factory=list)
+    restarts: int = 0  # attempts cut short by a server restart (not the simulation's fault)
 
     def row(self, q: float | None) -> dict[str, Any]:
         out: dict[str, Any] = {"sim_id": self.sim_id}
@@ -66,7 +69,8 @@ class SimTable:
         self.retry: deque[int] = deque()
         self.target = budget  # simulations that must finish; shrinks on "drop"
         self.drawn = 0  # simulations drawn from the sampler
-        self._lock = threading.Lock()
+        # re-entrant: a checkpoint holds it (with the sampler lock) around state_dict()
+        self._lock = threading.RLock()
 
     # -- hand-out -----------------------------------------------------------------------
     def request(self, job_id: str | None, client: str) -> SimRecord | str:
@@ -127,7 +131,7 @@ class SimTable:
             if rec.status not in IN_FLIGHT:
                 return rec.status
             rec.failures.append(reason)
-            if rec.attempts <= self.max_retries:
+            if rec.attempts - rec.restarts <= self.max_retries:
                 rec.status = "failed"
                 self.retry.append(sim_id)
                 return "retry"
@@ -147,11 +151,20 @@ class SimTable:
     def expire(self, timeout: float) -> list[int]:
         """Fail in-flight simulations silent for longer than ``timeout`` seconds."""
         now = time.monotonic()
-        ids = [r.sim_id for r in self.records.values()
-               if r.status in IN_FLIGHT and now - r.last_seen > timeout]
+        with self._lock:
+            ids = [r.sim_id for r in self.records.values()
+                   if r.status in IN_FLIGHT and now - r.last_seen > timeout]
         for sim_id in ids:
             self.fail(sim_id, f"silent for more than {timeout:g} s")
         return ids
+
+    def job_of(self, sim_id: int) -> str | None:
+        rec = self.records.get(sim_id)
+        return rec.job_id if rec is not None else None
+
+    def in_flight_ids(self) -> list[int]:
+        with self._lock:
+            return [r.sim_id for r in self.records.values() if r.status in IN_FLIGHT]
 
     # -- views --------------------------------------------------------------------------
     def done_count(self) -> int:
@@ -194,5 +207,6 @@ class SimTable:
             for rec in self.records.values():
                 if rec.status in IN_FLIGHT:
                     rec.status = "failed"
+                    rec.restarts += 1
                     rec.failures.append("in flight at the checkpoint the server resumed from")
                     self.retry.append(rec.sim_id)
