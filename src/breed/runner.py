@@ -1,5 +1,17 @@
 """``breed run CONFIG``: validate, prepare the run directory, start the server, launch clients.
 
+Fault tolerance (``launcher.on_server_death``): when the server process dies or stops answering
+for ``launcher.ping_timeout`` s, the client jobs are cancelled and the server is restarted from
+its last checkpoint (``breed server --resume``), at most ``launcher.max_server_restarts`` times;
+the simulations in flight at that checkpoint run again with the same parameters, and steps
+already received are not taken twice (:mod:`breed.recovery`). Clients are cancelled rather than
+kept: a kept client could stream a simulation id that the restarted server has handed out again
+with other parameters (ids follow the sampler's hand-out order, which rewinds to the checkpoint).
+
+``breed run --resume DIR`` does the same by hand after the launcher itself died: it cancels the
+jobs listed in ``DIR/jobs.csv``, re-attaches to the server if it is still alive and answering,
+otherwise restarts it from the checkpoint.
+
 Exit codes: 0 success; 2 invalid configuration or arguments (nothing started); 1 the run failed
 (one-line reason on stderr, details in ``DIR/logs``).
 """
@@ -9,24 +21,40 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import secrets
+import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from breed.config import ConfigError, dump_config, load_config
 from breed.launcher import make_backend
-from breed.launcher.launcher import Launcher, LauncherError, ServerLink
+from breed.launcher.backend import Backend
+from breed.launcher.launcher import (
+    Launcher,
+    LauncherError,
+    ServerDied,
+    ServerLink,
+    read_jobs,
+)
 from breed.launcher.local import find_mpiexec
 from breed.protocol import token_from_hex
-from breed.runlog import atomic_write_json, provenance, write_table
+from breed.runlog import atomic_write_json, provenance
+from breed.security import (
+    ENV_CURVE,
+    TOKEN_FILE,
+    check_private,
+    curve_available,
+    ensure_curve_keys,
+    new_token,
+)
 
 log = logging.getLogger("breed.run")
-JOB_COLUMNS = ["name", "job_id", "state", "submit_time", "end_time", "exit_code", "reason"]
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -39,44 +67,150 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def check_runtime(cfg: dict[str, Any]) -> Backend:
+    """Checks the schema cannot express, before anything starts (ConfigError naming the key);
+    returns the run's backend."""
+    from breed.receiver import resolve_host
+
+    lc, sc = cfg["launcher"], cfg["solver"]
+    device = str(cfg["model"]["device"]).strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"model.device: {device!r} is not auto, cpu, cuda or cuda:N")
+    try:
+        resolve_host(lc["host"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    needs_mpi = lc["server_ranks"] > 1 or (sc["ranks"] > 1 and lc["backend"] == "local")
+    if needs_mpi:
+        try:
+            find_mpiexec(lc["mpiexec"])
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
+    if lc["curve"] and not curve_available():
+        raise ConfigError("launcher.curve: this libzmq was built without CURVE support")
+    field = sc["grid"] ** 2 * np.dtype(sc["dtype"]).itemsize
+    if lc["max_message_bytes"] is not None and lc["max_message_bytes"] < field + 1024:
+        raise ConfigError(f"launcher.max_message_bytes: {lc['max_message_bytes']} is below "
+                          f"one field of solver.grid {sc['grid']} ({field} bytes) + 1024")
+    try:
+        return make_backend(lc["backend"], {**lc.get(lc["backend"], {}),
+                                            "mpiexec": lc["mpiexec"]})
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
+
+
 def prepare_run_dir(cfg: dict[str, Any], run_dir: Path, argv: list[str]) -> str:
-    """Write resolved config, provenance and a fresh 0600 token; returns the token (hex)."""
+    """Write resolved config, provenance, a fresh 0600 token (and CURVE keys); returns the
+    token (hex)."""
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     cfg = {**cfg, "output": str(run_dir)}
     dump_config(cfg, run_dir / "config.resolved.yaml")
     atomic_write_json(run_dir / "provenance.json", provenance(cfg["seed"], ["breed", *argv]))
-    token = secrets.token_hex(32)
-    fd = os.open(run_dir / "token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    return token
+    if cfg["launcher"]["curve"]:
+        ensure_curve_keys(run_dir)
+    return new_token(run_dir)
 
 
-def start_server(cfg: dict[str, Any], run_dir: Path, resume: bool) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "breed.server", "--run-dir", str(run_dir)]
-    if resume:
-        cmd.append("--resume")
-    ranks = cfg["launcher"]["server_ranks"]
-    if ranks > 1:
-        cmd = [find_mpiexec(cfg["launcher"]["mpiexec"]), "-n", str(ranks), *cmd]
-    (run_dir / "server.json").unlink(missing_ok=True)
-    with open(run_dir / "logs" / "server.log", "ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+class ServerProcess:
+    """The server, started by this launcher (a child) or found alive on ``--resume``."""
 
+    def __init__(self, run_dir: Path, proc: subprocess.Popen | None, pid: int) -> None:
+        self.run_dir, self.proc, self.pid = run_dir, proc, pid
 
-def wait_for_server(proc: subprocess.Popen, run_dir: Path, timeout: float = 600) -> dict:
-    path = run_dir / "server.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return yaml.safe_load(path.read_text())
-        if proc.poll() is not None:
-            raise LauncherError(f"the server exited with code {proc.returncode} before "
-                                f"listening; see {run_dir / 'logs' / 'server.log'}")
-        time.sleep(0.05)
-    raise LauncherError(f"the server did not start within {timeout:g} s")
+    @classmethod
+    def start(cls, cfg: dict[str, Any], run_dir: Path, resume: bool) -> ServerProcess:
+        cmd = [sys.executable, "-m", "breed.server", "--run-dir", str(run_dir)]
+        if resume:
+            cmd.append("--resume")
+        ranks = cfg["launcher"]["server_ranks"]
+        if ranks > 1:
+            cmd = [find_mpiexec(cfg["launcher"]["mpiexec"]), "-n", str(ranks), *cmd]
+        (run_dir / "server.json").unlink(missing_ok=True)
+        env = {**os.environ, "BREED_RUN_DIR": str(run_dir.resolve())}
+        env.pop("BREED_TOKEN", None)  # the server reads DIR/token
+        with open(run_dir / "logs" / "server.log", "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        return cls(run_dir, proc, proc.pid)
+
+    @classmethod
+    def attach(cls, run_dir: Path, token: bytes, curve: bytes | None,
+               timeout: float) -> ServerProcess | None:
+        """The server of ``server.json`` if it is still this run's and answers a ping."""
+        try:
+            info = yaml.safe_load((run_dir / "server.json").read_text())
+            pid = int(info["pid"])
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if f"BREED_RUN_DIR={run_dir.resolve()}".encode() not in env:
+            return None
+        server = cls(run_dir, None, pid)
+        link = ServerLink(info["control"], token, timeout, curve)
+        try:
+            pong = link.ping({})
+        finally:
+            link.close()
+        if pong is None:
+            log.warning("server %d of this run is alive but silent: killed", pid)
+            server.kill()
+            return None
+        return server
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z"
+
+    def wait_ready(self, timeout: float = 600) -> dict[str, Any]:
+        path = self.run_dir / "server.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists():
+                return yaml.safe_load(path.read_text())
+            if not self.alive():
+                raise LauncherError(f"the server exited before listening; see "
+                                    f"{self.run_dir / 'logs' / 'server.log'}")
+            time.sleep(0.05)
+        raise LauncherError(f"the server did not start within {timeout:g} s")
+
+    def wait(self, timeout: float) -> int:
+        """Exit code (a server found on resume is not our child: 0 iff it wrote summary.json)."""
+        if self.proc is not None:
+            return self.proc.wait(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"server {self.pid}", timeout)
+            time.sleep(0.1)
+        return 0 if (self.run_dir / "summary.json").exists() else 1
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid if self.proc is not None else os.getpgid(self.pid), sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        try:
+            self.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log.error("server %d did not die after SIGKILL", self.pid)
+
+    def stop(self) -> None:
+        if not self.alive():
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
 
 class Progress:
@@ -102,30 +236,85 @@ class Progress:
             self.bar.close()
 
 
-def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = False) -> int:
-    if resume:
-        token = (run_dir / "token").read_text().strip()
-    else:
-        token = prepare_run_dir(cfg, run_dir, argv)
-    logging.basicConfig(filename=run_dir / "logs" / "launcher.log", level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    lc = cfg["launcher"]
-    options = {**lc.get(lc["backend"], {}), "mpiexec": lc["mpiexec"], "run_dir": str(run_dir)}
-    backend = make_backend(lc["backend"], options)
-    server = start_server(cfg, run_dir, resume)
-    launcher = None
-    progress = Progress(cfg["study"]["simulations"], cfg["training"]["progress"])
+def client_env(endpoints: dict[str, Any], token: str, curve: bytes | None,
+               run_dir: Path) -> dict[str, str]:
+    """What a client job needs, through its environment only (never its command line)."""
+    env = {"BREED_SERVER": endpoints["control"], "BREED_TOKEN": token,
+           "BREED_RUN_DIR": str(run_dir.resolve())}
+    if curve is not None:
+        env[ENV_CURVE] = curve.decode()
+    return env
+
+
+def read_token(run_dir: Path) -> str:
+    path = run_dir / TOKEN_FILE
     try:
-        endpoints = wait_for_server(server, run_dir)
-        env = {"BREED_SERVER": endpoints["control"], "BREED_TOKEN": token}
-        launcher = Launcher(cfg, run_dir, backend, env, lambda: server.poll() is None)
-        link = ServerLink(endpoints["control"], token_from_hex(token), timeout=5.0)
+        check_private(path)
+        token = path.read_text().strip()
+        token_from_hex(token)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--resume: {path}: {exc}") from None
+    return token
+
+
+def supervise(cfg: dict[str, Any], run_dir: Path, launcher: Launcher, server: ServerProcess,
+              token: str, curve: bytes | None, progress: Progress) -> tuple[dict, ServerProcess]:
+    """Launcher loop with server restarts (``launcher.on_server_death``)."""
+    lc = cfg["launcher"]
+    restarts = 0
+    while True:
+        endpoints = server.wait_ready()
+        launcher.client_env = client_env(endpoints, token, curve, run_dir)
+        launcher.server_alive = server.alive
+        link = ServerLink(endpoints["control"], token_from_hex(token), timeout=5.0,
+                          curve_serverkey=curve)
         try:
             status = launcher.run(link, progress)
             launcher.shutdown()
             link.ping({"shutdown": True})
+            return status, server
+        except ServerDied as exc:
+            if lc["on_server_death"] == "fail":
+                raise
+            if restarts >= lc["max_server_restarts"]:
+                raise LauncherError(f"{exc}; gave up after {restarts} server restarts "
+                                    "(launcher.max_server_restarts)") from None
+            restarts += 1
+            log.warning("%s: restarting it from its checkpoint (%d of %d)", exc, restarts,
+                        lc["max_server_restarts"])
+            print(f"breed run: {exc}; restarting it from its checkpoint ({restarts} of "
+                  f"{lc['max_server_restarts']})", file=sys.stderr)
+            server.kill()
+            cancelled = launcher.cancel_all("server restart")
+            log.info("cancelled %d client jobs of the dead server", len(cancelled))
+            server = ServerProcess.start(cfg, run_dir, resume=True)
         finally:
             link.close()
+
+
+def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = False,
+        backend: Backend | None = None) -> int:
+    token = read_token(run_dir) if resume else prepare_run_dir(cfg, run_dir, argv)
+    logging.basicConfig(filename=run_dir / "logs" / "launcher.log", level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    lc = cfg["launcher"]
+    curve = ensure_curve_keys(run_dir) if lc["curve"] else None
+    if backend is None:
+        backend = check_runtime(cfg)
+    backend.options["run_dir"] = str(run_dir)
+    launcher = Launcher(cfg, run_dir, backend, {}, lambda: False)
+    progress = Progress(cfg["study"]["simulations"], cfg["training"]["progress"])
+    server: ServerProcess | None = None
+    try:
+        if resume:
+            launcher.adopt(read_jobs(run_dir))
+            server = ServerProcess.attach(run_dir, token_from_hex(token), curve,
+                                          lc["ping_timeout"])
+            log.info("resume: %s", "re-attached to the running server" if server else
+                     "restarting the server from its checkpoint")
+        if server is None:
+            server = ServerProcess.start(cfg, run_dir, resume=resume)
+        status, server = supervise(cfg, run_dir, launcher, server, token, curve, progress)
         code = server.wait(timeout=120)
         if code != 0:
             raise LauncherError(f"the server exited with code {code}; see logs/server.log")
@@ -142,15 +331,10 @@ def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = Fals
         return 130
     finally:
         progress.close()
-        if launcher is not None:
-            write_table(run_dir / "jobs.csv", launcher.job_rows(), JOB_COLUMNS)
-            launcher.backend.close()
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        launcher.write_jobs()
+        launcher.backend.close()
+        if server is not None:
+            server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,12 +353,15 @@ def main(argv: list[str] | None = None) -> int:
             if not cfg_path.exists():
                 raise ConfigError(f"--resume: {args.resume} is not a run directory")
             cfg = load_config(cfg_path)
-            return run(cfg, args.resume, argv, resume=True)
+            backend = check_runtime(cfg)
+            read_token(args.resume)
+            return run(cfg, args.resume, argv, resume=True, backend=backend)
         if args.config is None:
             raise ConfigError("config: give a configuration file (or --resume RUN_DIR)")
         cfg = load_config(args.config, parse_overrides(args.set))
+        backend = check_runtime(cfg)
     except ConfigError as exc:
         print(f"breed run: {exc}", file=sys.stderr)
         return 2
     run_dir = args.output or Path(cfg["output"])
-    return run(cfg, run_dir, argv)
+    return run(cfg, run_dir, argv, backend=backend)

@@ -66,5 +66,10 @@ class Backend(ABC):
     def cancel(self, job_id: str) -> None:
         """Stop a job; no error if it already ended."""
 
+    def cancel_orphan(self, job_id: str, name: str) -> None:
+        """Cancel a job that an earlier launcher of this run submitted (``jobs.csv``) and
+        died before ending. Scheduler ids are unique, so the default is :meth:`cancel`."""
+        self.cancel(job_id)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the backend holds (local processes are cancelled)."""

@@ -2,11 +2,20 @@
 
 It pings the server over its control socket; the pong says how many clients the server wants
 (never more than the simulations left), whether it finished, and progress. Jobs the backend
-reports FAILED are told to the server, which hands their simulations out again.
+reports FAILED (non-zero exit, killed, scheduler FAILED/TIMEOUT) are told to the server, which
+hands their simulations out again with the same parameters (``launcher.max_retries``, then
+``launcher.on_give_up``); jobs the server reports silent (``stale_jobs``: no step for
+``simulation_timeout`` s) are cancelled. A server that exits or stops answering for
+``ping_timeout`` s raises :class:`ServerDied`; :mod:`breed.runner` restarts it from its checkpoint.
+
+``DIR/jobs.csv`` is rewritten on every change of the job table, so a launcher that is killed
+leaves behind the jobs it had submitted: ``breed run --resume DIR`` cancels them
+(:meth:`Launcher.adopt`) instead of leaving them orphaned.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import sys
 import time
@@ -19,12 +28,19 @@ import zmq
 
 from breed.launcher.backend import Backend, JobSpec, JobState
 from breed.protocol import Kind, ProtocolError, decode, encode_control
+from breed.runlog import write_table
 
 log = logging.getLogger("breed.launcher")
+JOB_COLUMNS = ["name", "job_id", "pgid", "state", "submit_time", "end_time", "exit_code",
+               "reason"]
 
 
 class LauncherError(RuntimeError):
-    """The run cannot go on (server dead, clients failing over and over)."""
+    """The run cannot go on (server dead for good, clients failing over and over)."""
+
+
+class ServerDied(LauncherError):
+    """The server process exited or stopped answering pings."""
 
 
 @dataclass
@@ -36,13 +52,16 @@ class Job:
     end_time: float | None = None
     exit_code: int | None = None
     reason: str = ""
+    pgid: int | None = None  # local backend: the job's process group
 
 
 class ServerLink:
     """REQ socket to the server's control address; a timed-out request recreates it."""
 
-    def __init__(self, address: str, token: bytes, timeout: float) -> None:
+    def __init__(self, address: str, token: bytes, timeout: float,
+                 curve_serverkey: bytes | None = None) -> None:
         self.address, self.token, self.timeout = address, token, timeout
+        self.curve_serverkey = curve_serverkey
         self._ctx = zmq.Context.instance()
         self._sock: zmq.Socket | None = None
 
@@ -51,6 +70,10 @@ class ServerLink:
         if self._sock is None:
             self._sock = self._ctx.socket(zmq.REQ)
             self._sock.setsockopt(zmq.LINGER, 0)
+            if self.curve_serverkey is not None:
+                from breed.security import make_curve_client
+
+                make_curve_client(self._sock, self.curve_serverkey)
             self._sock.connect(self.address)
         self._sock.send_multipart(encode_control(Kind.PING, self.token, body))
         if not self._sock.poll(int(self.timeout * 1000)):
@@ -66,6 +89,15 @@ class ServerLink:
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
+
+
+def read_jobs(run_dir: Path) -> list[dict[str, str]]:
+    """Rows of ``DIR/jobs.csv`` (empty if a launcher never wrote one)."""
+    path = run_dir / "jobs.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 class Launcher:
@@ -102,10 +134,12 @@ class Launcher:
         if not alive:
             return
         states = self.backend.poll([j.job_id for j in alive])
+        changed = False
         for job in alive:
             st = states.get(job.job_id)
             if st is None or st.state == job.state:
                 continue
+            changed = True
             job.state, job.exit_code, job.reason = st.state, st.exit_code, st.reason
             if st.state.finished:
                 job.end_time = time.time()
@@ -116,6 +150,8 @@ class Launcher:
                 self.failures_in_a_row += 1
             elif st.state is JobState.DONE:
                 self.failures_in_a_row = 0
+        if changed:
+            self.write_jobs()
 
     def _top_up(self, wanted: int) -> None:
         limit = max(5, 3 * self.lc["max_jobs"])
@@ -123,14 +159,79 @@ class Launcher:
             raise LauncherError(
                 f"{self.failures_in_a_row} client jobs failed in a row; see "
                 f"{self.run_dir / 'logs'}")
+        submitted = False
         for _ in range(wanted - len(self.alive())):
             spec = self.client_spec()
             job_id = self.backend.submit(spec)
-            self.jobs[spec.name] = Job(spec.name, job_id)
+            pgid = getattr(self.backend, "pgid", lambda _: None)(job_id)
+            self.jobs[spec.name] = Job(spec.name, job_id, pgid=pgid)
             log.info("submitted %s as %s", spec.name, job_id)
+            submitted = True
+        if submitted:
+            self.write_jobs()
+
+    def _cancel(self, job: Job, reason: str) -> None:
+        """Cancel one of our jobs; a cancel we asked for is not a client failure."""
+        self.backend.cancel(job.job_id)
+        job.state, job.end_time, job.reason = JobState.CANCELLED, time.time(), reason
+
+    def _cancel_stale(self, names: list[str]) -> None:
+        """Jobs whose simulation went silent (the server already handed it out again): a hung
+        client would hold its slot for ever."""
+        hit = False
+        for name in names:
+            job = self.jobs.get(name)
+            if job is not None and not job.state.finished:
+                log.warning("client job %s (%s) silent for more than %g s: cancelled", name,
+                            job.job_id, self.lc["simulation_timeout"])
+                self._cancel(job, "silent for longer than launcher.simulation_timeout")
+                self.failed_to_report.append(name)
+                hit = True
+        if hit:
+            self.write_jobs()
+
+    def cancel_all(self, reason: str) -> list[str]:
+        """Cancel every live job (the server they talk to is gone); returns their names."""
+        names = []
+        for job in self.alive():
+            self._cancel(job, reason)
+            names.append(job.name)
+        self.write_jobs()
+        return names
+
+    def adopt(self, rows: list[dict[str, str]]) -> list[str]:
+        """Resume after a launcher death: cancel the jobs an earlier launcher of this run left
+        running (never orphaned, never two clients on one simulation), report them to the
+        server as failed, and keep numbering new jobs after theirs. Returns the names cancelled.
+        """
+        cancelled = []
+        for row in rows:
+            name = row.get("name", "")
+            if name.startswith("client-") and name[7:].isdigit():
+                self.count = max(self.count, int(name[7:]))
+            state = row.get("state", "")
+            known = state in {s.value for s in JobState}
+            job = Job(name, row.get("job_id", ""),
+                      JobState(state) if known else JobState.FAILED,
+                      float(row.get("submit_time") or 0), reason=row.get("reason", ""))
+            if not job.state.finished and job.job_id:
+                self.backend.cancel_orphan(job.job_id, name)
+                job.state, job.end_time = JobState.CANCELLED, time.time()
+                job.reason = "left by a launcher that died; cancelled on resume"
+                cancelled.append(name)
+                log.warning("cancelled %s (%s), left running by the previous launcher", name,
+                            job.job_id)
+            self.jobs[name] = job
+        self.failed_to_report.extend(cancelled)
+        self.write_jobs()
+        return cancelled
 
     def run(self, link: ServerLink, on_status: Callable[[dict[str, Any]], None]) -> dict:
-        """Loop until the server reports the run finished; returns its last status."""
+        """Loop until the server reports the run finished; returns its last status.
+
+        Raises :class:`ServerDied` when the server process exits or is silent for
+        ``launcher.ping_timeout`` seconds.
+        """
         last_pong = time.monotonic()
         last_poll = 0.0
         status: dict[str, Any] = {}
@@ -145,9 +246,9 @@ class Launcher:
             if pong is None:
                 self.failed_to_report = reported + self.failed_to_report
                 if not self.server_alive():
-                    raise LauncherError("the server process exited; see logs/server.log")
+                    raise ServerDied("the server process exited; see logs/server.log")
                 if time.monotonic() - last_pong > self.lc["ping_timeout"]:
-                    raise LauncherError(
+                    raise ServerDied(
                         f"the server did not answer for {self.lc['ping_timeout']:g} s")
                 continue
             last_pong = time.monotonic()
@@ -155,6 +256,7 @@ class Launcher:
             on_status(status)
             if status.get("finished"):
                 return status
+            self._cancel_stale(list(status.get("stale_jobs", [])))
             self._top_up(int(status.get("wanted_clients", 0)))
             time.sleep(self.lc["ping_interval"])
 
@@ -165,11 +267,15 @@ class Launcher:
             self._poll()
             time.sleep(0.1)
         for job in self.alive():
-            self.backend.cancel(job.job_id)
-            job.state, job.end_time = JobState.CANCELLED, time.time()
+            self._cancel(job, "still running at the end of the run")
         self.backend.close()
+        self.write_jobs()
 
     def job_rows(self) -> list[dict[str, Any]]:
-        return [{"name": j.name, "job_id": j.job_id, "state": j.state.value,
+        return [{"name": j.name, "job_id": j.job_id, "pgid": j.pgid, "state": j.state.value,
                  "submit_time": j.submit_time, "end_time": j.end_time,
                  "exit_code": j.exit_code, "reason": j.reason} for j in self.jobs.values()]
+
+    def write_jobs(self) -> None:
+        """``DIR/jobs.csv``, atomically: what a resumed launcher must find again."""
+        write_table(self.run_dir / "jobs.csv", self.job_rows(), JOB_COLUMNS)

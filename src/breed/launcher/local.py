@@ -88,6 +88,54 @@ class LocalBackend(Backend):
         for job_id in list(self._procs):
             self.cancel(job_id)
 
+    def pgid(self, job_id: str) -> int | None:
+        """The job's process group (its own session: ``start_new_session``), for jobs.csv."""
+        proc = self._procs.get(job_id)
+        return proc.pid if proc is not None else None
+
+    def cancel_orphan(self, job_id: str, name: str, grace: float = 3.0) -> None:
+        """Kill the process group of a job left by a dead launcher, if it is still that job:
+        a pid may have been reused, so the group leader must carry this job's name and run
+        directory in its environment."""
+        try:
+            pid = int(job_id.removeprefix("local-"))
+        except ValueError:
+            return
+        if not _is_job(pid, name, self.options.get("run_dir")):
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+            if not _alive(pid):
+                return
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan is reaped by init, not by us)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _is_job(pid: int, name: str, run_dir: str | None) -> bool:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if os.getpgid(pid) != pid:
+            return False
+    except (OSError, ProcessLookupError):
+        return False
+    want = {f"BREED_JOB_ID={name}".encode()}
+    if run_dir:
+        want.add(f"BREED_RUN_DIR={Path(run_dir).resolve()}".encode())
+    return want <= set(env)
+
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
