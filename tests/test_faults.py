@@ -155,15 +155,38 @@ def test_server_killed_restarts_from_its_checkpoint(make_run) -> None:
     assert cancelled and all(not alive(int(r["pgid"])) for r in cancelled)
 
 
+@pytest.mark.timeout(300)
+def test_hung_server_is_killed_and_restarted(make_run) -> None:
+    """A server that stops answering (SIGSTOP) is declared dead after ping_timeout (5 s here),
+    killed, and restarted from its checkpoint like a crashed one."""
+    run = make_run(PACED)
+    proc = run.start()
+    interval = run.cfg["training"]["checkpoint_interval"]
+    pong = run.wait_until("a checkpoint", lambda p: p["iteration"] >= interval and p)
+    assert pong["sims_done"] < S
+    old_server = run.server_info()["pid"]
+    os.kill(old_server, signal.SIGSTOP)
+    assert run.finish(proc) == 0, run.stderr()
+    assert "did not answer for 5 s; restarting it from its checkpoint (1 of 3)" in run.stderr()
+    assert not alive(old_server) and run.server_info()["pid"] != old_server
+    assert_clean(run)
+
+
 @pytest.mark.timeout(240)
-def test_server_death_fails_the_run_when_configured(make_run) -> None:
-    run = make_run({**PACED, "launcher": {**PACED["launcher"], "on_server_death": "fail"}})
+@pytest.mark.parametrize(("policy", "message"), [
+    ({"on_server_death": "fail"}, "the server process exited; see logs/server.log"),
+    ({"max_server_restarts": 0}, "gave up after 0 server restarts"),
+])
+def test_server_death_fails_the_run_when_configured(make_run, policy, message) -> None:
+    run = make_run({**PACED, "launcher": {**PACED["launcher"], **policy}})
     proc = run.start()
     run.wait_until("the watermark", lambda p: p["iteration"] > 0)
     os.killpg(run.server_info()["pid"], signal.SIGKILL)
     assert run.finish(proc) == 1
     err = run.stderr().strip()
-    assert err.count("\n") == 0 and "server process exited" in err
+    assert err.count("\n") == 0 and message in err
+    jobs = [int(r["pgid"]) for r in run.jobs() if r["pgid"]]
+    assert jobs and not any(alive(p) for p in jobs)  # no client left behind
 
 
 @pytest.mark.timeout(300)

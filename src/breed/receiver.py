@@ -163,7 +163,12 @@ class Receiver(threading.Thread):
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return
-            handler(frames)
+            try:
+                handler(frames)
+            except Exception:  # a bug must cost one message, not the receiver thread
+                self.counts["internal_error"] += 1
+                if self.counts["internal_error"] <= 5:
+                    log.exception("receiver: message dropped after an internal error")
 
     # -- data ---------------------------------------------------------------------------
     def _on_data(self, frames: list[bytes]) -> None:

@@ -307,7 +307,7 @@ class Server:
                  "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
                  **self._receiver_state()}
         buf = io.BytesIO()
-        torch.save(state, buf)
+        torch.save(state, buf, pickle_protocol=4)  # 4: numpy arrays as raw bytes, not latin-1
         atomic_write_bytes(self.checkpoint_path, buf.getvalue())
 
     def _load_checkpoint(self) -> None:
