@@ -195,7 +195,8 @@ def test_launcher_killed_then_resumed(make_run, server_too: bool) -> None:
     run = make_run(PACED)
     proc = run.start()
     run.wait_until("the watermark", lambda p: p["iteration"] > 0)
-    orphans = freeze_clients(run)  # hold the run still so the resume has something to do
+    job, sims = freeze_busy_job(run)  # hold the run still, a simulation in flight
+    orphans = [run.job_pgid(job)]
     interval = run.cfg["training"]["checkpoint_interval"]
     run.wait_until("a checkpoint", lambda p: p["iteration"] >= interval)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher only: server and clients live on
@@ -217,3 +218,6 @@ def test_launcher_killed_then_resumed(make_run, server_too: bool) -> None:
     names = [r["name"] for r in run.jobs()]
     assert len(names) == len(set(names))  # the resumed launcher numbers its jobs after
     assert_clean(run)
+    rows = {int(r["sim_id"]): r for r in samples_csv(run.dir)}
+    if not server_too:  # (a restarted server may not have had that simulation handed out)
+        assert all(int(rows[s]["attempts"]) == 2 for s in sims)  # the orphan's, run again
