@@ -46,7 +46,7 @@ def run_config(args: argparse.Namespace) -> dict:
                      "max_iterations": args.max_iterations},
         "buffer": {"capacity": args.capacity, "watermark": 300},
         "launcher": {"max_jobs": args.clients, "persistent": True, "ping_interval": 0.2,
-                     "poll_interval": 0.2},
+                     "poll_interval": 0.2, "ingest": args.ingest[0]},
         "validation": {"size": 4},
     })
 
@@ -130,37 +130,38 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-iterations", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ingest", default="thread,process",
+                    help="server ingest modes to measure, comma-separated")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
-    cfg = run_config(args)
+    args.ingest = args.ingest.split(",")
+    modes = {}
     with tempfile.TemporaryDirectory() as tmp:
-        summary, rows = online(cfg, Path(tmp))
-    iters = summary["iterations"]
-    on = summary["samples_per_s"]
-    off = offline(cfg, rows, iters)
-    solve_s, busy, overhead = orchestration_overhead(rows, args.grid)
-    result = {
-        "device": str(Trainer(cfg).device), "model": f"H={args.hidden} L={args.layers}",
-        "grid": args.grid, "simulations": args.simulations, "clients": args.clients,
-        "trainer_threads": args.threads, "iterations": iters,
-        "online_samples_per_s": on, "offline_samples_per_s": off, "ratio": on / off,
-        "waiting_fraction": summary["waiting_fraction"], "wait_s": summary["wait_s"],
-        "train_loop_s": summary["train_loop_s"], "solve_ms": solve_s * 1e3,
-        "busy_ms_per_sim": busy * 1e3, "overhead_ms_per_sim": overhead * 1e3,
-        "receiver_paused_s": summary["buffer"].get("put_wait_time"),
-    }
-    print(f"device {result['device']}, model {result['model']}, M={args.grid}, "
+        for mode in args.ingest:
+            cfg = run_config(args)
+            cfg["launcher"]["ingest"] = mode
+            (Path(tmp) / mode).mkdir()
+            modes[mode] = online(cfg, Path(tmp) / mode)
+    first = modes[args.ingest[0]]
+    iters = max(summary["iterations"] for summary, _ in modes.values())
+    off = offline(cfg, first[1], iters)
+    print(f"device {Trainer(cfg).device}, model H={args.hidden} L={args.layers}, M={args.grid}, "
           f"S={args.simulations}, m={args.clients}, trainer threads={args.threads}")
-    print(f"  training iterations after the watermark : {iters}")
-    print(f"  on-line  trainer samples/s              : {on:10.0f}")
-    print(f"  off-line trainer samples/s              : {off:10.0f}")
-    print(f"  ratio on-line / off-line                : {on / off:10.3f}")
-    print(f"  iterations that waited for data         : {summary['waiting_fraction']:10.3%}")
-    print(f"  solve per simulation (serial, 1 thread) : {solve_s * 1e3:8.1f} ms")
-    print(f"  client busy per simulation (persistent) : {busy * 1e3:8.1f} ms")
-    print(f"  orchestration overhead per simulation   : {overhead * 1e3:8.1f} ms")
+    print(f"  off-line trainer samples/s ({iters} iterations): {off:10.0f}")
+    results = {"offline_samples_per_s": off, "modes": {}}
+    for mode, (summary, rows) in modes.items():
+        on = summary["samples_per_s"]
+        solve_s, busy, overhead = orchestration_overhead(rows, args.grid)
+        results["modes"][mode] = {
+            "iterations": summary["iterations"], "online_samples_per_s": on, "ratio": on / off,
+            "waiting_fraction": summary["waiting_fraction"], "solve_ms": solve_s * 1e3,
+            "busy_ms_per_sim": busy * 1e3, "overhead_ms_per_sim": overhead * 1e3}
+        print(f"  ingest={mode:7s}: on-line samples/s {on:8.0f}   ratio on/off {on / off:6.3f}"
+              f"   iterations {summary['iterations']:5d}   waited {summary['waiting_fraction']:6.2%}"
+              f"   per-sim: solve {solve_s * 1e3:5.1f} ms, busy {busy * 1e3:6.1f} ms, "
+              f"overhead {overhead * 1e3:6.1f} ms")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

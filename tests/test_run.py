@@ -45,9 +45,11 @@ def read_samples(run: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("persistent", [True, False])
-def test_tiny_run_completes_with_outputs(tmp_path: Path, persistent: bool) -> None:
-    cfg = write_config(tmp_path, launcher={**TINY["launcher"], "persistent": persistent})
+@pytest.mark.parametrize(("persistent", "ingest"),
+                         [(True, "thread"), (False, "thread"), (True, "process")])
+def test_tiny_run_completes_with_outputs(tmp_path: Path, persistent: bool, ingest: str) -> None:
+    cfg = write_config(tmp_path, launcher={**TINY["launcher"], "persistent": persistent,
+                                           "ingest": ingest})
     run = tmp_path / "run"
     proc = breed("run", str(cfg), "--output", str(run))
     assert proc.returncode == 0, proc.stderr + (run / "logs" / "server.log").read_text()
@@ -64,6 +66,7 @@ def test_tiny_run_completes_with_outputs(tmp_path: Path, persistent: bool) -> No
     assert val and all(m["val_mse"] > 0 for m in val)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["sims_done"] == 6 and summary["buffer"]["received"] == 6 * 11
+    assert summary["rejected"]["samples"] == 6 * 11  # each step stored once, either mode
     assert summary["final_validation"]["iteration"] == summary["iterations"]
     resolved = yaml.safe_load((run / "config.resolved.yaml").read_text())
     assert resolved["model"]["lr"] == 1e-3  # defaults filled in

@@ -31,8 +31,10 @@ class DataPath:
 
     def __init__(self, token: bytes, steps: int, grid: int, max_payload: int,
                  bounds: tuple[float, float] | None = None,
-                 on_finish: Callable[[FinishMessage], None] | None = None) -> None:
+                 on_finish: Callable[[FinishMessage], None] | None = None,
+                 dtype: str | np.dtype | None = None) -> None:
         self.token, self.steps, self.grid = token, steps, grid
+        self.dtype = None if dtype is None else np.dtype(dtype)
         self.max_payload = max_payload
         self.bounds = bounds
         self.on_finish = on_finish
@@ -80,6 +82,8 @@ class DataPath:
         if msg.global_rows != self.grid or msg.block.shape[1] != self.grid:
             return (f"field {msg.global_rows}x{msg.block.shape[1]}, run has "
                     f"{self.grid}x{self.grid}"), "bad_shape"
+        if self.dtype is not None and msg.block.dtype != self.dtype:
+            return f"dtype {msg.block.dtype}, run has {self.dtype}", "bad_dtype"
         if not np.isfinite(msg.block).all():
             return f"non-finite values in sim {msg.sim_id} step {msg.step}", "non_finite"
         if self.bounds is not None:

@@ -28,7 +28,8 @@ import zmq
 
 from breed.datapath import DataPath
 
-META = 7  # sim_id, step, T0..T4
+META = 7  # sim_id, step, T0..T4 (a FINISH record: sim_id, FINISH, rank, nranks, steps sent)
+FINISH = -1.0  # in the step column: "every step before this record in the ring was sent"
 
 
 class SampleRing:
@@ -122,6 +123,8 @@ class WorkerSpec:
     scale: float
     bounds: tuple[float, float] | None
     hwm: int
+    dtype: str = "float64"
+    curve_secret: bytes | None = None
 
 
 def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
@@ -132,10 +135,17 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, spec.hwm)
     sock.setsockopt(zmq.MAXMSGSIZE, spec.max_message)
+    if spec.curve_secret is not None:
+        from breed.security import make_curve_server
+
+        make_curve_server(sock, spec.curve_secret)
     port = sock.bind_to_random_port(spec.bind)
     outbox.put(("address", f"{spec.bind}:{port}"))
-    path = DataPath(spec.token, spec.steps, spec.grid, spec.max_payload, spec.bounds)
+    finishes: list[Any] = []
+    path = DataPath(spec.token, spec.steps, spec.grid, spec.max_payload, spec.bounds,
+                    on_finish=finishes.append, dtype=spec.dtype)
     inv = np.float32(1.0 / spec.scale)
+    zero_field = np.zeros(spec.field_size, dtype=np.float32)
     last_report = time.monotonic()
     running = True
     try:
@@ -155,6 +165,11 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
                         sim_id, step, field = out
                         norm = (np.asarray(field, dtype=np.float32) - np.float32(spec.center))
                         ring.write(sim_id, step, path.params[sim_id], norm * inv)
+                    for fin in finishes:  # in order with the steps: the server checks them
+                        ring.write(fin.sim_id, FINISH, np.array(
+                            [fin.rank, fin.nranks, fin.steps_sent, 0, 0], dtype=np.float64),
+                            zero_field)
+                    finishes.clear()
                 ring.publish()
             now = time.monotonic()
             if now - last_report > 0.5:
@@ -178,8 +193,9 @@ def _apply(inbox: Any, path: DataPath, wait: float, sim: int | None = None) -> b
         except queue.Empty:
             return True
         kind = msg[0]
-        if kind == "assign":
+        if kind == "assign":  # a new attempt: fresh layout, completed steps still dropped
             path.params[msg[1]] = np.asarray(msg[2], dtype=np.float64)
+            path.assembler.discard(msg[1])
         elif kind == "forget":
             path.params.pop(msg[1], None)
         elif kind == "stop":

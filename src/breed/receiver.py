@@ -29,6 +29,7 @@ import numpy as np
 import zmq
 
 from breed.assembly import Assembler
+from breed.ingest import FINISH, IngestProcess, WorkerSpec
 from breed.protocol import (
     AuthError,
     ControlMessage,
@@ -44,6 +45,7 @@ from breed.simtable import SimTable
 
 log = logging.getLogger("breed.server")
 DATA_HWM = 64  # messages queued per client connection before the client blocks
+RING_SLOTS = 512  # samples in flight between the ingest process and the buffer
 
 
 def resolve_host(host: str) -> str:
@@ -72,7 +74,7 @@ class Receiver(threading.Thread):
                  simulation_timeout: float, control: bool = True,
                  max_payload: int | None = None, max_message: int | None = None,
                  curve_secret: bytes | None = None, bounds: tuple[float, float] | None = None,
-                 ledger: StepLedger | None = None) -> None:
+                 ledger: StepLedger | None = None, ingest: str = "thread") -> None:
         super().__init__(name="breed-receiver", daemon=True)
         self.token = token
         self.table = table
@@ -94,14 +96,26 @@ class Receiver(threading.Thread):
         self.ingest_lock = threading.Lock()  # ledger + buffer + table move together (checkpoint)
         self.counts: Counter[str] = Counter()
         self.stale_jobs: set[str] = set()
+        self._finished_ranks: dict[int, set[int]] = {}  # process mode: FINISH seen per rank
         self.stop_event = threading.Event()
         self.paused_s = 0.0
         self._ctx = zmq.Context.instance()
         addr = resolve_host(host)
-        self.data = self._socket(zmq.PULL, curve_secret)
-        self.data.setsockopt(zmq.RCVHWM, DATA_HWM)
-        port = self.data.bind_to_random_port(f"tcp://{addr}")
-        self.data_address = f"tcp://{addr}:{port}"
+        self.ingest: IngestProcess | None = None
+        if ingest == "process":  # the data socket lives in a child process (breed.ingest)
+            self.data = None
+            self.ingest = IngestProcess(WorkerSpec(
+                token=token, bind=f"tcp://{addr}", ring="", slots=RING_SLOTS,
+                field_size=self.grid * self.grid, steps=self.steps, grid=self.grid,
+                max_payload=self.max_payload, max_message=int(self.max_message),
+                center=float(buffer.normalisation.c), scale=float(buffer.normalisation.h),
+                bounds=bounds, hwm=DATA_HWM, dtype=self.dtype.str, curve_secret=curve_secret))
+            self.data_address = self.ingest.address
+        else:
+            self.data = self._socket(zmq.PULL, curve_secret)
+            self.data.setsockopt(zmq.RCVHWM, DATA_HWM)
+            port = self.data.bind_to_random_port(f"tcp://{addr}")
+            self.data_address = f"tcp://{addr}:{port}"
         self.control = None
         self.control_address = None
         if control:
@@ -126,22 +140,30 @@ class Receiver(threading.Thread):
         for p in (poller_all, poller_ctl):
             if self.control is not None:
                 p.register(self.control, zmq.POLLIN)
-        poller_all.register(self.data, zmq.POLLIN)
+        if self.data is not None:
+            poller_all.register(self.data, zmq.POLLIN)
         last_expire = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 accepting = self.buffer.can_accept()
                 t0 = time.monotonic()
-                events = dict((poller_all if accepting else poller_ctl).poll(100))
+                if self.ingest is not None:  # samples wait in the ring: poll briefly
+                    moved = self._drain_ring() if accepting else 0
+                    events = dict(poller_ctl.poll(0 if moved else 2))
+                else:
+                    events = dict((poller_all if accepting else poller_ctl).poll(100))
                 if not accepting:
                     self.paused_s += time.monotonic() - t0
                 if self.control is not None and self.control in events:
                     self._drain(self.control, self._on_control, limit=64)
-                if self.data in events:
+                if self.data is not None and self.data in events:
                     self._drain(self.data, self._on_data, limit=256)
                 now = time.monotonic()
                 if self.control is not None and now - last_expire > 1.0:
                     last_expire = now
+                    if self.ingest is not None:
+                        self.ingest.poll_counts()
+                        self._merge_worker_counts()
                     for sim_id in self.table.expire(self.simulation_timeout):
                         self.counts["sims_timed_out"] += 1
                         job = self.table.job_of(sim_id)
@@ -151,7 +173,11 @@ class Receiver(threading.Thread):
                                     "out again or given up", sim_id, job,
                                     self.simulation_timeout)
         finally:
-            self.data.close(0)
+            if self.data is not None:
+                self.data.close(0)
+            if self.ingest is not None:
+                self.ingest.close()
+                self._merge_worker_counts()
             if self.control is not None:
                 self.control.close(0)
 
@@ -219,6 +245,81 @@ class Receiver(threading.Thread):
         self.counts["samples"] += 1
         if self.ledger.count(sim_id) == self.steps + 1 and self.table.complete(sim_id):
             self.on_sim_done(sim_id)
+
+    def _drain_ring(self, limit: int = RING_SLOTS) -> int:
+        """Move samples the ingest process finished from its ring into the buffer, in order
+        and in bulk; stop where the buffer is full (they wait in the ring, the worker stops
+        reading, the clients block). Returns the records consumed."""
+        ring = self.ingest.ring
+        meta, fields = ring.peek(limit)
+        if len(meta) == 0:
+            return 0
+        sims, steps = meta[:, 0].astype(np.int64), meta[:, 1].astype(np.int64)
+        marks = np.flatnonzero(meta[:, 1] == FINISH)
+        consumed, start = 0, 0
+        with self.ingest_lock:
+            for end in [*marks.tolist(), len(meta)]:
+                stored = self._store_run(sims[start:end], steps[start:end], meta[start:end, 2:],
+                                         fields[start:end])
+                consumed += stored
+                if stored < end - start:
+                    break
+                if end < len(meta):  # a FINISH record, after all the steps sent before it
+                    rank, nranks, sent = (int(v) for v in meta[end, 2:5])
+                    self._finish_checked(FinishMessage(int(sims[end]), rank, nranks, sent))
+                    consumed += 1
+                start = end + 1
+        ring.release(consumed)
+        return consumed
+
+    def _store_run(self, sims: np.ndarray, steps: np.ndarray, params: np.ndarray,
+                   fields: np.ndarray) -> int:
+        """Store a run of sample records; returns how many were consumed (stored or dropped)."""
+        known = np.array([self.table.known(int(s)) for s in sims], dtype=bool)
+        keep = known & ~np.array([self.ledger.has(int(s), int(t))
+                                  for s, t in zip(sims, steps, strict=True)], dtype=bool)
+        self.counts["unknown_sim"] += int((~known).sum())  # given up meanwhile
+        self.counts["duplicate_steps"] += int((known & ~keep).sum())
+        idx = np.flatnonzero(keep)
+        stored = self.buffer.offer_many(params[idx], steps[idx], fields[idx], sims[idx],
+                                        normalised=True) if len(idx) else 0
+        if stored < len(idx):  # the buffer is full: the rest stays in the ring
+            consumed = int(idx[stored]) if stored < len(idx) else len(sims)
+        else:
+            consumed = len(sims)
+        for k in idx[:stored]:
+            sim_id = int(sims[k])
+            self.ledger.add(sim_id, int(steps[k]))
+            self.counts["samples"] += 1
+        for sim_id in {int(s) for s in sims[:consumed]}:
+            if self.table.known(sim_id):
+                self.table.on_step(sim_id)
+                if self.ledger.count(sim_id) == self.steps + 1 and self.table.complete(sim_id):
+                    self.on_sim_done(sim_id)
+        return consumed
+
+    def _merge_worker_counts(self) -> None:
+        """The worker's counters (cumulative) under the same names the thread mode uses."""
+        for key, value in self.ingest.counts.items():
+            if key != "finish":  # the server counts FINISH when it takes the record
+                self.counts[key] = value
+
+    def _finish_checked(self, msg: FinishMessage) -> None:
+        """Process mode: a FINISH record from the ring, after every step the rank sent before
+        it was stored (the ingest lock is held). Same policy as :meth:`_on_finish`."""
+        if not self.table.known(msg.sim_id):
+            return
+        self.counts["finish"] += 1
+        have = self.ledger.count(msg.sim_id)
+        ranks = self._finished_ranks.setdefault(msg.sim_id, set())
+        ranks.add(msg.rank)
+        fail = getattr(self.table, "fail", None)
+        if have == self.steps + 1 or len(ranks) < msg.nranks or fail is None:
+            return
+        outcome = fail(msg.sim_id, f"client finished with {self.steps + 1 - have} steps missing")
+        self.counts["incomplete_sims"] += 1
+        log.warning("simulation %d finished with %d of %d steps -> %s", msg.sim_id, have,
+                    self.steps + 1, outcome)
 
     def _on_finish(self, msg: FinishMessage) -> None:
         """Every rank finished: a simulation still missing steps (lost in a dead server's queue,
@@ -319,6 +420,9 @@ class Receiver(threading.Thread):
         else:
             self.counts["assigned"] += 1
             self.assembler.discard(got.sim_id)  # new attempt: fresh layout, steps kept
+            if self.ingest is not None:  # before the reply: the worker must know the sim
+                self.ingest.assign(got.sim_id, got.params)
+                self._finished_ranks.pop(got.sim_id, None)
             self._reply(ident, Kind.ASSIGN, {
                 "sim_id": got.sim_id, "params": got.params, "attempt": got.attempts,
                 "data": self.data_addresses[got.sim_id % len(self.data_addresses)],

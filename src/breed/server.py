@@ -130,7 +130,8 @@ class Server:
             token=self.token, host=lc["host"], table=self.table, buffer=self.buffer,
             solver=self.solver, status=self.status, on_sim_done=self._on_sim_done,
             on_launcher=self._on_launcher, simulation_timeout=lc["simulation_timeout"],
-            control=self.root, **server_options(cfg, run_dir))
+            control=self.root, ingest=lc["ingest"] if self.coll.size == 1 else "thread",
+            **server_options(cfg, run_dir))
         # rank r receives the simulations with sim_id % R == r
         self.receiver.data_addresses = self.coll.allgather(self.receiver.data_address)
         self.checkpoint_path = run_dir / "checkpoints" / "checkpoint.pt"
