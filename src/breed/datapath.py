@@ -77,22 +77,7 @@ class DataPath:
     def check(self, msg: StepMessage) -> tuple[str, str] | None:
         if msg.sim_id not in self.params:
             return f"step for unknown simulation {msg.sim_id}", "unknown_sim"
-        if not 0 <= msg.step <= self.steps:
-            return f"step {msg.step} outside 0..{self.steps}", "bad_step"
-        if msg.global_rows != self.grid or msg.block.shape[1] != self.grid:
-            return (f"field {msg.global_rows}x{msg.block.shape[1]}, run has "
-                    f"{self.grid}x{self.grid}"), "bad_shape"
-        if self.dtype is not None and msg.block.dtype != self.dtype:
-            return f"dtype {msg.block.dtype}, run has {self.dtype}", "bad_dtype"
-        if not np.isfinite(msg.block).all():
-            return f"non-finite values in sim {msg.sim_id} step {msg.step}", "non_finite"
-        if self.bounds is not None:
-            lo, hi = self.bounds
-            tol = 0.01 * (hi - lo)  # the maximum principle keeps u within the bounds
-            if msg.block.min() < lo - tol or msg.block.max() > hi + tol:
-                return (f"values outside [{lo:g}, {hi:g}] in sim {msg.sim_id} step "
-                        f"{msg.step}"), "out_of_range"
-        return None
+        return check_step(msg, self.steps, self.grid, self.dtype, self.bounds)
 
     def reject(self, text: str, counter: str) -> None:
         self.counts[counter] += 1
@@ -100,3 +85,24 @@ class DataPath:
         if n <= 5 or n % 1000 == 0:  # rate-limited: a flood must not fill the disk
             log.warning("rejected (%s #%d): %s", counter, n, text)
         return None
+
+
+def check_step(msg: StepMessage, steps: int, grid: int, dtype: np.dtype | None,
+               bounds: tuple[float, float] | None) -> tuple[str, str] | None:
+    """Why a step of a known simulation is refused (message, counter), or None."""
+    if not 0 <= msg.step <= steps:
+        return f"step {msg.step} outside 0..{steps}", "bad_step"
+    if msg.global_rows != grid or msg.block.shape[1] != grid:
+        return (f"field {msg.global_rows}x{msg.block.shape[1]}, run has {grid}x{grid}"),\
+            "bad_shape"
+    if dtype is not None and msg.block.dtype != dtype:
+        return f"dtype {msg.block.dtype}, run has {dtype}", "bad_dtype"
+    if not np.isfinite(msg.block).all():
+        return f"non-finite values in sim {msg.sim_id} step {msg.step}", "non_finite"
+    if bounds is not None:
+        lo, hi = bounds
+        tol = 0.01 * (hi - lo)  # the maximum principle keeps u within the bounds
+        if msg.block.min() < lo - tol or msg.block.max() > hi + tol:
+            return (f"values outside the bounds [{lo:g}, {hi:g}] in sim {msg.sim_id} step "
+                    f"{msg.step}"), "out_of_range"
+    return None

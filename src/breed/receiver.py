@@ -29,6 +29,7 @@ import numpy as np
 import zmq
 
 from breed.assembly import Assembler
+from breed.datapath import check_step
 from breed.ingest import FINISH, IngestProcess, WorkerSpec
 from breed.protocol import (
     AuthError,
@@ -351,22 +352,7 @@ class Receiver(threading.Thread):
     def _check_step(self, msg: StepMessage) -> tuple[str, str] | None:
         if not self.table.known(msg.sim_id):
             return f"step for unknown simulation {msg.sim_id}", "unknown_sim"
-        if not 0 <= msg.step <= self.steps:
-            return f"step {msg.step} outside 0..{self.steps}", "bad_step"
-        if msg.global_rows != self.grid or msg.block.shape[1] != self.grid:
-            return (f"field {msg.global_rows}x{msg.block.shape[1]}, run has "
-                    f"{self.grid}x{self.grid}"), "bad_shape"
-        if msg.block.dtype != self.dtype:
-            return f"dtype {msg.block.dtype}, run has {self.dtype}", "bad_dtype"
-        if not np.isfinite(msg.block).all():
-            return f"non-finite values in sim {msg.sim_id} step {msg.step}", "non_finite"
-        if self.bounds is not None:
-            lo, hi = self.bounds
-            tol = 0.01 * (hi - lo)  # the maximum principle keeps u within the bounds
-            if msg.block.min() < lo - tol or msg.block.max() > hi + tol:
-                return (f"values outside the bounds [{lo:g}, {hi:g}] in sim {msg.sim_id} "
-                        f"step {msg.step}"), "out_of_range"
-        return None
+        return check_step(msg, self.steps, self.grid, self.dtype, self.bounds)
 
     def _reject(self, text: str, counter: str) -> None:
         self.counts[counter] += 1
