@@ -14,9 +14,10 @@ OUT=${OUT:-/tmp/breed-gpu}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, zmq; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'zmq', zmq.__version__)"
 nproc
-for spec in "64 3" "16 1"; do
+for spec in ${BREED_GPU_MODELS:-"64 3"}; do
   set -- $spec
-  timeout 240 python3 benchmarks/online.py --hidden "$1" --layers "$2" --device cuda \
-    --clients 8 --threads 4 --simulations 1000 --json "$OUT/gpu_H$1_L$2.json" \
+  timeout 400 python3 benchmarks/online.py --hidden "$1" --layers "$2" --device cuda \
+    --clients 8 --threads 4 --simulations 1000 --ingest thread,process \
+    --json "$OUT/gpu_H$1_L$2.json" \
     2>&1 | tee "$OUT/gpu_H$1_L$2.txt"
 done
