@@ -14,8 +14,8 @@ OUT=${OUT:-/tmp/breed-gpu}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, zmq; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'zmq', zmq.__version__)"
 nproc
-for spec in ${BREED_GPU_MODELS:-"64 3"}; do
-  set -- $spec
+for spec in ${BREED_GPU_MODELS:-64x3}; do  # HxL, space-separated: "64x3 16x1"
+  set -- "${spec%x*}" "${spec#*x}"
   timeout 400 python3 benchmarks/online.py --hidden "$1" --layers "$2" --device cuda \
     --clients 8 --threads 4 --simulations 1000 --ingest thread,process \
     --json "$OUT/gpu_H$1_L$2.json" \
