@@ -95,3 +95,22 @@ def test_invalid_config_exit_2_before_anything_starts(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "model.hidden" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.timeout(180)
+def test_tensorboard_scalars_mirror_metrics(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = write_config(tmp_path, training={**TINY["training"], "tensorboard": True})
+    run = tmp_path / "run"
+    proc = breed("run", str(cfg), "--output", str(run))
+    assert proc.returncode == 0, proc.stderr
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/samples_per_s", "validation/val_mse"} <= tags
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["kind"] == "validation"]
+    scalars = events.Scalars("validation/val_mse")
+    assert [s.step for s in scalars] == [r["iteration"] for r in val]
+    assert [s.value for s in scalars] == pytest.approx([r["val_mse"] for r in val], rel=1e-6)

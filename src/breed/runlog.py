@@ -82,6 +82,33 @@ class JsonLines:
         self._fh.close()
 
 
+class MetricsLog(JsonLines):
+    """``metrics.jsonl`` rows, mirrored as TensorBoard scalars (``<kind>/<key>`` at the row's
+    iteration) when a log directory is given."""
+
+    def __init__(self, path: Path, tensorboard_dir: Path | None = None) -> None:
+        super().__init__(path)
+        self._tb = None
+        if tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(tensorboard_dir))
+
+    def write(self, row: dict[str, Any]) -> None:
+        super().write(row)
+        if self._tb is not None:
+            step, kind = int(row.get("iteration", 0)), row.get("kind", "metrics")
+            for key, value in row.items():
+                if key not in ("kind", "iteration") and isinstance(value, int | float) \
+                        and not isinstance(value, bool):
+                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        super().close()
+        if self._tb is not None:
+            self._tb.close()
+
+
 class CsvLog:
     """Append-only CSV with a fixed header (written once)."""
 

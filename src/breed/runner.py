@@ -19,6 +19,7 @@ Exit codes: 0 success; 2 invalid configuration or arguments (nothing started); 1
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import re
@@ -86,6 +87,9 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
             find_mpiexec(lc["mpiexec"])
         except FileNotFoundError as exc:
             raise ConfigError(str(exc)) from None
+    if cfg["training"]["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("training.tensorboard: needs the tensorboard package "
+                          "(pip install 'breed[tensorboard]')")
     if lc["curve"] and not curve_available():
         raise ConfigError("launcher.curve: this libzmq was built without CURVE support")
     field = sc["grid"] ** 2 * np.dtype(sc["dtype"]).itemsize

@@ -31,6 +31,7 @@ from breed.runlog import (
     PER_SAMPLE_COLUMNS,
     CsvLog,
     JsonLines,
+    MetricsLog,
     atomic_write_bytes,
     atomic_write_json,
     write_table,
@@ -187,7 +188,8 @@ class Server:
                 "data": self.receiver.data_addresses, "pid": os.getpid(),
                 "ranks": self.coll.size, "host": self.cfg["launcher"]["host"]})
         tc = self.cfg["training"]
-        metrics = JsonLines(self.run_dir / "metrics.jsonl") if self.root else None
+        tb_dir = self.run_dir / "tensorboard" if tc["tensorboard"] else None
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl", tb_dir) if self.root else None
         per_sample = (CsvLog(self.run_dir / "per_sample_loss.csv", PER_SAMPLE_COLUMNS)
                       if tc["per_sample_log"] and self.root else None)
         clock = LoopClock()
