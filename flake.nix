@@ -42,18 +42,20 @@
         pytest = "pytest";
         pytest-timeout = "pytest-timeout";
         hypothesis = "hypothesis";
+        tensorboard = "tensorboard";
         ruff = { pkgs = "ruff"; };
         # The PyPI MPICH wheel: under Nix the MPI comes from nixpkgs (the one mpi4py links).
         mpich = { pkgs = "mpi"; };
       };
 
       optional = project.optional-dependencies;
-      # `dev` only re-lists the other extras (breed[mpich,workflow,test]).
+      # `dev` only re-lists the other extras (breed[mpich,workflow,test,tensorboard]).
       groups = {
         runtime = map reqName project.dependencies;
         mpich = map reqName optional.mpich;
         workflow = map reqName optional.workflow;
         test = map reqName optional.test;
+        tensorboard = map reqName optional.tensorboard;
       };
       allNames = builtins.concatLists (builtins.attrValues groups);
 
