@@ -279,15 +279,13 @@ class Receiver(threading.Thread):
         known = np.array([self.table.known(int(s)) for s in sims], dtype=bool)
         keep = known & ~np.array([self.ledger.has(int(s), int(t))
                                   for s, t in zip(sims, steps, strict=True)], dtype=bool)
-        self.counts["unknown_sim"] += int((~known).sum())  # given up meanwhile
-        self.counts["duplicate_steps"] += int((known & ~keep).sum())
         idx = np.flatnonzero(keep)
         stored = self.buffer.offer_many(params[idx], steps[idx], fields[idx], sims[idx],
                                         normalised=True) if len(idx) else 0
-        if stored < len(idx):  # the buffer is full: the rest stays in the ring
-            consumed = int(idx[stored]) if stored < len(idx) else len(sims)
-        else:
-            consumed = len(sims)
+        # the buffer is full at the first kept record it refused: the rest stays in the ring
+        consumed = int(idx[stored]) if stored < len(idx) else len(sims)
+        self.counts["unknown_sim"] += int((~known[:consumed]).sum())  # given up meanwhile
+        self.counts["duplicate_steps"] += int((known & ~keep)[:consumed].sum())
         for k in idx[:stored]:
             sim_id = int(sims[k])
             self.ledger.add(sim_id, int(steps[k]))
