@@ -164,7 +164,7 @@ class Receiver(threading.Thread):
                     last_expire = now
                     if self.ingest is not None:
                         self.ingest.poll_counts()
-                        self._merge_worker_counts()
+                        self.merge_worker_counts()
                     for sim_id in self.table.expire(self.simulation_timeout):
                         self.counts["sims_timed_out"] += 1
                         job = self.table.job_of(sim_id)
@@ -178,7 +178,7 @@ class Receiver(threading.Thread):
                 self.data.close(0)
             if self.ingest is not None:
                 self.ingest.close()
-                self._merge_worker_counts()
+                self.merge_worker_counts()
             if self.control is not None:
                 self.control.close(0)
 
@@ -297,7 +297,7 @@ class Receiver(threading.Thread):
                     self.on_sim_done(sim_id)
         return consumed
 
-    def _merge_worker_counts(self) -> None:
+    def merge_worker_counts(self) -> None:
         """The worker's counters (cumulative) under the same names the thread mode uses."""
         for key, value in self.ingest.counts.items():
             if key != "finish":  # the server counts FINISH when it takes the record

@@ -202,6 +202,9 @@ class Server:
                 metrics.close()
             if per_sample is not None:
                 per_sample.close()
+        if self.receiver.ingest is not None:  # the worker's latest rejection counters
+            self.receiver.ingest.poll_counts()
+            self.receiver.merge_worker_counts()
         buffers = self.coll.allgather(self.buffer.stats())
         summary = {"iterations": self.iteration, "wall_time": time.time() - self.start,
                    "ranks": self.coll.size, **clock.summary(self.iteration),
