@@ -123,7 +123,8 @@ class Server:
         self.finished = threading.Event()
         self.released = threading.Event()  # the launcher saw the end: no need to linger
         self.start = time.time()
-        self.last_ping = time.monotonic()
+        self.last_ping: float | None = None  # the launcher's last ping (none yet: by hand)
+        self.launcher_lost = False
         self.failed_jobs_seen: set[str] = set()
         self.job_map: dict[str, str] = {}  # launcher job name -> scheduler job id
         self.last_validation: dict[str, Any] | None = None
@@ -262,6 +263,7 @@ class Server:
                 deltas = self.sampler.on_losses(self.iteration, ids, steps, losses)
                 self.sampler.on_iteration(self.iteration)
             if self.iteration % tc["log_interval"] == 0:
+                self._watch_launcher()
                 metrics.write({"kind": "train", "iteration": self.iteration,
                                "time": time.time() - self.start,
                                "batch_loss": float(losses.mean()),
@@ -274,6 +276,20 @@ class Server:
                 clock.last_validated = self.iteration
             if self.iteration % tc["checkpoint_interval"] == 0:
                 self.save_checkpoint()
+
+    def _watch_launcher(self) -> None:
+        """The other direction of the liveness pings: a launcher silent for ping_timeout is
+        presumed dead; training goes on (clients still stream) but a checkpoint is taken at
+        once, so `breed run --resume` loses nothing."""
+        timeout = self.cfg["launcher"]["ping_timeout"]
+        silent = self.last_ping is not None and time.monotonic() - self.last_ping > timeout
+        if silent and not self.launcher_lost:
+            log.warning("no ping from the launcher for %g s: checkpointing; resume it with "
+                        "`breed run --resume %s`", timeout, self.run_dir)
+            self.save_checkpoint()
+        elif self.launcher_lost and not silent:
+            log.info("the launcher is back")
+        self.launcher_lost = silent
 
     def _buffer_metrics(self) -> dict[str, Any]:
         stats = self.buffer.stats()
