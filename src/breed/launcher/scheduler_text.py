@@ -115,18 +115,23 @@ def squeue_argv(job_ids: Iterable[str]) -> list[str]:
             f"--format={SQUEUE_FORMAT}"]
 
 
-def parse_squeue(stdout: str) -> dict[str, SlurmRecord]:
-    """``ID|STATE|REASON`` lines; array or het-job suffixes are kept as they are printed."""
-    records: dict[str, SlurmRecord] = {}
+def _pipe_rows(stdout: str, command: str) -> list[list[str]]:
+    """Non-blank ``A|B|C`` lines of squeue/sacct output, each with a job id first."""
+    rows = []
     for line in stdout.splitlines():
         if not line.strip():
             continue
         parts = line.strip().split("|")
         if len(parts) != 3 or not parts[0]:
-            raise SchedulerOutputError(f"unexpected squeue line: {line!r}")
-        job_id, state, reason = parts
-        records[job_id] = SlurmRecord(state.split()[0], "" if reason == "None" else reason)
-    return records
+            raise SchedulerOutputError(f"unexpected {command} line: {line!r}")
+        rows.append(parts)
+    return rows
+
+
+def parse_squeue(stdout: str) -> dict[str, SlurmRecord]:
+    """``ID|STATE|REASON`` lines; array or het-job suffixes are kept as they are printed."""
+    return {job_id: SlurmRecord(state.split()[0], "" if reason == "None" else reason)
+            for job_id, state, reason in _pipe_rows(stdout, "squeue")}
 
 
 def squeue_unknown_jobs(stderr: str) -> bool:
@@ -151,14 +156,9 @@ def sacct_argv(job_ids: Iterable[str]) -> list[str]:
 def parse_sacct(stdout: str) -> dict[str, SlurmRecord]:
     """``ID|STATE|EXIT:SIG`` lines; a state like ``CANCELLED by 0`` keeps its first word."""
     records: dict[str, SlurmRecord] = {}
-    for line in stdout.splitlines():
-        if not line.strip():
-            continue
-        parts = line.strip().split("|")
-        if len(parts) != 3 or not parts[0]:
-            raise SchedulerOutputError(f"unexpected sacct line: {line!r}")
-        code, sig = parse_exit_code(parts[2])
-        records[parts[0]] = SlurmRecord(parts[1].split()[0], "", code, sig)
+    for job_id, state, exit_sig in _pipe_rows(stdout, "sacct"):
+        code, sig = parse_exit_code(exit_sig)
+        records[job_id] = SlurmRecord(state.split()[0], "", code, sig)
     return records
 
 
