@@ -240,8 +240,8 @@ class Receiver(threading.Thread):
         if out is None:
             return
         _, step, field = out
-        self.buffer.put(self.table.params_of(sim_id), step, field.astype(np.float32).ravel(),
-                        sim_id)
+        # the buffer normalises while copying into its float32 slot: no intermediate copy
+        self.buffer.put(self.table.params_of(sim_id), step, field, sim_id)
         self.ledger.add(sim_id, step)
         self.counts["samples"] += 1
         if self.ledger.count(sim_id) == self.steps + 1 and self.table.complete(sim_id):

@@ -74,14 +74,14 @@ class LoopClock:
     def elapsed(self) -> float:
         return 0.0 if self.first is None else time.monotonic() - self.first
 
-    def metrics(self, iterations: int) -> dict[str, float]:
+    def metrics(self) -> dict[str, float]:
         return {"samples_per_s": self.samples / max(self.elapsed(), 1e-9),
                 "waited": self.waited, "wait_s": self.wait_s, "train_s": self.train_s}
 
     def summary(self, iterations: int) -> dict[str, float]:
         return {"train_loop_s": self.elapsed(), "samples_trained": self.samples,
                 "waiting_fraction": self.waited / max(iterations, 1),
-                "waited_iterations": self.waited, **self.metrics(iterations)}
+                "waited_iterations": self.waited, **self.metrics()}
 
 
 class Server:
@@ -268,7 +268,7 @@ class Server:
                                "time": time.time() - self.start,
                                "batch_loss": float(losses.mean()),
                                "batch_loss_std": float(losses.std()),
-                               **self._buffer_metrics(), **clock.metrics(self.iteration)})
+                               **self._buffer_metrics(), **clock.metrics()})
                 if per_sample is not None:
                     self._log_samples(per_sample, ids, steps, losses, deltas)
             if self.iteration % tc["validation_interval"] == 0:
