@@ -18,9 +18,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit status 2, like every other bad
+    input (argparse itself prints the whole usage first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="breed", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="breed", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=sorted(COMMANDS), help="sub-command")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments (see breed CMD -h)")
     if not argv or argv[0] in ("-h", "--help"):

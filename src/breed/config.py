@@ -8,6 +8,7 @@ anything starts.
 from __future__ import annotations
 
 import copy
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,20 @@ def _message(error: jsonschema.ValidationError) -> str:
     return error.message.replace("\n", " ")
 
 
+def check_finite(data: Any, path: str = "") -> None:
+    """Refuse NaN and infinities anywhere (YAML's ``.nan``/``.inf``): JSON Schema's bounds let
+    them through (``nan > 0`` is False, but so is ``nan <= 0``), and a NaN timeout would turn a
+    check off silently."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            check_finite(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, list):
+        for k, value in enumerate(data):
+            check_finite(value, f"{path}.{k}")
+    elif isinstance(data, float) and not math.isfinite(data):
+        raise ConfigError(f"{path or '<root>'}: {data} is not a finite number")
+
+
 def validate(data: Any, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """Return a validated deep copy of ``data`` with defaults filled in."""
     schema = schema or load_schema()
@@ -65,6 +80,7 @@ def validate(data: Any, schema: dict[str, Any] | None = None) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("<root>: a configuration must be a mapping of keys")
+    check_finite(data)
     data = _fill_defaults(schema, copy.deepcopy(data))
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: (list(e.absolute_path), e.message))
@@ -84,31 +100,74 @@ def validate(data: Any, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return data
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a run config is a page of YAML; more is not one
+
+
+def read_text(path: Path, what: str = "config") -> str:
+    """A small UTF-8 text file, or a one-line :class:`ConfigError` saying why it is not one
+    (missing, a directory, unreadable, binary, another encoding, huge)."""
+    try:
+        if path.is_dir():
+            raise ConfigError(f"{what}: {path} is a directory, not a file")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: no such file {str(path)!r}") from None
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{what}: {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; "
+                          "not a configuration")
+    if b"\0" in data:
+        hint = " (UTF-16? save it as UTF-8)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(f"{what}: {path} is a binary file, not YAML text{hint}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what}: {path} is not UTF-8 text (byte {exc.start}); "
+                          "save it as UTF-8") from None
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{where} is not valid YAML{line}") from None
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read a YAML file, apply dotted-key ``overrides`` and validate."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config: no such file {str(path)!r}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config: {path} is not valid YAML{where}") from None
+    raw = parse_yaml(read_text(path), f"config: {path}")
     raw = raw if raw is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {path} holds a {type(raw).__name__}, not a mapping of keys")
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
     return validate(raw)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["model.hidden=32", ...]`` (``--set``) -> ``{"model.hidden": 32}``, values as YAML."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY")
+        out[key] = parse_yaml(value, f"--set {key}: {value!r}")
+    return out
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     """``set_dotted(cfg, "model.hidden", 32)`` -> ``cfg["model"]["hidden"] = 32``."""
     *parents, last = key.split(".")
     node = data
-    for part in parents:
+    for k, part in enumerate(parents):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"{key}: {part} is not a mapping")
+            raise ConfigError(f"{key}: {'.'.join(parents[:k + 1])} is not a mapping")
     node[last] = value
 
 
