@@ -86,7 +86,7 @@ def test_dry_run_of_the_paper_lists_every_grid_point(workdir: Path) -> None:
     assert job_counts(out) == {
         "validation_config": 3, "make_validation": 3, "run_config": 120, "breed_run": 120,
         "tables": 3, "summary": 3, "fig3a": 1, "fig3b": 2, "fig4": 3, "fig6": 3, "all": 1}
-    assert "results/sampling/breed-H16-L1-s5-P10-N200-r0.5-0.9-3-seed2/config.yaml" in out
+    assert "results/sampling/configs/breed-H16-L1-s5-P10-N200-r0.5-0.9-3-seed2.yaml" in out
 
 
 @pytest.mark.timeout(60)
@@ -249,7 +249,7 @@ def test_tiny_dag_end_to_end_then_figures_alone(workdir: Path) -> None:
     assert inputs[0] == "sim_id,T0,T1,T2,T3,T4,source,generation,run_id,deviation"
     assert len(inputs) == 1 + 2 * 30  # every simulation of both runs (whether Breed steered
     # any of them depends on timing at this budget: not asserted here)
-    run_cfg = yaml.safe_load((res / "random-H16-L1-seed0" / "config.yaml").read_text())
+    run_cfg = yaml.safe_load((res / "configs" / "random-H16-L1-seed0.yaml").read_text())
     assert run_cfg["validation"]["file"] == "results/tiny/validation.npz"
     assert (res / "random-H16-L1-seed0" / "config.resolved.yaml").exists()
     assert "breed run" in (res / "logs" / "breed_run" / "random-H16-L1-seed0.log").read_text()
@@ -276,7 +276,7 @@ def test_tiny_dag_end_to_end_then_figures_alone(workdir: Path) -> None:
 @pytest.mark.timeout(120)
 def test_oar_profile_backend_reaches_the_run_configs(workdir: Path) -> None:
     """A local rule under the oar profile: the profile's backend merges with --config."""
-    target = "results/tiny/random-H16-L1-seed0/config.yaml"
+    target = "results/tiny/configs/random-H16-L1-seed0.yaml"
     proc = snakemake(workdir, "--profile", "oar", "--config", "study=tiny", "--", target,
                      timeout=100)
     assert proc.returncode == 0, proc.stdout + proc.stderr

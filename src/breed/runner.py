@@ -18,7 +18,6 @@ Exit codes: 0 success; 2 invalid configuration or arguments (nothing started); 1
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
 import os
@@ -33,7 +32,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from breed.config import ConfigError, dump_config, load_config
+from breed import rundir
+from breed.cli import OneLineParser
+from breed.config import ConfigError, dump_config, load_config, parse_overrides
 from breed.launcher import make_backend
 from breed.launcher.backend import Backend
 from breed.launcher.launcher import (
@@ -45,6 +46,7 @@ from breed.launcher.launcher import (
 )
 from breed.launcher.local import find_mpiexec
 from breed.protocol import token_from_hex
+from breed.resources import check_resources
 from breed.runlog import atomic_write_json, provenance
 from breed.security import (
     ENV_CURVE,
@@ -56,16 +58,6 @@ from breed.security import (
 )
 
 log = logging.getLogger("breed.run")
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def check_runtime(cfg: dict[str, Any]) -> Backend:
@@ -90,6 +82,13 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
     if cfg["training"]["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("training.tensorboard: needs the tensorboard package "
                           "(pip install 'breed[tensorboard]')")
+    if cfg["validation"]["file"] is not None:
+        from breed.validation import ValidationFileError, check_validation_file
+
+        try:
+            check_validation_file(cfg["validation"]["file"], cfg)
+        except ValidationFileError as exc:
+            raise ConfigError(f"validation.file: {exc}") from None
     if lc["curve"] and not curve_available():
         raise ConfigError("launcher.curve: this libzmq was built without CURVE support")
     field = sc["grid"] ** 2 * np.dtype(sc["dtype"]).itemsize
@@ -104,13 +103,11 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
 
 
 def prepare_run_dir(cfg: dict[str, Any], run_dir: Path, argv: list[str]) -> str:
-    """Write resolved config, provenance, a fresh 0600 token (and CURVE keys); returns the
-    token (hex)."""
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    """Write resolved config, provenance, a fresh 0600 token (and CURVE keys) into a directory
+    made by :func:`breed.rundir.create`; returns the token (hex)."""
     cfg = {**cfg, "output": str(run_dir)}
-    dump_config(cfg, run_dir / "config.resolved.yaml")
-    atomic_write_json(run_dir / "provenance.json", provenance(cfg["seed"], ["breed", *argv]))
+    dump_config(cfg, run_dir / rundir.CONFIG)
+    atomic_write_json(run_dir / rundir.PROVENANCE, provenance(cfg["seed"], ["breed", *argv]))
     if cfg["launcher"]["curve"]:
         ensure_curve_keys(run_dir)
     return new_token(run_dir)
@@ -178,10 +175,17 @@ class ServerProcess:
             if path.exists():
                 return yaml.safe_load(path.read_text())
             if not self.alive():
-                raise LauncherError(f"the server exited before listening; see "
-                                    f"{self.run_dir / 'logs' / 'server.log'}")
+                log_path = self.run_dir / rundir.LOGS / "server.log"
+                reason = last_error_line(log_path, "breed server: ")
+                if reason and self.exit_code() == 2:  # refused: a bad input, nothing started
+                    raise ConfigError(reason)
+                raise LauncherError(f"the server exited before listening: "
+                                    f"{reason or 'no reason given'}; see {log_path}")
             time.sleep(0.05)
         raise LauncherError(f"the server did not start within {timeout:g} s")
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
 
     def wait(self, timeout: float) -> int:
         """Exit code (a server found on resume is not our child: 0 iff it wrote summary.json)."""
@@ -222,12 +226,29 @@ class Progress:
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.bar = None
+        self.warnings: dict[str, str] = {}  # shown on the console, by topic
         if enabled:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="sim", file=sys.stderr, dynamic_ncols=True)
 
+    def say(self, text: str) -> None:
+        log.warning(text)
+        if self.bar is not None:
+            self.bar.write(f"breed run: {text}", file=sys.stderr)
+        else:
+            print(f"breed run: {text}", file=sys.stderr)
+
     def __call__(self, status: dict[str, Any]) -> None:
+        """Show the server's warnings once when they start and once when they end (a failing
+        checkpoint write, say), and the progress."""
+        now = status.get("warnings") or {}
+        for topic, text in now.items():
+            if topic not in self.warnings:
+                self.say(f"warning: {text}")
+        for topic in set(self.warnings) - set(now):
+            self.say(f"resolved: {topic} ({self.warnings[topic].split(';')[0]})")
+        self.warnings = dict(now)
         if self.bar is None:
             return
         self.bar.total = status.get("target", self.bar.total)
@@ -238,6 +259,18 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def last_error_line(path: Path, prefix: str) -> str | None:
+    """The last line of a log that starts with ``prefix`` (a one-line error), without it."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 65536))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    hits = [x[len(prefix):] for x in lines if x.startswith(prefix)]
+    return hits[-1] if hits else None
 
 
 def client_env(endpoints: dict[str, Any], token: str, curve: bytes | None,
@@ -297,7 +330,11 @@ def supervise(cfg: dict[str, Any], run_dir: Path, launcher: Launcher, server: Se
 
 
 def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = False,
-        backend: Backend | None = None) -> int:
+        backend: Backend | None = None, jobs: list[dict[str, str]] | None = None) -> int:
+    """Launch (or resume) the run in ``run_dir``, which the caller has created or checked and
+    holds the launcher lock of."""
+    # the launcher lock makes this process the only writer of its files
+    rundir.remove_partial_writes(run_dir, (rundir.JOBS, rundir.PROVENANCE))
     token = read_token(run_dir) if resume else prepare_run_dir(cfg, run_dir, argv)
     logging.basicConfig(filename=run_dir / "logs" / "launcher.log", level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -311,7 +348,7 @@ def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = Fals
     server: ServerProcess | None = None
     try:
         if resume:
-            launcher.adopt(read_jobs(run_dir))
+            launcher.adopt(jobs if jobs is not None else read_jobs(run_dir))
             server = ServerProcess.attach(run_dir, token_from_hex(token), curve,
                                           lc["ping_timeout"])
             log.info("resume: %s", "re-attached to the running server" if server else
@@ -319,9 +356,13 @@ def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = Fals
         if server is None:
             server = ServerProcess.start(cfg, run_dir, resume=resume)
         status, server = supervise(cfg, run_dir, launcher, server, token, curve, progress)
+        if status.get("failed"):
+            raise LauncherError(status["failed"])
         code = server.wait(timeout=120)
         if code != 0:
-            raise LauncherError(f"the server exited with code {code}; see logs/server.log")
+            reason = last_error_line(run_dir / rundir.LOGS / "server.log", "breed server: ")
+            raise LauncherError(f"the server exited with code {code}"
+                                f"{f': {reason}' if reason else ''}; see logs/server.log")
         if status.get("sims_done", 0) < status.get("target", 0):
             raise LauncherError(f"only {status['sims_done']} of {status['target']} "
                                 "simulations finished")
@@ -329,6 +370,9 @@ def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = Fals
     except LauncherError as exc:
         print(f"breed run: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # the server refused its inputs (a checkpoint, the lock)
+        print(f"breed run: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("breed run: interrupted; resume with `breed run --resume "
               f"{run_dir}`", file=sys.stderr)
@@ -343,29 +387,53 @@ def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = Fals
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="breed run", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="breed run", description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", type=Path, help="run configuration (YAML)")
-    parser.add_argument("--output", "-o", type=Path, help="run directory (default: output key)")
+    parser.add_argument("--output", "-o", type=Path, help="run directory (default: output key); "
+                        "must not exist or be empty")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set model.hidden=32")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
                         help="continue an interrupted run from its directory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="move an existing run directory aside (DIR.old-TIME) and start afresh")
     args = parser.parse_args(argv)
+    lock: rundir.RunLock | None = None
     try:
         if args.resume is not None:
-            cfg_path = args.resume / "config.resolved.yaml"
-            if not cfg_path.exists():
-                raise ConfigError(f"--resume: {args.resume} is not a run directory")
-            cfg = load_config(cfg_path)
+            if args.config is not None or args.set or args.output or args.overwrite:
+                raise ConfigError("--resume RUN_DIR takes no config, --set, --output or "
+                                  "--overwrite (the run keeps its own)")
+            run_dir = args.resume
+            rundir.check_resumable(run_dir)
+            # held from here on; named as ours only once the run directory proved sound, so
+            # a refused resume changes no file
+            lock = rundir.RunLock(run_dir, rundir.LAUNCHER_LOCK, "breed run")
+            lock.acquire(record=False)
+            rundir.check_resumable(run_dir)  # it may have finished while we waited for the lock
+            cfg = load_config(run_dir / rundir.CONFIG)
             backend = check_runtime(cfg)
-            read_token(args.resume)
-            return run(cfg, args.resume, argv, resume=True, backend=backend)
+            read_token(run_dir)
+            try:
+                jobs = read_jobs(run_dir)
+            except ValueError as exc:
+                raise ConfigError(f"--resume: {exc}") from None
+            lock.record()
+            return run(cfg, run_dir, argv, resume=True, backend=backend, jobs=jobs)
         if args.config is None:
             raise ConfigError("config: give a configuration file (or --resume RUN_DIR)")
         cfg = load_config(args.config, parse_overrides(args.set))
         backend = check_runtime(cfg)
+        run_dir = args.output or Path(cfg["output"])
+        check_resources(cfg, run_dir)
+        moved = rundir.create(run_dir, overwrite=args.overwrite)
+        lock = rundir.RunLock(run_dir, rundir.LAUNCHER_LOCK, "breed run").acquire()
+        if moved is not None:
+            print(f"breed run: moved the old {run_dir} aside to {moved}", file=sys.stderr)
+        return run(cfg, run_dir, argv, backend=backend)
     except ConfigError as exc:
         print(f"breed run: {exc}", file=sys.stderr)
         return 2
-    run_dir = args.output or Path(cfg["output"])
-    return run(cfg, run_dir, argv, backend=backend)
+    finally:
+        if lock is not None:
+            lock.release()

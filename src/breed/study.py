@@ -224,7 +224,7 @@ def run_resources(config: dict[str, Any], name: str) -> dict[str, int]:
 
 
 def run_config(spec: RunSpec, validation_file: str, run_dir: str) -> dict[str, Any]:
-    """The resolved configuration written to ``results/<study>/<run-id>/config.yaml``."""
+    """The resolved configuration written to ``results/<study>/configs/<run-id>.yaml``."""
     cfg = copy.deepcopy(spec.config)
     cfg["output"] = run_dir
     cfg["validation"]["file"] = validation_file

@@ -18,6 +18,8 @@ of processes would cost more to start than it saves on two cores.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import os
 import sys
@@ -50,6 +52,10 @@ class ValidationSet:
     @property
     def size(self) -> int:
         return int(self.params.shape[0])
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.solver, self.size, self.seed)
 
 
 def halton_params(size: int, seed: int, bounds: tuple[float, float]) -> np.ndarray:
@@ -104,34 +110,88 @@ def make_validation(path: str | Path, *, size: int = 200, seed: int = 12345, gri
     return vset
 
 
-def load_validation(path: str | Path, expect_solver: dict[str, Any] | None = None
-                    ) -> ValidationSet:
-    """Read a set; with ``expect_solver`` (e.g. the run's ``solver`` section) check that it was
-    made with the same grid, steps, dt, alpha, length and bounds (keys absent there are not
-    checked; ``ranks``/``dtype`` do not change the trajectories and are ignored)."""
-    path = Path(path)
+def fingerprint(solver: dict[str, Any], size: int, seed: int) -> str:
+    """What made a validation set, hashed: its solver settings and its Halton design. Two sets
+    with the same fingerprint hold the same trajectories; a run records the one it used."""
+    canon = {"format": FORMAT, "size": int(size), "seed": int(seed),
+             **{k: solver[k] for k in SOLVER_KEYS}}
+    canon["bounds"] = [float(x) for x in canon["bounds"]]
+    for key in ("dt", "alpha", "length"):
+        canon[key] = float(canon[key])
+    for key in ("grid", "steps"):
+        canon[key] = int(canon[key])
+    text = json.dumps(canon, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _open(path: Path) -> Any:
     if not path.is_file():
         raise ValidationFileError(f"validation file: no such file {str(path)!r}")
+    return np.load(path, allow_pickle=False)
+
+
+def _header(data: Any, path: Path) -> tuple[dict[str, Any], int, int]:
+    """(solver settings, seed, size) of an open set, without reading its fields."""
+    if str(data["format"]) != FORMAT:
+        raise ValidationFileError(f"validation file {path}: format "
+                                  f"{str(data['format'])!r}, expected {FORMAT!r}")
+    solver = {key: data[key].tolist() for key in SOLVER_KEYS}
+    return solver, int(data["seed"]), int(data["params"].shape[0])
+
+
+def _unreadable(path: Path, exc: BaseException) -> ValidationFileError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ValidationFileError(f"validation file {path}: not a breed validation set ({reason})")
+
+
+def check_validation_file(path: str | Path, cfg: dict[str, Any]) -> str:
+    """Refuse a set that was not made for this run config (solver settings, validation size and
+    seed), reading only its header; returns its fingerprint."""
+    path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if str(data["format"]) != FORMAT:
-                raise ValidationFileError(f"validation file {path}: format "
-                                          f"{str(data['format'])!r}, expected {FORMAT!r}")
-            solver = {key: data[key].tolist() for key in SOLVER_KEYS}
-            vset = ValidationSet(data["params"], data["fields"], solver, int(data["seed"]))
+        with _open(path) as data:
+            solver, seed, size = _header(data, path)
     except ValidationFileError:
         raise
     except (OSError, ValueError, KeyError, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValidationFileError(f"validation file {path}: not a breed validation set "
-                                  f"({reason})") from None
+        raise _unreadable(path, exc) from None
+    check_solver(solver, cfg["solver"], path)
+    check_design((size, seed), (cfg["validation"]["size"], cfg["validation"]["seed"]), path)
+    return fingerprint(solver, size, seed)
+
+
+def check_design(stored: tuple[int, int], expected: tuple[int, int], path: str | Path) -> None:
+    for key, have, want in zip(("size", "seed"), stored, expected, strict=True):
+        if int(have) != int(want):
+            raise ValidationFileError(
+                f"validation file {path}: made with validation.{key} {have} but the run has "
+                f"{want}; remake it with `breed make-validation --config RUN.yaml`")
+
+
+def load_validation(path: str | Path, expect_solver: dict[str, Any] | None = None,
+                    expect_design: tuple[int, int] | None = None) -> ValidationSet:
+    """Read a set; with ``expect_solver`` (e.g. the run's ``solver`` section) check that it was
+    made with the same grid, steps, dt, alpha, length and bounds (keys absent there are not
+    checked; ``ranks``/``dtype`` do not change the trajectories and are ignored), with
+    ``expect_design`` that it has this (size, seed)."""
+    path = Path(path)
+    try:
+        with _open(path) as data:
+            solver, seed, size = _header(data, path)
+            if expect_solver is not None:
+                check_solver(solver, expect_solver, path)
+            if expect_design is not None:
+                check_design((size, seed), expect_design, path)
+            vset = ValidationSet(data["params"], data["fields"], solver, seed)
+    except ValidationFileError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise _unreadable(path, exc) from None
     n, grid, steps = vset.size, solver["grid"], solver["steps"]
     if vset.params.shape != (n, DIM) or vset.fields.shape != (n, steps + 1, grid, grid):
         raise ValidationFileError(f"validation file {path}: params {vset.params.shape} and "
                                   f"fields {vset.fields.shape} do not match grid {grid}, "
                                   f"steps {steps}")
-    if expect_solver is not None:
-        check_solver(solver, expect_solver, path)
     return vset
 
 

@@ -36,9 +36,11 @@ rule make_validation:
         "../scripts/breed_cli.py"
 
 
+# The config lives beside the run directory, not in it: `breed run` creates that directory
+# fresh (and --overwrite moves a failed attempt's aside, so a rerun never mixes two runs).
 rule run_config:
     output:
-        "results/{study}/{run}/config.yaml",
+        "results/{study}/configs/{run}.yaml",
     params:
         config=lambda wildcards: S.run_config(
             study_specs(wildcards.study)[wildcards.run],
@@ -56,13 +58,13 @@ rule run_config:
 
 rule breed_run:
     input:
-        config="results/{study}/{run}/config.yaml",
+        config="results/{study}/configs/{run}.yaml",
         validation="results/{study}/validation.npz",
     output:
         expand("results/{{study}}/{{run}}/{file}", file=RUN_FILES),
     params:
         args=lambda wildcards, input, output: [
-            "run", input.config, "--output", os.path.dirname(output[0])
+            "run", input.config, "--output", os.path.dirname(output[0]), "--overwrite"
         ],
     log:
         "results/{study}/logs/breed_run/{run}.log",

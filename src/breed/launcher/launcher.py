@@ -16,7 +16,10 @@ leaves behind the jobs it had submitted: ``breed run --resume DIR`` cancels them
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +31,9 @@ import zmq
 
 from breed.launcher.backend import Backend, JobSpec, JobState
 from breed.protocol import Kind, ProtocolError, decode, encode_control
+from breed.rundir import JOBS
 from breed.runlog import write_table
+from breed.security import ENV_JOB_KEY, job_key_digest, new_job_key
 
 log = logging.getLogger("breed.launcher")
 JOB_COLUMNS = ["name", "job_id", "pgid", "state", "submit_time", "end_time", "exit_code",
@@ -53,6 +58,7 @@ class Job:
     exit_code: int | None = None
     reason: str = ""
     pgid: int | None = None  # local backend: the job's process group
+    key_digest: str = ""  # SHA-256 of the job's key (breed.security.JobKeys)
 
 
 class ServerLink:
@@ -91,13 +97,45 @@ class ServerLink:
             self._sock = None
 
 
+JOB_NAME = re.compile(r"client-\d{1,9}")
+
+
 def read_jobs(run_dir: Path) -> list[dict[str, str]]:
-    """Rows of ``DIR/jobs.csv`` (empty if a launcher never wrote one)."""
-    path = run_dir / "jobs.csv"
+    """Rows of ``DIR/jobs.csv`` (empty if a launcher never wrote one).
+
+    Raises ValueError naming the line for a table that is not one this launcher wrote: a
+    resume must know every job it has to cancel, so it refuses rather than guesses.
+    """
+    path = run_dir / JOBS
     if not path.exists():
         return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    try:
+        text = path.read_bytes().decode("utf-8")
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: not a jobs table ({exc})") from None
+    states = {s.value for s in JobState}
+    for line, row in enumerate(rows, start=2):
+        problem = None
+        if None in row or None in row.values() or set(row) != set(JOB_COLUMNS):
+            problem = f"columns are not {','.join(JOB_COLUMNS)}"
+        elif not JOB_NAME.fullmatch(row["name"]):
+            problem = f"job name {row['name']!r} is not client-N"
+        elif row["state"] not in states:
+            problem = f"state {row['state']!r} is not one of {', '.join(sorted(states))}"
+        elif not _number_or_empty(row["submit_time"]) or not _number_or_empty(row["pgid"]):
+            problem = "submit_time and pgid must be numbers"
+        if problem:
+            raise ValueError(f"{path} line {line}: {problem}; this is not a table breed "
+                             "wrote (fix or remove it, and cancel any job it listed by hand)")
+    return rows
+
+
+def _number_or_empty(text: str) -> bool:
+    try:
+        return text == "" or math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 class Launcher:
@@ -116,15 +154,19 @@ class Launcher:
         self.failures_in_a_row = 0
         self.count = 0
 
-    def client_spec(self) -> JobSpec:
+    def client_spec(self) -> tuple[JobSpec, str]:
+        """The next client job and the digest of its key (the key is in its environment
+        only)."""
         self.count += 1
         name = f"client-{self.count:05d}"
         argv = [sys.executable, "-m", "breed.client"]
         if not self.lc["persistent"]:
             argv.append("--once")
-        return JobSpec(name=name, argv=argv, ranks=self.cfg["solver"]["ranks"],
-                       env={**self.client_env, "BREED_JOB_ID": name}, workdir=self.run_dir,
-                       log_path=self.run_dir / "logs" / f"{name}.log")
+        key = new_job_key()
+        env = {**self.client_env, "BREED_JOB_ID": name, ENV_JOB_KEY: key}
+        return JobSpec(name=name, argv=argv, ranks=self.cfg["solver"]["ranks"], env=env,
+                       workdir=self.run_dir,
+                       log_path=self.run_dir / "logs" / f"{name}.log"), job_key_digest(key)
 
     def alive(self) -> list[Job]:
         return [j for j in self.jobs.values() if not j.state.finished]
@@ -153,7 +195,7 @@ class Launcher:
         if changed:
             self.write_jobs()
 
-    def _top_up(self, wanted: int) -> None:
+    def _top_up(self, wanted: int, link: ServerLink) -> None:
         limit = max(5, 3 * self.lc["max_jobs"])
         if self.failures_in_a_row >= limit:
             raise LauncherError(
@@ -161,10 +203,14 @@ class Launcher:
                 f"{self.run_dir / 'logs'}")
         submitted = False
         for _ in range(wanted - len(self.alive())):
-            spec = self.client_spec()
+            spec, digest = self.client_spec()
+            # the server learns the job's key before the job exists: its first REQUEST is
+            # never refused, and no one else can claim its id
+            if link.ping({"job_keys": {spec.name: digest}}) is None:
+                break  # the main loop notices a dead server
             job_id = self.backend.submit(spec)
             pgid = getattr(self.backend, "pgid", lambda _: None)(job_id)
-            self.jobs[spec.name] = Job(spec.name, job_id, pgid=pgid)
+            self.jobs[spec.name] = Job(spec.name, job_id, pgid=pgid, key_digest=digest)
             log.info("submitted %s as %s", spec.name, job_id)
             submitted = True
         if submitted:
@@ -242,7 +288,8 @@ class Launcher:
                 last_poll = now
             reported, self.failed_to_report = self.failed_to_report, []
             pong = link.ping({"failed_jobs": reported, "jobs": {
-                j.name: j.job_id for j in self.jobs.values()}})
+                j.name: j.job_id for j in self.jobs.values()}, "job_keys": {
+                j.name: j.key_digest for j in self.alive() if j.key_digest}})
             if pong is None:
                 self.failed_to_report = reported + self.failed_to_report
                 if not self.server_alive():
@@ -257,7 +304,7 @@ class Launcher:
             if status.get("finished"):
                 return status
             self._cancel_stale(list(status.get("stale_jobs", [])))
-            self._top_up(int(status.get("wanted_clients", 0)))
+            self._top_up(int(status.get("wanted_clients", 0)), link)
             time.sleep(self.lc["ping_interval"])
 
     def shutdown(self, grace: float = 10.0) -> None:
@@ -278,4 +325,4 @@ class Launcher:
 
     def write_jobs(self) -> None:
         """``DIR/jobs.csv``, atomically: what a resumed launcher must find again."""
-        write_table(self.run_dir / "jobs.csv", self.job_rows(), JOB_COLUMNS)
+        write_table(self.run_dir / JOBS, self.job_rows(), JOB_COLUMNS)
