@@ -39,6 +39,7 @@ import torch
 import yaml
 from scipy.stats import wilcoxon
 
+from breed.checkpoint import load as load_checkpoint
 from breed.config import load_config
 from breed.reservoir import Batch
 from breed.sampling.breed import BreedSampler
@@ -156,7 +157,7 @@ def read_run(run_dir: Path, val: Any) -> dict[str, Any]:
     train = [m["batch_loss"] for m in metrics if m["kind"] == "train"][-10:]
     out["train_loss"] = float(np.mean(train)) if train else math.nan
     ckpt = run_dir / "checkpoints" / "checkpoint.pt"
-    hist = find_history(torch.load(ckpt, weights_only=False)) if ckpt.exists() else None
+    hist = find_history(load_checkpoint(ckpt)) if ckpt.exists() else None
     out["resample_s"] = [h["seconds"] for h in hist] if hist else []
     out["resamplings"] = len(hist) if hist is not None else 0
     return out

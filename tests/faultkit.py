@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -21,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 
+from breed.checkpoint import load as load_checkpoint
 from breed.launcher.launcher import ServerLink
 from breed.protocol import token_from_hex
 from breed.recovery import StepLedger
@@ -96,15 +97,24 @@ class RunUnderTest:
         self.outputs: list[Path] = []
 
     # -- the launcher ----------------------------------------------------------------------
-    def start(self, resume: bool = False) -> subprocess.Popen:
+    def start(self, resume: bool = False, extra: tuple[str, ...] = (),
+              nofile: int | None = None) -> subprocess.Popen:
+        """``breed run`` (or ``--resume``) in its own session; ``nofile`` caps the file
+        descriptors of it and its children (server, clients), soft and hard limit alike."""
         args = ["--resume", str(self.dir)] if resume else [str(self.cfg_path), "--output",
                                                             str(self.dir)]
         out = self.dir.parent / f"launcher-{len(self.procs)}.err"
         self.outputs.append(out)
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         with open(out, "wb") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "breed", "run", *args],
+            proc = subprocess.Popen([sys.executable, "-m", "breed", "run", *args, *extra],
                                     stdout=subprocess.DEVNULL, stderr=fh,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=limit if nofile is not None else None)
         self.procs.append(proc)
         return proc
 
@@ -258,7 +268,7 @@ def audit(run_dir: Path) -> dict[str, Any]:
     simulations that never entered the buffer (the ledger of every (sim, step) put); duplicates:
     puts beyond the unique (sim, step) count (the buffer's own counter) and repeated rows among
     the samples held. When nothing was evicted the held rows alone are checked as well."""
-    state = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(run_dir / "checkpoints" / "checkpoint.pt")
     table = {r["sim_id"]: r for r in state["table"]["records"]}
     done = sorted(s for s, r in table.items() if r["status"] == "done")
     steps = int(state["ledger"]["steps"])

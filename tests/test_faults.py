@@ -13,7 +13,6 @@ import signal
 import time
 
 import pytest
-import torch
 from faultkit import (
     PACED,
     RunUnderTest,
@@ -25,6 +24,8 @@ from faultkit import (
     signal_group,
     stop_mid_stream,
 )
+
+from breed.checkpoint import load as load_checkpoint
 
 pytestmark = pytest.mark.faults
 S = 8
@@ -134,7 +135,7 @@ def test_server_killed_restarts_from_its_checkpoint(make_run) -> None:
                           lambda p: p["iteration"] >= start + 2 * interval and p)
     assert pong["sims_done"] < S and str(sim) in pong["in_flight_steps"]
     os.kill(old_server, signal.SIGSTOP)  # hold the checkpoint still while we read it
-    at = torch.load(run.dir / "checkpoints" / "checkpoint.pt", weights_only=False)["iteration"]
+    at = load_checkpoint(run.dir / "checkpoints" / "checkpoint.pt")["iteration"]
     assert at >= start + interval
     os.killpg(old_server, signal.SIGKILL)
     assert run.finish(proc) == 0, run.stderr()

@@ -14,6 +14,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from breed.checkpoint import load as load_checkpoint
 from breed.config import validate
 from breed.protocol import Kind, decode, encode_control, encode_finish, encode_step
 from breed.receiver import Receiver
@@ -384,9 +385,8 @@ def test_stranger_with_a_wrong_token_is_rejected_and_changes_nothing(fault_run) 
 
 
 def torch_load(run_dir):
-    import torch
 
-    return torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=False)
+    return load_checkpoint(run_dir / "checkpoints" / "checkpoint.pt")
 
 
 @pytest.mark.faults

@@ -7,7 +7,9 @@ function of the run directory (no re-training to redraw).
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import os
 import platform
 import socket
@@ -19,6 +21,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from breed.rundir import partial_prefix
+
+log = logging.getLogger("breed.runlog")
 PER_SAMPLE_COLUMNS = ["iteration", "sim_id", "step", "sample_loss", "batch_loss", "delta", "Q",
                       "uniform"]
 PACKAGES = ["breed", "numpy", "scipy", "torch", "pyzmq", "mpi4py", "pandas", "snakemake"]
@@ -27,7 +32,7 @@ PACKAGES = ["breed", "numpy", "scipy", "torch", "pyzmq", "mpi4py", "pandas", "sn
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file + rename, so a kill mid-write never leaves a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=partial_prefix(path.name))
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -69,17 +74,55 @@ def provenance(seed: int, argv: list[str] | None = None) -> dict[str, Any]:
             "start_time": time.time(), "versions": versions}
 
 
-class JsonLines:
-    """Append-only JSON-lines file, flushed per row so a crash loses at most one row."""
+class AppendFile:
+    """An append-only log file whose writes may fail (a full disk) without raising or losing
+    rows: bytes not yet written are kept, up to ``MAX_PENDING``, and written before the next
+    rows once the disk takes them again. Each row goes out in one ``write`` call (no torn
+    rows from buffering); rows past the limit are counted as dropped and logged."""
+
+    MAX_PENDING = 64 << 20
 
     def __init__(self, path: Path) -> None:
-        self._fh = open(path, "a", buffering=1)  # noqa: SIM115
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._pending = bytearray()
+        self.failures = self.dropped = 0
 
-    def write(self, row: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(row, default=float) + "\n")
+    def write(self, data: bytes) -> bool:
+        """Append ``data`` after whatever is still pending; False if some is still pending."""
+        if len(self._pending) + len(data) > self.MAX_PENDING:
+            self.dropped += 1
+        else:
+            self._pending += data
+        while self._pending:
+            try:
+                n = os.write(self._fd, self._pending)
+            except OSError as exc:
+                self.failures += 1
+                if self.failures == 1 or self.failures % 1000 == 0:
+                    log.error(
+                        "%s: %s; %d bytes kept to write later", self.path.name,
+                        exc.strerror or exc, len(self._pending))
+                return False
+            del self._pending[:n]
+        return True
 
     def close(self) -> None:
-        self._fh.close()
+        self.write(b"")
+        os.close(self._fd)
+
+
+class JsonLines:
+    """Append-only JSON-lines file, one row per write, so a crash loses at most one row."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = AppendFile(path)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._file.write((json.dumps(row, default=float) + "\n").encode())
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class MetricsLog(JsonLines):
@@ -110,29 +153,34 @@ class MetricsLog(JsonLines):
 
 
 class CsvLog:
-    """Append-only CSV with a fixed header (written once)."""
+    """Append-only CSV with a fixed header (written once); rows go out on :meth:`flush`."""
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         new = not path.exists() or path.stat().st_size == 0
-        self._fh = open(path, "a", newline="")  # noqa: SIM115
-        self._writer = csv.writer(self._fh)
+        self._file = AppendFile(path)
+        self._buf = io.StringIO()
+        self._writer = csv.writer(self._buf)
         if new:
             self._writer.writerow(columns)
+            self.flush()
 
     def write_rows(self, rows: list[list[Any]]) -> None:
         self._writer.writerows(rows)
+        self.flush()
 
     def flush(self) -> None:
-        self._fh.flush()
+        if self._buf.tell():
+            self._file.write(self._buf.getvalue().encode())
+            self._buf.seek(0)
+            self._buf.truncate()
 
     def close(self) -> None:
-        self._fh.close()
+        self.flush()
+        self._file.close()
 
 
 def write_table(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
     """Rewrite a whole CSV table atomically (the simulation table changes in place)."""
-    import io
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()

@@ -9,7 +9,6 @@ statistics) and to the run log.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -22,7 +21,12 @@ import numpy as np
 import torch
 import yaml
 
+from breed import rundir
+from breed.checkpoint import Checkpointer
+from breed.checkpoint import load as load_checkpoint
+from breed.cli import OneLineParser
 from breed.collective import Collective, mpi_world
+from breed.guard import raise_fd_limit
 from breed.protocol import token_from_hex
 from breed.receiver import Receiver, resolve_host
 from breed.recovery import capture, restore, truncate_logs
@@ -32,7 +36,6 @@ from breed.runlog import (
     CsvLog,
     JsonLines,
     MetricsLog,
-    atomic_write_bytes,
     atomic_write_json,
     write_table,
 )
@@ -44,6 +47,22 @@ from breed.trainer import Trainer, resolve_device
 from breed.validation import load_validation, make_validation
 
 log = logging.getLogger("breed.server")
+# files the server writes atomically (a kill mid-write leaves a partial file to clean up)
+SERVER_WRITES = (rundir.SERVER_INFO, rundir.SAMPLES, rundir.SUMMARY, rundir.MODEL,
+                 rundir.VALIDATION, rundir.METRICS, rundir.PER_SAMPLE)
+
+
+FINAL_WRITE_S = 120.0  # how long the final writes are retried (someone may free the disk)
+
+
+class ResultsNotWritten(RuntimeError):
+    """The run trained to its end, but its results could not be written."""
+
+    def __init__(self, reason: str | None, checkpointer: Checkpointer) -> None:
+        kept = ("no checkpoint was written" if checkpointer.last_iteration is None else
+                f"the checkpoint of iteration {checkpointer.last_iteration} is kept")
+        super().__init__(f"the final results could not be written ({reason}); {kept}: make "
+                         "room and run `breed run --resume RUN_DIR`")
 
 
 class LoopClock:
@@ -90,17 +109,33 @@ class Server:
     def __init__(self, run_dir: Path, resume: bool = False,
                  collective: Collective | None = None) -> None:
         self.run_dir = run_dir
-        self.cfg: dict[str, Any] = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())
+        comm = mpi_world() if collective is None else None
+        root = collective.is_root if collective is not None else (
+            comm is None or comm.Get_rank() == 0)
+        # one server per run directory, for its whole life (rank 0 speaks for all ranks);
+        # taken before anything else, so a second server changes nothing
+        self.lock = (rundir.RunLock(run_dir, rundir.SERVER_LOCK, "breed server").acquire()
+                     if root else None)
+        self.cfg: dict[str, Any] = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
         cfg, lc = self.cfg, self.cfg["launcher"]
         self.token = token_from_hex(os.environ.get("BREED_TOKEN")
                                     or (run_dir / "token").read_text())
+        soft, hard = raise_fd_limit()  # a stranger's idle connections cost descriptors
+        log.info("file descriptor limit %d (hard %d)", soft, hard)
         seed = cfg["seed"]
         torch.manual_seed(seed)
         if cfg["training"]["threads"]:
             torch.set_num_threads(cfg["training"]["threads"])
-        self.coll = collective or Collective(mpi_world(), resolve_host(lc["host"]),
+        self.coll = collective or Collective(comm, resolve_host(lc["host"]),
                                              resolve_device(cfg["model"]["device"]).type)
         self.root = self.coll.is_root
+        if self.root:
+            removed = rundir.remove_partial_writes(run_dir / rundir.CHECKPOINTS,
+                                                   (rundir.CHECKPOINT,))
+            removed += rundir.remove_partial_writes(run_dir, SERVER_WRITES)
+            if removed:
+                log.info("removed %d partial files of writes killed half-way: %s", len(removed),
+                         ", ".join(p.name for p in removed))
         self.solver = {k: cfg["solver"][k] for k in
                        ("grid", "steps", "dt", "alpha", "length", "dtype")}
         self.sampler_lock = threading.Lock()
@@ -121,6 +156,7 @@ class Server:
         self.validation = self._validation_set() if self.root else None
         self.iteration = 0
         self.finished = threading.Event()
+        self.failure: str | None = None  # why the run ended without its results
         self.released = threading.Event()  # the launcher saw the end: no need to linger
         self.start = time.time()
         self.last_ping: float | None = None  # the launcher's last ping (none yet: by hand)
@@ -133,10 +169,14 @@ class Server:
             solver=self.solver, status=self.status, on_sim_done=self._on_sim_done,
             on_launcher=self._on_launcher, simulation_timeout=lc["simulation_timeout"],
             control=self.root, ingest=lc["ingest"] if self.coll.size == 1 else "thread",
+            # every client rank may connect at once (a start, a restart); strangers beyond
+            connection_limit=2 * lc["max_jobs"] * cfg["solver"]["ranks"] + 64,
             **server_options(cfg, run_dir))
         # rank r receives the simulations with sim_id % R == r
         self.receiver.data_addresses = self.coll.allgather(self.receiver.data_address)
-        self.checkpoint_path = run_dir / "checkpoints" / "checkpoint.pt"
+        self.checkpoint_path = run_dir / rundir.CHECKPOINTS / rundir.CHECKPOINT
+        self.checkpointer = Checkpointer(self.checkpoint_path,
+                                         cfg["training"]["checkpoint_interval"])
         if resume and self.checkpoint_path.exists():
             self._load_checkpoint()
         elif resume and self.root:  # died before its first checkpoint: start over
@@ -151,16 +191,20 @@ class Server:
             make_validation(path, size=vc["size"], seed=vc["seed"], grid=sc["grid"],
                             steps=sc["steps"], dt=sc["dt"], alpha=sc["alpha"],
                             length=sc["length"], bounds=tuple(sc["bounds"]))
-        return load_validation(path, expect_solver=sc)
+        return load_validation(path, expect_solver=sc,
+                               expect_design=(vc["size"], vc["seed"]))
 
     # -- callbacks from the receiver thread ---------------------------------------------
     def status(self) -> dict[str, Any]:
-        return {"finished": self.finished.is_set(), "iteration": self.iteration,
+        return {"finished": self.finished.is_set(), "failed": self.failure,
+                "iteration": self.iteration,
                 "sims_done": self.table.done_count(), "sims_assigned": self.table.drawn,
                 "in_flight": self.table.in_flight(), "target": self.table.target,
                 "wanted_clients": self.table.wanted_clients(
                     self.cfg["launcher"]["max_jobs"]),
-                "buffer": self.buffer.stats(), "rejected": dict(self.receiver.counts)}
+                "buffer": self.buffer.stats(), "rejected": dict(self.receiver.counts),
+                "warnings": {k: w for k, w in (("checkpoint", self.checkpointer.warning()),)
+                             if w}}
 
     def _on_sim_done(self, sim_id: int) -> None:
         if self.sampler is None:
@@ -214,12 +258,39 @@ class Server:
                    "rejected": dict(self.receiver.counts), "buffer": buffers[0],
                    "buffers": buffers, "final_validation": self.last_validation}
         if self.root:
-            self.save_checkpoint()
-            self.trainer.save_model(self.run_dir / "model.pt")
-            self.write_samples()
-            atomic_write_json(self.run_dir / "summary.json", summary)
+            try:
+                self._write_results(summary)
+            except ResultsNotWritten as exc:  # the launcher must stop, not restart us
+                self.failure = str(exc)
+                self.finished.set()
+                raise
         self.finished.set()
         return summary
+
+    def _write_results(self, summary: dict[str, Any], patience: float = FINAL_WRITE_S) -> None:
+        """Final checkpoint, model, samples and summary (last: it marks the run finished).
+        Writes that fail (a full disk) are retried for ``patience`` s, the receiver still
+        answering; then :class:`ResultsNotWritten`, the last checkpoint kept for a resume."""
+        deadline, delay = time.monotonic() + patience, 1.0
+        while not self.save_checkpoint():
+            if time.monotonic() + delay > deadline:
+                raise ResultsNotWritten(self.checkpointer.last_error, self.checkpointer)
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)
+        summary["checkpoint"] = self.checkpointer.summary()
+        while True:
+            try:
+                self.trainer.save_model(self.run_dir / rundir.MODEL)
+                self.write_samples()
+                atomic_write_json(self.run_dir / rundir.SUMMARY, summary)
+                return
+            except OSError as exc:
+                log.error("final results not written (%s); retrying in %g s",
+                          exc.strerror or exc, delay)
+                if time.monotonic() + delay > deadline:
+                    raise ResultsNotWritten(exc.strerror or str(exc), self.checkpointer) from None
+                time.sleep(delay)
+                delay = min(2 * delay, 30.0)
 
     def _loop(self, metrics: JsonLines | None, per_sample: CsvLog | None,
               clock: LoopClock) -> None:
@@ -274,7 +345,7 @@ class Server:
             if self.iteration % tc["validation_interval"] == 0:
                 self._validate(metrics)
                 clock.last_validated = self.iteration
-            if self.iteration % tc["checkpoint_interval"] == 0:
+            if self.checkpointer.due(self.iteration):
                 self.save_checkpoint()
 
     def _watch_launcher(self) -> None:
@@ -294,7 +365,8 @@ class Server:
     def _buffer_metrics(self) -> dict[str, Any]:
         stats = self.buffer.stats()
         return {"samples_received": stats["received"], "buffer_fill": stats["fill"],
-                "receiver_paused_s": self.receiver.paused_s}
+                "receiver_paused_s": self.receiver.paused_s,
+                "receiver_longest_pause_s": self.receiver.active.longest_stop}
 
     def _validate(self, metrics: JsonLines) -> None:
         vals = self.trainer.evaluate(self.validation)
@@ -322,18 +394,16 @@ class Server:
         write_table(self.run_dir / "samples.csv", rows, COLUMNS)
 
     # -- checkpoints --------------------------------------------------------------------
-    def save_checkpoint(self) -> None:
-        import io
-
-        state = {"iteration": self.iteration, "trainer": self.trainer.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                 **self._receiver_state()}
-        buf = io.BytesIO()
-        torch.save(state, buf, pickle_protocol=4)  # 4: numpy arrays as raw bytes, not latin-1
-        atomic_write_bytes(self.checkpoint_path, buf.getvalue())
+    def save_checkpoint(self) -> bool:
+        """Write a checkpoint now; False if the write failed (it is retried, see
+        :class:`~breed.checkpoint.Checkpointer`)."""
+        return self.checkpointer.write(lambda: {
+            "iteration": self.iteration, "trainer": self.trainer.state_dict(),
+            "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+            **self._receiver_state()}, self.iteration)
 
     def _load_checkpoint(self) -> None:
-        state = torch.load(self.checkpoint_path, weights_only=False)
+        state = load_checkpoint(self.checkpoint_path)
         self.iteration = state["iteration"]
         self.trainer.load_state_dict(state["trainer"])
         torch.set_rng_state(state["torch_rng"])
@@ -362,10 +432,12 @@ class Server:
         if self.link is not None:
             self.link.close()
         self.coll.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="breed server", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="breed server", description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--linger", type=float, default=5.0,
@@ -376,13 +448,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = Server(args.run_dir, resume=args.resume)
     except (OSError, ValueError, KeyError) as exc:
-        print(f"breed server: {exc}", file=sys.stderr)
+        print(f"breed server: {first_line(exc)}", file=sys.stderr)
         return 2
     try:
         server.run()
+    except ResultsNotWritten as exc:
+        print(f"breed server: {exc}", file=sys.stderr)
+        return 1
     finally:
         server.close(args.linger)
     return 0
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":
