@@ -156,10 +156,19 @@ def test_expect_fixes_the_shape_before_data_arrives():
         Assembler().add(StepMessage(4, 0, 0, 11, 0, ROWS, np.zeros((1, COLS))))
 
 
-def test_finish_for_unknown_sim_and_nranks_mismatch_raise():
+def test_finish_before_any_data_completes_the_simulation_at_once():
+    """A client whose solver failed before its first step finishes with nothing sent: the
+    server must learn now that every rank is done (and hand the simulation out again)."""
     asm = Assembler()
-    with pytest.raises(ProtocolError, match="before any data"):
-        asm.finish(FinishMessage(9, 0, 1, 0))
+    assert asm.finish(FinishMessage(9, 0, 1, 0))
+    assert not asm.finish(FinishMessage(9, 0, 1, 0))  # once only
+    assert not asm.finish(FinishMessage(8, 1, 2, 0))  # rank 1 of 2 gave up early ...
+    assert asm.add(blocks(0, 2, sim=8)[0]) is None  # ... rank 0 still streams
+    assert asm.finish(FinishMessage(8, 0, 2, 1))
+
+
+def test_nranks_mismatch_on_finish_raises():
+    asm = Assembler()
     asm.add(blocks(0, 2)[0])
     with pytest.raises(ProtocolError, match="nranks"):
         asm.finish(FinishMessage(0, 0, 3, 1))

@@ -299,7 +299,9 @@ def test_api_abort_float32_and_context_manager(make_server, token):
         client.send(0, np.ones((16, 16)), 0, 16)
         assert client.abort("solver diverged") is True
         assert client.request() is None  # todo list exhausted: STOP
-    assert srv.aborts == [{"sim_id": 0, "reason": "solver diverged"}]
+    # the job's id and key ride along: only the job holding a simulation may abort it
+    assert srv.aborts == [{"sim_id": 0, "reason": "solver diverged", "job_id": None,
+                           "job_key": None}]
     assert srv.assembler.completed_steps(0) == frozenset({0})
     assert srv.fields[0, 0].dtype == np.float32
 

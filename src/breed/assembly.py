@@ -32,8 +32,8 @@ class _Partial:
 
 @dataclass
 class _Sim:
-    shape: tuple[int, int]
-    dtype: np.dtype
+    shape: tuple[int, int] | None  # None: no block seen yet (a rank finished before sending)
+    dtype: np.dtype | None
     nranks: int | None = None
     layout: dict[int, tuple[int, int]] = field(default_factory=dict)  # rank -> (offset, rows)
     partial: dict[int, _Partial] = field(default_factory=dict)
@@ -64,6 +64,8 @@ class Assembler:
         if sim is None:
             self._sims[sim_id] = _Sim((int(shape[0]), int(shape[1])), np.dtype(dtype), nranks)
             return
+        if sim.shape is None:
+            sim.shape, sim.dtype = (int(shape[0]), int(shape[1])), np.dtype(dtype)
         self._check_shape(sim_id, sim, (int(shape[0]), int(shape[1])), np.dtype(dtype))
         if nranks is not None:
             self._check_nranks(sim_id, sim, nranks)
@@ -81,6 +83,8 @@ class Assembler:
         sim = self._sims.get(msg.sim_id)
         if sim is None:
             sim = self._sims[msg.sim_id] = _Sim(shape, block.dtype)
+        elif sim.shape is None:
+            sim.shape, sim.dtype = shape, block.dtype
         self._check_shape(msg.sim_id, sim, shape, block.dtype)
         if msg.step in sim.completed:
             self.duplicates += 1
@@ -111,10 +115,12 @@ class Assembler:
         return msg.sim_id, msg.step, part.field
 
     def finish(self, msg: FinishMessage) -> bool:
-        """Record one rank's ``FINISH``; True exactly once, when every rank has finished."""
+        """Record one rank's ``FINISH``; True exactly once, when every rank has finished.
+        A rank may finish before sending anything (its solver failed at once): the server
+        then hands the simulation out again without waiting for a timeout."""
         sim = self._sims.get(msg.sim_id)
         if sim is None:
-            raise ProtocolError(f"sim {msg.sim_id}: FINISH before any data")
+            sim = self._sims[msg.sim_id] = _Sim(None, None)
         if sim.done or msg.rank in sim.finished:
             self.duplicates += 1
             return False
@@ -170,7 +176,7 @@ class Assembler:
     @staticmethod
     def _check_nranks(sim_id: int, sim: _Sim, nranks: int) -> None:
         if sim.nranks is None:
-            if nranks > sim.shape[0]:
+            if sim.shape is not None and nranks > sim.shape[0]:
                 raise ProtocolError(f"sim {sim_id}: {nranks} ranks for {sim.shape[0]} rows")
             sim.nranks = nranks
         elif nranks != sim.nranks:

@@ -21,7 +21,6 @@ process (or one MPI job) amortises its start-up over many cheap simulations.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import signal
@@ -37,12 +36,14 @@ import numpy as np
 import zmq
 
 from breed import protocol, security
+from breed.cli import OneLineParser
 from breed.protocol import AuthError, Kind, ProtocolError
 
 DEFAULT_TIMEOUT = 30.0
 SOLVER_DEFAULTS: dict[str, Any] = {"grid": 64, "steps": 100, "dt": 0.01, "alpha": 1.0,
                                    "length": 10.0, "dtype": "float64"}
 MAX_WAIT = 60.0
+DATA_SNDHWM = 64  # steps a rank may queue before send blocks (backpressure)
 
 
 class ClientConfigError(ValueError):
@@ -134,7 +135,7 @@ class Client:
 
     def __init__(self, server: str | None = None, token: bytes | str | None = None, *,
                  job_id: str | None = None, timeout: float | None = None,
-                 send_timeout: float | None = None, sndhwm: int = 64, comm: Any = None) -> None:
+                 send_timeout: float | None = None, sndhwm: int = DATA_SNDHWM, comm: Any = None) -> None:
         self.comm = comm
         self.rank = comm.Get_rank() if comm is not None else 0
         self.nranks = comm.Get_size() if comm is not None else 1
@@ -143,6 +144,7 @@ class Client:
             raise ClientConfigError("no server address: pass --server or set BREED_SERVER")
         self.token = load_token(token)
         self.job_id = job_id if job_id is not None else os.environ.get("BREED_JOB_ID")
+        self.job_key = os.environ.get(security.ENV_JOB_KEY)  # proves the job id is ours
         self.timeout = timeout_from_env(timeout)
         # backpressure may legitimately stall a while; only a server gone for long is an error
         self.send_timeout = max(10 * self.timeout, 60.0) if send_timeout is None else \
@@ -210,7 +212,7 @@ class Client:
 
     def _request_root(self) -> Assignment | None:
         body = {"client": f"{socket.gethostname()}:{os.getpid()}", "job_id": self.job_id,
-                "nranks": self.nranks}
+                "job_key": self.job_key, "nranks": self.nranks}
         while True:
             msg = self._call(Kind.REQUEST, body)
             if msg.kind is Kind.ASSIGN:
@@ -303,7 +305,8 @@ class Client:
         if self.rank != 0:
             return False
         try:
-            self._call(Kind.ABORT, {"sim_id": sim_id, "reason": reason[:1000]})
+            self._call(Kind.ABORT, {"sim_id": sim_id, "reason": reason[:1000],
+                                    "job_id": self.job_id, "job_key": self.job_key})
         except ClientError:
             return False
         return True
@@ -375,13 +378,8 @@ def mpi_world() -> Any:
     return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit status 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="breed client", description="Run the heat solver as a streaming "
+    parser = OneLineParser(prog="breed client", description="Run the heat solver as a streaming "
                      "client of a breed server (BREED_SERVER, BREED_TOKEN[_FILE], BREED_JOB_ID).")
     parser.add_argument("--server", help="server control address (default: $BREED_SERVER)")
     parser.add_argument("--once", action="store_true",

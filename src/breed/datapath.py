@@ -41,11 +41,13 @@ class DataPath:
         self.assembler = Assembler()
         self.params: dict[int, np.ndarray] = {}  # simulations this rank may receive
         self.counts: Counter[str] = Counter()
+        self.authentic = False  # the last message handled carried the run token
 
     def handle(self, frames: list[bytes], wait_for: Callable[[int], object] | None = None
                ) -> tuple[int, int, np.ndarray] | None:
         """A completed ``(sim_id, step, field)`` or None (partial, duplicate or rejected).
         ``wait_for(sim_id)`` may fetch an assignment that trails the client's first step."""
+        self.authentic = False
         if len(frames) > 2 and len(frames[2]) > self.max_payload:
             return self.reject(f"frame of {len(frames[2])} bytes, at most {self.max_payload}",
                                "oversized")
@@ -55,6 +57,7 @@ class DataPath:
             return self.reject("data message with a wrong or missing token", "rejected_token")
         except ProtocolError as exc:
             return self.reject(f"malformed data message: {exc}", "malformed")
+        self.authentic = True
         if isinstance(msg, FinishMessage):
             if self.on_finish is not None:
                 self.on_finish(msg)

@@ -27,6 +27,7 @@ import numpy as np
 import zmq
 
 from breed.datapath import DataPath
+from breed.guard import DATA_PROOF_S, ActiveClock, ConnectionGuard, harden, source_fd
 
 META = 7  # sim_id, step, T0..T4 (a FINISH record: sim_id, FINISH, rank, nranks, steps sent)
 FINISH = -1.0  # in the step column: "every step before this record in the ring was sent"
@@ -125,6 +126,7 @@ class WorkerSpec:
     hwm: int
     dtype: str = "float64"
     curve_secret: bytes | None = None
+    connection_limit: int = 256  # unproven connections before the oldest are shed
 
 
 def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
@@ -135,11 +137,14 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, spec.hwm)
     sock.setsockopt(zmq.MAXMSGSIZE, spec.max_message)
+    harden(sock)
     if spec.curve_secret is not None:
         from breed.security import make_curve_server
 
         make_curve_server(sock, spec.curve_secret)
     port = sock.bind_to_random_port(spec.bind)
+    clock = ActiveClock()  # runs while the ring has room (we read)
+    guard = ConnectionGuard(sock, "data", DATA_PROOF_S, spec.connection_limit, clock=clock)
     outbox.put(("address", f"{spec.bind}:{port}"))
     finishes: list[Any] = []
     path = DataPath(spec.token, spec.steps, spec.grid, spec.max_payload, spec.bounds,
@@ -152,15 +157,24 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
         while running:
             running = _apply(inbox, path, wait=0.0)
             free = ring.free()
+            clock.run(free > 0)
+            guard.events()
             if free == 0:  # do not read: the clients block on the high-water mark
                 time.sleep(0.0005)
             elif sock.poll(20):
                 for _ in range(min(free, 256)):
+                    watch = guard.pending  # read the descriptor of an unproven connection
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=not watch)
                     except zmq.Again:
                         break
+                    fd = None
+                    if watch:
+                        fd = source_fd(frames[-1])
+                        frames = [f.bytes for f in frames]
                     out = path.handle(frames, lambda s: _apply(inbox, path, wait=2.0, sim=s))
+                    if fd is not None and path.authentic:
+                        guard.prove(fd)
                     if out is not None:
                         sim_id, step, field = out
                         norm = (np.asarray(field, dtype=np.float32) - np.float32(spec.center))
@@ -174,9 +188,11 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
             now = time.monotonic()
             if now - last_report > 0.5:
                 last_report = now
+                guard.sweep()
                 outbox.put(("counts", dict(path.counts)))
     finally:
         outbox.put(("counts", dict(path.counts)))
+        guard.close()
         sock.close(0)
         ctx.term()
         ring.close()

@@ -30,6 +30,14 @@ import zmq
 
 from breed.assembly import Assembler
 from breed.datapath import check_step
+from breed.guard import (
+    CONTROL_PROOF_S,
+    DATA_PROOF_S,
+    ActiveClock,
+    ConnectionGuard,
+    harden,
+    source_fd,
+)
 from breed.ingest import FINISH, IngestProcess, WorkerSpec
 from breed.protocol import (
     AuthError,
@@ -42,6 +50,7 @@ from breed.protocol import (
     encode_control,
 )
 from breed.recovery import StepLedger
+from breed.security import JobKeys
 from breed.simtable import SimTable
 
 log = logging.getLogger("breed.server")
@@ -75,7 +84,8 @@ class Receiver(threading.Thread):
                  simulation_timeout: float, control: bool = True,
                  max_payload: int | None = None, max_message: int | None = None,
                  curve_secret: bytes | None = None, bounds: tuple[float, float] | None = None,
-                 ledger: StepLedger | None = None, ingest: str = "thread") -> None:
+                 ledger: StepLedger | None = None, ingest: str = "thread",
+                 connection_limit: int = 256) -> None:
         super().__init__(name="breed-receiver", daemon=True)
         self.token = token
         self.table = table
@@ -100,8 +110,13 @@ class Receiver(threading.Thread):
         self._finished_ranks: dict[int, set[int]] = {}  # process mode: FINISH seen per rank
         self.stop_event = threading.Event()
         self.paused_s = 0.0
+        self.active = ActiveClock()  # runs while the data socket is read
+        if control:
+            self.table.clock = self.active  # silence is not counted while we do not read
         self._ctx = zmq.Context.instance()
         addr = resolve_host(host)
+        self.guards: dict[zmq.Socket, ConnectionGuard] = {}
+        self.job_keys = JobKeys()  # the launcher's jobs, bound to their keys
         self.ingest: IngestProcess | None = None
         if ingest == "process":  # the data socket lives in a child process (breed.ingest)
             self.data = None
@@ -110,25 +125,31 @@ class Receiver(threading.Thread):
                 field_size=self.grid * self.grid, steps=self.steps, grid=self.grid,
                 max_payload=self.max_payload, max_message=int(self.max_message),
                 center=float(buffer.normalisation.c), scale=float(buffer.normalisation.h),
-                bounds=bounds, hwm=DATA_HWM, dtype=self.dtype.str, curve_secret=curve_secret))
+                bounds=bounds, hwm=DATA_HWM, dtype=self.dtype.str, curve_secret=curve_secret,
+                connection_limit=connection_limit))
             self.data_address = self.ingest.address
         else:
             self.data = self._socket(zmq.PULL, curve_secret)
             self.data.setsockopt(zmq.RCVHWM, DATA_HWM)
             port = self.data.bind_to_random_port(f"tcp://{addr}")
             self.data_address = f"tcp://{addr}:{port}"
+            self.guards[self.data] = ConnectionGuard(self.data, "data", DATA_PROOF_S,
+                                                     connection_limit, clock=self.active)
         self.control = None
         self.control_address = None
         if control:
             self.control = self._socket(zmq.ROUTER, curve_secret)
             port = self.control.bind_to_random_port(f"tcp://{addr}")
             self.control_address = f"tcp://{addr}:{port}"
+            self.guards[self.control] = ConnectionGuard(self.control, "control",
+                                                        CONTROL_PROOF_S, connection_limit)
         self.data_addresses: list[str] = [self.data_address]
 
     def _socket(self, kind: int, curve_secret: bytes | None) -> zmq.Socket:
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, int(self.max_message))
+        harden(sock)
         if curve_secret is not None:
             from breed.security import make_curve_server
 
@@ -143,10 +164,15 @@ class Receiver(threading.Thread):
                 p.register(self.control, zmq.POLLIN)
         if self.data is not None:
             poller_all.register(self.data, zmq.POLLIN)
+        monitors = {g.monitor: g for g in self.guards.values()}
+        for p in (poller_all, poller_ctl):
+            for mon in monitors:
+                p.register(mon, zmq.POLLIN)
         last_expire = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 accepting = self.buffer.can_accept()
+                self.active.run(accepting)
                 t0 = time.monotonic()
                 if self.ingest is not None:  # samples wait in the ring: poll briefly
                     moved = self._drain_ring() if accepting else 0
@@ -155,13 +181,19 @@ class Receiver(threading.Thread):
                     events = dict((poller_all if accepting else poller_ctl).poll(100))
                 if not accepting:
                     self.paused_s += time.monotonic() - t0
+                for mon, guard in monitors.items():
+                    if mon in events:
+                        guard.events()
                 if self.control is not None and self.control in events:
                     self._drain(self.control, self._on_control, limit=64)
                 if self.data is not None and self.data in events:
                     self._drain(self.data, self._on_data, limit=256)
                 now = time.monotonic()
-                if self.control is not None and now - last_expire > 1.0:
+                if now - last_expire > 1.0:
                     last_expire = now
+                    for guard in self.guards.values():
+                        guard.sweep()
+                if self.control is not None and last_expire == now:
                     if self.ingest is not None:
                         self.ingest.poll_counts()
                         self.merge_worker_counts()
@@ -174,6 +206,8 @@ class Receiver(threading.Thread):
                                     "out again or given up", sim_id, job,
                                     self.simulation_timeout)
         finally:
+            for guard in self.guards.values():
+                guard.close()
             if self.data is not None:
                 self.data.close(0)
             if self.ingest is not None:
@@ -182,35 +216,48 @@ class Receiver(threading.Thread):
             if self.control is not None:
                 self.control.close(0)
 
-    def _drain(self, sock: zmq.Socket, handler: Callable[[list], None], limit: int) -> None:
+    def _drain(self, sock: zmq.Socket, handler: Callable[[list], bool], limit: int) -> None:
+        guard = self.guards.get(sock)
         for _ in range(limit):
             if sock is self.data and not self.buffer.can_accept():
                 return
+            # a connection awaits its first authentic message: read its descriptor too
+            watch = guard is not None and guard.pending
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=not watch)
             except zmq.Again:
                 return
+            fd = None
+            if watch:
+                fd = source_fd(frames[-1])
+                frames = [f.bytes for f in frames]
             try:
-                handler(frames)
+                if handler(frames) and fd is not None:
+                    guard.prove(fd)
             except Exception:  # a bug must cost one message, not the receiver thread
                 self.counts["internal_error"] += 1
                 if self.counts["internal_error"] <= 5:
                     log.exception("receiver: message dropped after an internal error")
 
     # -- data ---------------------------------------------------------------------------
-    def _on_data(self, frames: list[bytes]) -> None:
+    def _on_data(self, frames: list[bytes]) -> bool:
+        """Handle one data message; True if it carried the run token."""
         if len(frames) > 2 and len(frames[2]) > self.max_payload:
             self._reject(f"frame of {len(frames[2])} bytes, the most a field takes is "
                          f"{self.max_payload}", "oversized")
-            return
+            return False
         try:
             msg = decode(frames, self.token, max_payload=self.max_payload)
         except AuthError:
             self._reject("data message with a wrong or missing token", "rejected_token")
-            return
+            return False
         except ProtocolError as exc:
             self._reject(f"malformed data message: {exc}", "malformed")
-            return
+            return False
+        self._on_data_message(msg)
+        return True
+
+    def _on_data_message(self, msg: Any) -> None:
         if isinstance(msg, FinishMessage):
             self._on_finish(msg)
             return
@@ -359,39 +406,61 @@ class Receiver(threading.Thread):
             log.warning("rejected (%s #%d): %s", counter, n, text)
 
     # -- control ------------------------------------------------------------------------
-    def _on_control(self, frames: list[bytes]) -> None:
+    def _on_control(self, frames: list[bytes]) -> bool:
+        """Answer one control message; True if it carried the run token."""
         if len(frames) < 3 or frames[1] != b"":
             self._reject("control message without a REQ envelope", "malformed")
-            return
+            return False
         ident, body = frames[0], frames[2:]
         try:
             msg = decode(body, self.token)
         except AuthError:
             self._reject("control message with a wrong or missing token", "rejected_token")
             self._reply(ident, Kind.REJECT, {"reason": "wrong run token"})
-            return
+            return False
         except ProtocolError as exc:
             self._reject(f"malformed control message: {exc}", "malformed")
             self._reply(ident, Kind.REJECT, {"reason": f"malformed message: {exc}"})
-            return
+            return False
         if not isinstance(msg, ControlMessage):
             self._reject("data message on the control socket", "malformed")
             self._reply(ident, Kind.REJECT, {"reason": "data message on the control socket"})
-            return
+            return True
+        if msg.kind in (Kind.REQUEST, Kind.ABORT):
+            refused = self.job_keys.refusal(msg.body.get("job_id"), msg.body.get("job_key"))
+            if refused:
+                self._reject(f"{msg.kind.name} refused: {refused}", "bad_job_key")
+                self._reply(ident, Kind.REJECT, {"reason": refused})
+                return True
         if msg.kind is Kind.REQUEST:
             self._on_request(ident, msg.body)
         elif msg.kind is Kind.PING:
+            self.job_keys.register(msg.body.get("job_keys"))
             self.on_launcher(msg.body)
             self._reply(ident, Kind.PONG, {**self.status(), **self.fault_status()})
         elif msg.kind is Kind.ABORT:
-            sim_id = msg.body.get("sim_id")
-            if isinstance(sim_id, int) and self.table.known(sim_id):
-                outcome = self.table.fail(sim_id, f"client abort: {msg.body.get('reason', '')}")
-                self.assembler.discard(sim_id)
-                log.warning("simulation %d aborted by its client -> %s", sim_id, outcome)
-            self._reply(ident, Kind.PONG, {})
+            self._on_abort(ident, msg.body)
         else:
             self._reply(ident, Kind.REJECT, {"reason": f"unexpected {msg.kind.name}"})
+        return True
+
+    def _on_abort(self, ident: bytes, body: dict[str, Any]) -> None:
+        """A client gives up its simulation: handed out again now. Only the job that holds
+        the simulation may abort it (when jobs are bound to keys)."""
+        sim_id = body.get("sim_id")
+        if isinstance(sim_id, int) and self.table.known(sim_id):
+            holder = self.table.job_of(sim_id)
+            if self.job_keys.enforcing and holder is not None and \
+                    str(body.get("job_id")) != holder:
+                self._reject(f"ABORT of simulation {sim_id} by job {body.get('job_id')!r}, "
+                             f"held by {holder}", "bad_job_key")
+                self._reply(ident, Kind.REJECT, {"reason": f"simulation {sim_id} is not "
+                                                           "this job's"})
+                return
+            outcome = self.table.fail(sim_id, f"client abort: {body.get('reason', '')}")
+            self.assembler.discard(sim_id)
+            log.warning("simulation %d aborted by its client -> %s", sim_id, outcome)
+        self._reply(ident, Kind.PONG, {})
 
     def _on_request(self, ident: bytes, body: dict[str, Any]) -> None:
         job_id = body.get("job_id")

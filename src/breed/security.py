@@ -8,12 +8,20 @@ with CURVE (Curve25519): the server's key pair is generated per run (``DIR/curve
 throw-away key pair. No ZAP handler is installed, so CURVE gives confidentiality and server
 authentication; client authentication stays the token's job.
 
-Neither secret is ever put on a command line (``ps`` shows those to every user) nor in a job
+Job keys bind a client job's id to the job the launcher started: each job gets a random key in
+its environment (``BREED_JOB_KEY``), the launcher tells the server its SHA-256 before submitting
+the job, and the server refuses a REQUEST or ABORT naming that job id without the key. Without
+them, anyone holding the run token could claim a healthy client's job id, go silent, and get
+that client cancelled as "silent" (:class:`JobKeys`).
+
+No secret is ever put on a command line (``ps`` shows those to every user) nor in a job
 script: they go through files of mode 0600 and the environment of the client processes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -23,6 +31,7 @@ import zmq
 TOKEN_FILE = "token"
 CURVE_DIR = "curve"
 ENV_CURVE = "BREED_CURVE_SERVERKEY"
+ENV_JOB_KEY = "BREED_JOB_KEY"
 
 
 def write_secret(path: Path, data: bytes) -> None:
@@ -105,3 +114,43 @@ def server_options(cfg: dict, run_dir: Path) -> dict:
     return {"curve_secret": load_curve_secret(run_dir) if lc.get("curve") else None,
             "max_message": lc.get("max_message_bytes"),
             "bounds": (float(sc["bounds"][0]), float(sc["bounds"][1]))}
+
+
+def new_job_key() -> str:
+    return secrets.token_hex(16)
+
+
+def job_key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class JobKeys:
+    """The server's record of the launcher's jobs: job id -> digest of its key.
+
+    Until a launcher has attached (sent its job keys at least once) nothing is enforced: a
+    server run by hand has no launcher jobs to protect, and its clients carry no keys.
+    """
+
+    def __init__(self) -> None:
+        self._digests: dict[str, str] = {}
+        self.enforcing = False
+
+    def register(self, digests: object) -> None:
+        """Merge ``{job id: key digest}`` from a launcher ping (malformed entries ignored)."""
+        if not isinstance(digests, dict):
+            return
+        self.enforcing = True
+        for job, dig in digests.items():
+            if isinstance(job, str) and isinstance(dig, str) and len(dig) == 64:
+                self._digests[job] = dig
+
+    def refusal(self, job_id: object, key: object) -> str | None:
+        """Why a message naming ``job_id`` with ``key`` is refused, or None."""
+        if job_id is None or not self.enforcing:
+            return None
+        want = self._digests.get(str(job_id))
+        if want is None:
+            return f"job id {job_id!r} is not a job this run's launcher started"
+        if not isinstance(key, str) or not hmac.compare_digest(job_key_digest(key), want):
+            return f"job id {job_id!r} without its job key ({ENV_JOB_KEY})"
+        return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,6 +70,9 @@ class SimTable:
         self.retry: deque[int] = deque()
         self.target = budget  # simulations that must finish; shrinks on "drop"
         self.drawn = 0  # simulations drawn from the sampler
+        # liveness clock: the receiver's, which stops while it does not read (back-pressure
+        # is the server's doing, not the client's silence)
+        self.clock: Callable[[], float] = time.monotonic
         # re-entrant: a checkpoint holds it (with the sampler lock) around state_dict()
         self._lock = threading.RLock()
 
@@ -89,7 +93,7 @@ class SimTable:
             else:
                 return "stop" if self._finished() else "wait"
             rec.job_id, rec.client = job_id, client
-            rec.assign_time, rec.last_seen = time.time(), time.monotonic()
+            rec.assign_time, rec.last_seen = time.time(), self.clock()
             rec.start_time = rec.end_time = None
             return rec
 
@@ -109,7 +113,7 @@ class SimTable:
 
     def on_step(self, sim_id: int) -> None:
         rec = self.records[sim_id]
-        rec.last_seen = time.monotonic()
+        rec.last_seen = self.clock()
         if rec.status == "assigned":
             rec.status, rec.start_time = "running", time.time()
 
@@ -149,8 +153,9 @@ class SimTable:
         return ids
 
     def expire(self, timeout: float) -> list[int]:
-        """Fail in-flight simulations silent for longer than ``timeout`` seconds."""
-        now = time.monotonic()
+        """Fail in-flight simulations silent for longer than ``timeout`` seconds of the
+        liveness clock."""
+        now = self.clock()
         with self._lock:
             ids = [r.sim_id for r in self.records.values()
                    if r.status in IN_FLIGHT and now - r.last_seen > timeout]
