@@ -32,3 +32,23 @@ def mpiexec() -> str:
     if exe is None:
         pytest.fail("mpiexec not found: install the dev extras (pip install -e '.[dev]')")
     return exe
+
+
+@pytest.fixture
+def make_run(tmp_path):
+    """``make_run(changes)`` -> a :class:`faultkit.RunUnderTest` in ``tmp_path``; at teardown
+    every process of every run is killed, and none may be left."""
+    from faultkit import RunUnderTest, run_processes
+
+    runs: list = []
+
+    def make(changes: dict | None = None):
+        run = RunUnderTest(tmp_path, changes)
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        run.kill_everything()
+    for run in runs:
+        assert not run_processes(run.dir), f"processes of {run.dir} left behind"

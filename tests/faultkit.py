@@ -305,3 +305,4 @@ def samples_csv(run_dir: Path) -> list[dict[str, str]]:
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+

@@ -31,20 +31,6 @@ pytestmark = pytest.mark.faults
 S = 8
 
 
-@pytest.fixture
-def make_run(tmp_path):
-    runs: list[RunUnderTest] = []
-
-    def make(changes: dict | None = None) -> RunUnderTest:
-        run = RunUnderTest(tmp_path, changes)
-        runs.append(run)
-        return run
-
-    yield make
-    for run in runs:
-        run.kill_everything()
-
-
 def assert_clean(run: RunUnderTest) -> dict:
     """Exactly S simulations done, every sample of them trained on, none twice."""
     STEPS = run.cfg["solver"]["steps"]

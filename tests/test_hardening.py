@@ -38,24 +38,6 @@ pytestmark = pytest.mark.faults
 S = 8
 
 
-@pytest.fixture
-def make_run(tmp_path):
-    runs: list[RunUnderTest] = []
-
-    def make(changes: dict | None = None, name: str = "") -> RunUnderTest:
-        base = tmp_path / name if name else tmp_path
-        base.mkdir(exist_ok=True)
-        run = RunUnderTest(base, changes)
-        runs.append(run)
-        return run
-
-    yield make
-    for run in runs:
-        run.kill_everything()
-    for run in runs:  # every process of every run is gone
-        assert not run_processes(run.dir), f"processes of {run.dir} left behind"
-
-
 def assert_clean(run: RunUnderTest) -> dict:
     """Exactly S simulations done, every step of them in the buffer once, none twice."""
     steps = run.cfg["solver"]["steps"]

@@ -335,7 +335,12 @@ def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = Fals
     holds the launcher lock of."""
     # the launcher lock makes this process the only writer of its files
     rundir.remove_partial_writes(run_dir, (rundir.JOBS, rundir.PROVENANCE))
-    token = read_token(run_dir) if resume else prepare_run_dir(cfg, run_dir, argv)
+    try:
+        token = read_token(run_dir) if resume else prepare_run_dir(cfg, run_dir, argv)
+    except OSError as exc:  # a full disk, say: nothing has started yet
+        print(f"breed run: cannot write the run directory {run_dir}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(filename=run_dir / "logs" / "launcher.log", level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     lc = cfg["launcher"]
