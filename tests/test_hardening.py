@@ -308,12 +308,13 @@ def test_the_memory_limit_is_a_setting(tmp_path, capsys) -> None:
 # -- 6. back-pressure is not silence ---------------------------------------------------------
 @pytest.mark.timeout(300)
 def test_clients_held_by_back_pressure_are_not_cancelled_as_silent(make_run) -> None:
-    """A slow trainer (an MLP of 4096 units on one thread: seconds per iteration) behind a
+    """A slow trainer (an MLP of 4096 units, batches of 512, one thread: seconds per
+    iteration) behind a
     reservoir full of unseen samples: the receiver stops reading and the clients block in
     ``send`` for longer than ``simulation_timeout`` (0.5 s). Blocked by the server, they are not
     silent: none is cancelled, no simulation is run twice, no λ is redrawn."""
     run = make_run({"launcher": {"max_jobs": 2, "simulation_timeout": 0.5},
-                    "model": {"hidden": 4096, "layers": 2, "batch_size": 128},
+                    "model": {"hidden": 4096, "layers": 2, "batch_size": 512},
                     "buffer": {"capacity": 300, "watermark": 150},
                     "training": {"threads": 1, "checkpoint_interval": 10000,
                                  "validation_interval": 10000, "log_interval": 1,
