@@ -56,7 +56,7 @@ BASE: dict[str, Any] = {
     "training": {"validation_interval": 100, "checkpoint_interval": 1000, "threads": 1,
                  "progress": False, "per_sample_log": False},
     "buffer": {"kind": "reservoir", "capacity": 6000, "watermark": 300},
-    "sampler": {"name": "uniform", "breed": {"sigma": 5.0, "period": 200, "window": 200,
+    "sampler": {"name": "uniform", "breed": {"sigma": 0.0125, "period": 200, "window": 200,
                                              "r_start": 0.5, "r_end": 0.9, "r_ramp": 3}},
     "launcher": {"backend": "local", "max_jobs": 2, "persistent": True},
 }
@@ -172,7 +172,7 @@ def measure_costs(cfg_path: Path, layers: list[int], repeat: int = 30) -> dict[s
     s, steps, bc = cfg["study"]["simulations"], cfg["solver"]["steps"], cfg["sampler"]["breed"]
     rng = np.random.default_rng(0)
     out: dict[str, float] = {}
-    sampler = BreedSampler(s, (100.0, 500.0), 0, steps=steps, **bc)
+    sampler = BreedSampler(s, (100.0, 500.0), 0, 5, steps=steps, **bc)
     done = max(1, s // 4)
     for j in range(done):
         sampler.next()

@@ -233,8 +233,8 @@ def client_pids(run_dir: Path, name: str) -> list[int]:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            # the ranks themselves, not mpiexec/srun (whose argv names breed.client too)
-            if (b"breed.client" in argv and Path(argv[0].decode()).name.startswith("python")
+            # the ranks themselves, not mpiexec/srun (whose argv names the heat client too)
+            if (b"breed.problems.heat2d_client" in argv and Path(argv[0].decode()).name.startswith("python")
                     and want <= set((entry / "environ").read_bytes().split(b"\0"))):
                 out.append(int(entry.name))
         except OSError:

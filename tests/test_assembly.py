@@ -34,8 +34,8 @@ def test_any_arrival_order_reassembles_each_step_once(nranks):
     asm = Assembler()
     out = [r for m in msgs if (r := asm.add(m)) is not None]
     assert sorted(s for _, s, _ in out) == list(range(5))
-    for sim_id, step, f in out:
-        assert sim_id == 0 and np.array_equal(f, field(step))
+    for sim_id, step, fields in out:
+        assert sim_id == 0 and len(fields) == 1 and np.array_equal(fields[0], field(step))
     assert asm.completed_steps(0) == frozenset(range(5))
     assert asm.partial_steps(0) == 0 and asm.buffered_bytes == 0
 
@@ -50,7 +50,7 @@ def test_blocks_through_the_wire_format_reassemble_bit_exactly(token):
         results.append(asm.add(decode(frames, token)))
     assert results[:2] == [None, None]
     sim_id, step, got = results[2]
-    assert (sim_id, step) == (7, 2) and np.array_equal(got, f)
+    assert (sim_id, step) == (7, 2) and len(got) == 1 and np.array_equal(got[0], f)
 
 
 def test_duplicates_are_ignored_and_counted_never_returned_twice():
@@ -69,9 +69,9 @@ def test_interleaved_simulations_are_independent():
     asm = Assembler()
     a, b = blocks(0, 2, sim=1), blocks(0, 3, sim=2)
     assert asm.add(a[0]) is None and asm.add(b[0]) is None and asm.add(b[1]) is None
-    sim, step, f = asm.add(a[1])
+    sim, step, (f,) = asm.add(a[1])
     assert sim == 1 and np.array_equal(f, field(0, 1))
-    sim, step, f = asm.add(b[2])
+    sim, step, (f,) = asm.add(b[2])
     assert sim == 2 and np.array_equal(f, field(0, 2))
 
 
@@ -100,7 +100,7 @@ def test_discard_drops_partials_keeps_completed_and_allows_another_rank_count():
     # the retry runs on 3 ranks: step 0 is a duplicate, step 1 assembles afresh
     assert all(asm.add(m) is None for m in blocks(0, 3))
     out = [asm.add(m) for m in blocks(1, 3)]
-    assert out[:2] == [None, None] and np.array_equal(out[2][2], field(1))
+    assert out[:2] == [None, None] and np.array_equal(out[2][2][0], field(1))
     asm.discard(0, forget_completed=True)
     assert asm.completed_steps(0) == frozenset()
     assert asm.add(blocks(0, 1)[0]) is not None  # forgotten: delivered again, by request
@@ -181,3 +181,24 @@ def test_memory_is_bounded():
     with pytest.raises(ProtocolError, match="incomplete steps"):
         asm.add(blocks(4, 2)[0])
     assert asm.buffered_bytes == 4 * ROWS * COLS * 8
+
+
+def test_a_step_of_several_fields_is_handed_out_once_every_field_is_complete():
+    asm = Assembler(nfields=2)
+    asm.expect(0, (ROWS, COLS), "float64", nranks=2, field=0)
+    asm.expect(0, (ROWS, 1), "float64", nranks=2, field=1)
+    second = np.arange(ROWS, dtype=np.float64).reshape(ROWS, 1)
+    msgs = blocks(0, 2) + [StepMessage(0, 0, r, 2, a, ROWS, second[a:b].copy(), field=1)
+                           for r, (a, b) in enumerate(split(2))]
+    rng = np.random.default_rng(0)
+    rng.shuffle(msgs)
+    out = [r for m in msgs if (r := asm.add(m)) is not None]
+    assert len(out) == 1
+    sim_id, step, fields = out[0]
+    assert (sim_id, step) == (0, 0) and len(fields) == 2
+    assert np.array_equal(fields[0], field(0)) and np.array_equal(fields[1], second)
+    assert asm.partial_steps(0) == 0 and asm.buffered_bytes == 0
+    with pytest.raises(ProtocolError, match="field 2 out of range"):
+        asm.add(StepMessage(0, 1, 0, 2, 0, ROWS, second[:5].copy(), field=2))
+    with pytest.raises(ProtocolError, match="shape"):
+        asm.add(StepMessage(0, 1, 0, 2, 0, ROWS, np.zeros((5, COLS)), field=1))

@@ -55,7 +55,8 @@ class SyntheticTraining:
 
 
 def breed(**kw) -> BreedSampler:
-    opts = dict(budget=400, bounds=(LO, HI), seed=0, steps=10, sigma=5.0, period=20, window=50)
+    opts = dict(budget=400, bounds=(LO, HI), seed=0, dim=5, steps=10, sigma=0.0125, period=20,
+                window=50)
     opts.update(kw)
     return BreedSampler(**opts)
 
@@ -115,7 +116,7 @@ def test_same_seed_same_sequence_and_paired_with_uniform():
     assert a.generation > 1 and [d.source for d in a.draws] == [d.source for d in b.draws]
     assert not np.allclose(xa, np.array([d.params for d in c.draws]))
     # Paired seeds: every uniform draw of Breed is Random's draw of the same hand-out slot.
-    u = UniformSampler(400, (LO, HI), seed=0)
+    u = UniformSampler(400, (LO, HI), seed=0, dim=5)
     rand = np.array([u.next().params for _ in range(len(a.draws))])
     uni = np.array([d.source == "uniform" for d in a.draws])
     np.testing.assert_array_equal(xa[uni], rand[uni])
@@ -124,7 +125,7 @@ def test_same_seed_same_sequence_and_paired_with_uniform():
 
 def test_iteration_zero_is_the_uniform_design():
     s = breed()
-    u = UniformSampler(400, (LO, HI), seed=0)
+    u = UniformSampler(400, (LO, HI), seed=0, dim=5)
     for j in range(30):
         s.next()
         s.on_simulation_done(j, 11)
@@ -187,7 +188,7 @@ def test_out_of_bounds_children_shrink_sigma_or_keep_the_parent():
 
 
 def test_shrunk_sigma_stays_with_the_member():
-    s = breed(sigma=1000.0)  # wider than the box: nearly every child leaves it
+    s = breed(sigma=2.5)  # wider than the box: nearly every child leaves it
     run = SyntheticTraining(s)
     while s.generation < 1:
         run.step()
@@ -196,7 +197,7 @@ def test_shrunk_sigma_stays_with_the_member():
     first = [d for d in s.pending_draws() if d.source == "proposal"]
     parents = {d.parent for d in first}
     member = {p: s.member_sigma(p) for p in parents}
-    assert all(member[d.parent] <= d.sigma < 1000.0 for d in first)
+    assert all(member[d.parent] <= d.sigma < 2.5 for d in first)
     s.resample(run.iteration + 1)
     second = [d for d in s.pending_draws() if d.source == "proposal" and d.parent in member]
     assert second  # the same members were picked again: they start from their shrunk sigma
@@ -280,7 +281,7 @@ def test_bad_input_is_a_clear_error():
 @pytest.mark.timeout(60)
 def test_resampling_cost_paper_size(capsys):
     """One resampling at S=800, N=200, K=600, T=100 (paper study (2)); printed for the record."""
-    s = BreedSampler(800, (LO, HI), seed=0, steps=100, window=200)
+    s = BreedSampler(800, (LO, HI), seed=0, dim=5, steps=100, window=200)
     for _ in range(200):
         s.next()
     rng = np.random.default_rng(0)

@@ -1,9 +1,10 @@
 """The streaming client against a small receiving fixture over real ZeroMQ sockets.
 
 ``MiniServer`` is a test receiver, not the training server: a thread with a ROUTER (control)
-and a PULL (data) socket on 127.0.0.1 speaking :mod:`breed.protocol`, reassembling blocks with
-:class:`breed.assembly.Assembler`. Clients run as real subprocesses (``python -m breed.client``,
-and under ``mpiexec -n 2``).
+and a ROUTER (data) socket on 127.0.0.1 speaking :mod:`breed.protocol`, reassembling blocks with
+:class:`breed.assembly.Assembler` and answering each FINISH on the client's data connection
+(PONG, or REJECT). Clients run as real subprocesses (``python -m breed.client``,
+``python -m breed.problems.heat2d_client``, and under ``mpiexec -n 2``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import zmq
 from conftest import free_port
 
 from breed.assembly import Assembler
-from breed.client import Assignment, Client, ClientConfigError, ClientError
+from breed.client import Assignment, Client, ClientConfigError, ClientError, FieldInfo
 from breed.heatpde import solve
+from breed.problems.heat2d import heat2d
 from breed.protocol import (
     AuthError,
     ControlMessage,
@@ -41,6 +43,12 @@ SMALL = {"grid": 16, "steps": 5, "dt": 0.01, "alpha": 1.0, "length": 2.0, "dtype
 LAM = [300.0, 100.0, 500.0, 200.0, 400.0]
 
 
+def problem_body(solver: dict[str, Any]) -> dict[str, Any]:
+    """What the server tells a client about the heat problem in ASSIGN (name, steps,
+    parameters, fields, settings)."""
+    return heat2d({"bounds": [100.0, 500.0], "ranks": 1, **solver}).describe()
+
+
 class MiniServer(threading.Thread):
     """Hands out ``params`` one per REQUEST (then STOP) and collects the reassembled fields."""
 
@@ -52,19 +60,21 @@ class MiniServer(threading.Thread):
         self.waits = waits
         self.ctx = zmq.Context()
         self.control = self.ctx.socket(zmq.ROUTER)
-        self.data = self.ctx.socket(zmq.PULL)
+        self.data = self.ctx.socket(zmq.ROUTER)
         self.data.setsockopt(zmq.RCVHWM, 1)
         for s in (self.control, self.data):
             s.setsockopt(zmq.LINGER, 0)
         self.control_address = f"tcp://127.0.0.1:{self.control.bind_to_random_port('tcp://127.0.0.1')}"
         self.data_address = f"tcp://127.0.0.1:{self.data.bind_to_random_port('tcp://127.0.0.1')}"
+        self.problem = problem_body(solver)
         self.assembler = Assembler()
         self.fields: dict[tuple[int, int], np.ndarray] = {}
         self.finished: list[int] = []
         self.finish_msgs: list[FinishMessage] = []
         self.requests: list[dict] = []
         self.aborts: list[dict] = []
-        self.counts = {"bad_token": 0, "malformed": 0}
+        self.counts = {"bad_token": 0, "malformed": 0, "inconsistent": 0}
+        self.refused: set[tuple[int, bytes]] = set()  # (sim_id, connection) told off
         self.reading = threading.Event()
         self.reading.set()
         self.stop = threading.Event()
@@ -116,23 +126,38 @@ class MiniServer(threading.Thread):
             sim_id, self.next_id = self.next_id, self.next_id + 1
             self._reply(ident, Kind.ASSIGN, {"sim_id": sim_id, "params": self.todo.popleft(),
                                              "data": self.data_address, "attempt": 1,
-                                             "solver": self.solver})
+                                             **self.problem})
         else:
             self._reply(ident, Kind.STOP, {})
 
+    def _answer(self, ident: bytes, kind: Kind, body: dict) -> None:
+        self.data.send_multipart([ident, *encode_control(kind, self.token, body)])
+
     def _on_data(self, frames: list[bytes]) -> None:
+        ident, frames = frames[0], frames[1:]
         try:
             msg = decode(frames, self.token)
         except ProtocolError:
             self.counts["malformed"] += 1
             return
         if isinstance(msg, StepMessage):
-            out = self.assembler.add(msg)
+            try:
+                out = self.assembler.add(msg)
+            except ProtocolError as exc:
+                self.counts["inconsistent"] += 1
+                self.refused.add((msg.sim_id, ident))
+                self._answer(ident, Kind.REJECT, {"reason": str(exc), "sim_id": msg.sim_id})
+                return
             if out is not None:
-                sim_id, step, field = out
-                self.fields[sim_id, step] = field
+                sim_id, step, fields = out
+                self.fields[sim_id, step] = np.array(fields[0])  # the frame's view: keep it
         elif isinstance(msg, FinishMessage):
             self.finish_msgs.append(msg)
+            if (msg.sim_id, ident) in self.refused or \
+                    msg.steps_sent != self.problem["steps"] + 1:
+                self._answer(ident, Kind.REJECT, {"reason": "refused", "sim_id": msg.sim_id})
+            else:
+                self._answer(ident, Kind.PONG, {"sim_id": msg.sim_id})
             if self.assembler.finish(msg):
                 self.finished.append(msg.sim_id)
 
@@ -220,10 +245,17 @@ def test_persistent_client_runs_until_stop(make_server, token, tmp_path):
         assert np.array_equal(srv.trajectory(sim_id, 5), ref)
 
 
+HEAT_CLIENT = [sys.executable, "-m", "breed.problems.heat2d_client"]
+
+
 @pytest.mark.timeout(60)
-def test_once_runs_one_simulation_and_wait_is_honoured(make_server, token):
+@pytest.mark.parametrize("cmd, env", [(CLIENT + ["--once"], {}),
+                                      (HEAT_CLIENT + ["--once"], {}),
+                                      (HEAT_CLIENT, {"BREED_ONCE": "1"})],
+                         ids=["--once", "heat2d_client --once", "BREED_ONCE=1"])
+def test_once_runs_one_simulation_and_wait_is_honoured(make_server, token, cmd, env):
     srv = make_server(params=[LAM, LAM], waits=2)
-    rc, out, err = run_proc(CLIENT + ["--once"], client_env(srv.control_address, token))
+    rc, out, err = run_proc(cmd, client_env(srv.control_address, token, **env))
     assert rc == 0, err
     srv.wait_finished(1)
     assert len(srv.requests) == 3 and srv.finished == [0] and len(srv.todo) == 1
@@ -296,7 +328,7 @@ def test_api_abort_float32_and_context_manager(make_server, token):
         assert isinstance(job, Assignment) and job.params == tuple(LAM)
         with pytest.raises(ClientError, match="still open"):
             client.request()
-        client.send(0, np.ones((16, 16)), 0, 16)
+        client.send(0, np.ones((16, 16)))
         assert client.abort("solver diverged") is True
         assert client.request() is None  # todo list exhausted: STOP
     # the job's id and key ride along: only the job holding a simulation may abort it
@@ -304,6 +336,22 @@ def test_api_abort_float32_and_context_manager(make_server, token):
                            "job_key": None}]
     assert srv.assembler.completed_steps(0) == frozenset({0})
     assert srv.fields[0, 0].dtype == np.float32
+
+
+@pytest.mark.timeout(30)
+def test_finish_waits_for_the_answer_and_raises_a_reject(make_server, token):
+    srv = make_server(params=[LAM, LAM])
+    with Client(srv.control_address, token, timeout=5, send_timeout=5) as client:
+        job = client.request()
+        for t in range(job.steps + 1):
+            client.send(t, {"u": np.full((16, 16), 300.0)})
+        client.finish()  # acknowledged (PONG)
+        assert client.finished == 1 and client.assignment is None
+        client.request()
+        client.send(0, np.full((16, 16), 300.0))  # one step of six
+        with pytest.raises(ClientError, match="rejected"):
+            client.finish()
+        assert client.assignment is None and client.finished == 1
 
 
 def test_api_needs_an_assignment_and_a_server(token, monkeypatch):
@@ -317,13 +365,35 @@ def test_api_needs_an_assignment_and_a_server(token, monkeypatch):
             client.finish()
 
 
+def assign(**over: Any) -> dict[str, Any]:
+    body = {"sim_id": 0, "params": LAM, "data": "tcp://x:1", "attempt": 1,
+            **problem_body(SMALL)}
+    body.update(over)
+    return body
+
+
+def test_a_well_formed_assignment_describes_the_problem():
+    job = Assignment.from_body(assign(sim_id=3))
+    assert (job.sim_id, job.params, job.data, job.attempt, job.steps) == \
+        (3, tuple(LAM), "tcp://x:1", 1, 5)
+    assert job.names == ("T0", "T1", "T2", "T3", "T4")
+    assert job.named == dict(zip(job.names, LAM, strict=True))
+    assert job.fields == (FieldInfo("u", (16, 16), "float64"),)
+    assert job.solver == job.settings == {k: SMALL[k] for k in
+                                          ("grid", "steps", "dt", "alpha", "length")}
+
+
 @pytest.mark.parametrize("body", [
-    {}, {"sim_id": -1, "params": LAM, "data": "tcp://x:1"},
-    {"sim_id": 0, "params": LAM[:4], "data": "tcp://x:1"},
-    {"sim_id": 0, "params": [float("nan")] * 5, "data": "tcp://x:1"},
-    {"sim_id": 0, "params": LAM, "data": ""},
-    {"sim_id": 0, "params": LAM, "data": "tcp://x:1", "solver": {"dtype": "int8"}},
-    {"sim_id": True, "params": LAM, "data": "tcp://x:1"},
+    {}, assign(sim_id=-1),
+    assign(params=LAM[:4]),
+    assign(params=[float("nan")] * 5),
+    assign(data=""),
+    assign(fields=[{"name": "u", "shape": [16, 16], "dtype": "int8"}]),
+    assign(fields=[{"name": "u", "shape": [], "dtype": "float64"}]),
+    assign(fields=[]),
+    {k: v for k, v in assign().items() if k != "parameters"},
+    {k: v for k, v in assign().items() if k != "steps"},
+    assign(sim_id=True),
 ])
 def test_malformed_assignments_are_client_errors(body):
     with pytest.raises(ClientError, match="ASSIGN"):
@@ -340,7 +410,7 @@ def test_slow_server_applies_backpressure_and_loses_nothing(make_server, token):
     def stream(client: Client) -> None:
         rng = np.random.default_rng(0)
         for t in range(41):
-            client.send(t, rng.standard_normal((256, 256)), 0, 256)
+            client.send(t, rng.standard_normal((256, 256)))
             sent.append(t)
         client.finish()
 
@@ -369,7 +439,7 @@ def test_server_that_never_reads_gives_a_send_timeout(make_server, token):
         client.request()
         with pytest.raises(ClientError, match="took no data"):
             for t in range(1000):
-                client.send(t, np.zeros((256, 256)), 0, 256)
+                client.send(t, np.zeros((256, 256)))
 
 
 MPI_SCRIPT = Path(__file__).parent / "mpi_scripts" / "solve_mpi.py"

@@ -85,13 +85,15 @@ def test_fig3a_grid_annotates_median_final_validation(config: dict, tmp_path: Pa
 
 def test_fig3b_one_panel_per_varied_parameter(config: dict, tmp_path: Path) -> None:
     cfg = copy.deepcopy(config)
-    cfg["studies"]["sampling"]["vary"] = {"sampler.breed.sigma": [1.0, 25.0],
+    cfg["studies"]["sampling"]["vary"] = {"sampler.breed.sigma": [0.0025, 0.0625],
                                           "sampler.breed.period": [10]}
     t = tables(cfg, "sampling", tmp_path)
     fig = F.fig_hyperparameters(t["runs"], t["curves"], ["sigma", "P"])
     assert [ax.get_title() for ax in fig.axes] == ["varying σ", "varying P"]
     legend = [x.get_text() for x in fig.axes[0].get_legend().get_texts()]
-    assert legend == ["σ=1", "σ=5", "σ=25", "Random"]  # the centre (σ=5) sits in every panel
+    # σ is a fraction of each range (0.0125 = the paper's 5 K of 400 K); the centre sits in
+    # every panel
+    assert legend == ["σ=0.0025", "σ=0.0125", "σ=0.0625", "Random"]
     legend = [x.get_text() for x in fig.axes[1].get_legend().get_texts()]
     assert legend == ["P=10", "P=200", "Random"]
     with pytest.raises(F.FigureError):

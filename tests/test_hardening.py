@@ -308,13 +308,13 @@ def test_the_memory_limit_is_a_setting(tmp_path, capsys) -> None:
 # -- 6. back-pressure is not silence ---------------------------------------------------------
 @pytest.mark.timeout(300)
 def test_clients_held_by_back_pressure_are_not_cancelled_as_silent(make_run) -> None:
-    """A slow trainer (an MLP of 4096 units, batches of 512, one thread: seconds per
+    """A slow trainer (an MLP of 4096 units, batches of 1024, one thread: seconds per
     iteration) behind a
     reservoir full of unseen samples: the receiver stops reading and the clients block in
     ``send`` for longer than ``simulation_timeout`` (0.5 s). Blocked by the server, they are not
     silent: none is cancelled, no simulation is run twice, no λ is redrawn."""
     run = make_run({"launcher": {"max_jobs": 2, "simulation_timeout": 0.5},
-                    "model": {"hidden": 4096, "layers": 2, "batch_size": 512},
+                    "model": {"hidden": 4096, "layers": 2, "batch_size": 1024},
                     "buffer": {"capacity": 300, "watermark": 150},
                     "training": {"threads": 1, "checkpoint_interval": 10000,
                                  "validation_interval": 10000, "log_interval": 1,
@@ -510,11 +510,15 @@ def test_finish_before_any_step_is_retried_at_once(make_run) -> None:
     try:
         kind, body = insider.call(Kind.REQUEST, {"client": "broken", "nranks": 1})
         assert kind is Kind.ASSIGN
-        push = zmq.Context.instance().socket(zmq.PUSH)
-        push.setsockopt(zmq.LINGER, 2000)
-        push.connect(body["data"])
-        push.send_multipart(encode_finish(insider.token, body["sim_id"], 0))
-        push.close()
+        data = zmq.Context.instance().socket(zmq.DEALER)  # the client API's data socket
+        data.setsockopt(zmq.LINGER, 2000)
+        data.setsockopt(zmq.RCVTIMEO, 10_000)
+        data.connect(body["data"])
+        data.send_multipart(encode_finish(insider.token, body["sim_id"], 0))
+        reply = decode(data.recv_multipart(), insider.token)  # FINISH is answered at once
+        data.close()
+        # nothing was sent: the server says so, the simulation is handed out again
+        assert reply.kind is Kind.REJECT, reply
     finally:
         insider.close()
     t0 = time.monotonic()

@@ -64,7 +64,7 @@ def test_step_round_trip_is_bit_exact(dtype):
     msg = decode(frames, TOKEN)
     assert isinstance(msg, StepMessage)
     assert (msg.sim_id, msg.step, msg.rank, msg.nranks, msg.row_offset, msg.global_rows,
-            msg.rows) == (5, 7, 1, 3, 2, 10, 3)
+            msg.rows, msg.field) == (5, 7, 1, 3, 2, 10, 3, 0)
     assert msg.block.dtype.isnative and msg.block.dtype.itemsize == block.dtype.itemsize
     assert np.array_equal(msg.block, block)  # may be a read-only view of the frame
 
@@ -73,6 +73,19 @@ def test_step_from_non_contiguous_block():
     full = np.arange(40.0).reshape(8, 5)
     msg = decode(encode_step(TOKEN, 0, 0, full[::2, 1:], global_rows=4), TOKEN)
     assert np.array_equal(msg.block, full[::2, 1:])
+
+
+def test_step_field_index_round_trips():
+    msg = decode(step_frames(field=4), TOKEN)
+    assert isinstance(msg, StepMessage) and msg.field == 4
+
+
+def test_step_blocks_of_one_or_many_axes_travel_as_rows():
+    col = decode(encode_step(TOKEN, 0, 0, np.arange(5.0)), TOKEN)
+    assert col.block.shape == (5, 1) and np.array_equal(col.block[:, 0], np.arange(5.0))
+    cube = np.arange(24.0).reshape(2, 3, 4)
+    msg = decode(encode_step(TOKEN, 0, 0, cube), TOKEN)
+    assert msg.block.shape == (2, 12) and np.array_equal(msg.block, cube.reshape(2, 12))
 
 
 def test_finish_round_trip():
@@ -109,7 +122,8 @@ FIN = FINISH_BODY.pack(1, 0, 1, 3)
 
 
 def step_body(**over) -> bytes:
-    f = dict(sim_id=1, step=0, rank=0, nranks=1, offset=0, rows=2, grows=2, cols=3, code=2)
+    f = dict(sim_id=1, step=0, rank=0, nranks=1, field=0, offset=0, rows=2, grows=2, cols=3,
+             code=2)
     f.update(over)
     return STEP_BODY.pack(*f.values())
 
@@ -135,7 +149,9 @@ MALFORMED = {
     "step dtype code": ([header(Kind.STEP), step_body(code=9), bytes(48)], "dtype"),
     "step zero rows": ([header(Kind.STEP), step_body(rows=0), b""], "rows"),
     "step zero cols": ([header(Kind.STEP), step_body(cols=0), b""], "shape"),
-    "step huge shape": ([header(Kind.STEP), step_body(grows=1 << 20, rows=1), b""], "shape"),
+    "step huge shape": ([header(Kind.STEP), step_body(grows=(1 << 24) + 1, rows=1), b""],
+                        "shape"),
+    "step huge cols": ([header(Kind.STEP), step_body(cols=(1 << 28) + 1), b""], "shape"),
     "step rows past end": ([header(Kind.STEP), step_body(offset=1), bytes(48)], "rows"),
     "truncated payload": ([header(Kind.STEP), step_body(), bytes(47)], "payload"),
     "long payload": ([header(Kind.STEP), step_body(), bytes(49)], "payload"),
@@ -169,8 +185,8 @@ def test_oversized_payload_is_refused_before_use():
 
 
 def test_encoders_refuse_what_they_cannot_encode():
-    with pytest.raises(ValueError, match="2-D"):
-        encode_step(TOKEN, 0, 0, np.zeros(3))
+    with pytest.raises(ValueError, match="at least one axis"):
+        encode_step(TOKEN, 0, 0, np.zeros(()))
     with pytest.raises(ValueError, match="dtype"):
         encode_step(TOKEN, 0, 0, np.zeros((2, 2), dtype=np.int64))
     with pytest.raises(ValueError, match="token"):
@@ -210,7 +226,7 @@ def test_fuzz_valid_header_random_body(kind, version, body, payload):
 @FUZZ
 @given(fields=st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1),
                         st.integers(0, 2**16 - 1), st.integers(0, 2**16 - 1),
-                        *[st.integers(0, 2**32 - 1)] * 4, st.integers(0, 255)),
+                        st.integers(0, 2**16 - 1), *[st.integers(0, 2**32 - 1)] * 4, st.integers(0, 255)),
        payload=st.binary(max_size=256))
 def test_fuzz_step_header_fields(fields, payload):
     assert_decodes_or_protocol_error([header(Kind.STEP), STEP_BODY.pack(*fields), payload])
@@ -251,5 +267,5 @@ def test_fuzz_json_bodies(value):
 
 def test_struct_sizes_are_stable():
     """The layout is the wire contract: changing it needs a new PROTOCOL_VERSION."""
-    assert (HEADER.size, STEP_BODY.size, FINISH_BODY.size) == (39, 33, 16)
-    assert struct.calcsize("!QIHHIIIIB") == STEP_BODY.size
+    assert (HEADER.size, STEP_BODY.size, FINISH_BODY.size) == (39, 35, 16)
+    assert struct.calcsize("!QIHHHIIIIB") == STEP_BODY.size

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from breed.config import validate
+from breed.normalisation import Normalisation
 from breed.reservoir import (
     Batch,
     BufferClosedError,
@@ -20,7 +21,7 @@ from breed.reservoir import (
     buffer_from_config,
     make_buffer,
 )
-from breed.trainer import Normalisation
+from breed.validation import heat_problem
 
 F = 4  # field size of the tiny samples used here
 
@@ -132,7 +133,7 @@ def test_offer_refuses_when_every_sample_is_unseen() -> None:
 
 
 def test_normalised_on_the_way_in() -> None:
-    norm = Normalisation(100.0, 500.0, steps=20)
+    norm = Normalisation.from_problem(heat_problem(grid=2, steps=20, bounds=(100.0, 500.0)))
     buf = Reservoir(capacity=2, watermark=1, field_size=F, seed=0, normalisation=norm)
     params = np.array([100.0, 200.0, 300.0, 400.0, 500.0])
     field = np.array([100.0, 300.0, 500.0, 400.0])
@@ -150,13 +151,14 @@ def test_buffer_from_config() -> None:
                     "solver": {"grid": 4, "bounds": [0.0, 10.0]}})
     buf = buffer_from_config(cfg)
     assert isinstance(buf, FifoBuffer) and buf.capacity == 7 and buf.field_size == 16
-    assert buf.normalisation == Normalisation(0.0, 10.0, 100)
+    expected = Normalisation.from_problem(heat_problem(grid=4, steps=100, bounds=(0.0, 10.0)))
+    assert buf.normalisation == expected
 
 
 def test_bad_input_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="watermark"):
         Reservoir(capacity=3, watermark=4, field_size=F)
-    buf = Reservoir(capacity=3, watermark=1, field_size=F)
+    buf = Reservoir(capacity=3, watermark=1, field_size=F, dim=5)
     with pytest.raises(ValueError, match="expects 4"):
         buf.offer(np.zeros(5), 0, np.zeros(5), 0)
     with pytest.raises(ValueError, match="parameters"):

@@ -26,9 +26,9 @@ def take(sampler, n: int) -> np.ndarray:
 def test_baseline_draws_are_in_bounds_and_seeded(cls):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. Sobol's balance warning for n not a power of 2
-        a = take(cls(50, (LO, HI), seed=3), 130)  # 80 draws beyond the budget
-        b = take(cls(50, (LO, HI), seed=3), 130)
-        c = take(cls(50, (LO, HI), seed=4), 130)
+        a = take(cls(50, (LO, HI), seed=3, dim=5), 130)  # 80 draws beyond the budget
+        b = take(cls(50, (LO, HI), seed=3, dim=5), 130)
+        c = take(cls(50, (LO, HI), seed=4, dim=5), 130)
     assert a.shape == (130, 5)
     assert (a >= LO).all() and (a <= HI).all()
     np.testing.assert_array_equal(a, b)
@@ -38,19 +38,19 @@ def test_baseline_draws_are_in_bounds_and_seeded(cls):
 
 @pytest.mark.parametrize("cls", BASELINES)
 def test_baseline_checkpoint_resumes_the_sequence(cls):
-    ref = take(cls(20, (LO, HI), seed=7), 45)
-    first = cls(20, (LO, HI), seed=7)
+    ref = take(cls(20, (LO, HI), seed=7, dim=5), 45)
+    first = cls(20, (LO, HI), seed=7, dim=5)
     take(first, 27)
-    resumed = cls(20, (LO, HI), seed=7)
+    resumed = cls(20, (LO, HI), seed=7, dim=5)
     resumed.load_state_dict(first.state_dict())
     np.testing.assert_array_equal(take(resumed, 18), ref[27:])
     with pytest.raises(ValueError, match="seed"):
-        cls(20, (LO, HI), seed=8).load_state_dict(first.state_dict())
+        cls(20, (LO, HI), seed=8, dim=5).load_state_dict(first.state_dict())
 
 
 def test_lhs_has_one_point_per_stratum_on_every_axis():
     n = 64
-    x = take(LHSSampler(n, (LO, HI), seed=1), n)
+    x = take(LHSSampler(n, (LO, HI), seed=1, dim=5), n)
     strata = np.floor((x - LO) / (HI - LO) * n).astype(int)
     for axis in range(5):
         np.testing.assert_array_equal(np.sort(strata[:, axis]), np.arange(n))
@@ -62,8 +62,8 @@ def test_halton_fills_space_more_evenly_than_uniform():
         cells = (np.floor((x - LO) / (HI - LO) * 2).astype(int) * (2 ** np.arange(5))).sum(1)
         return np.abs(np.bincount(cells, minlength=32) - len(x) / 32).max()
     n = 512
-    assert worst_cell_gap(take(HaltonSampler(n, (LO, HI), seed=0), n)) < \
-        worst_cell_gap(take(UniformSampler(n, (LO, HI), seed=0), n))
+    assert worst_cell_gap(take(HaltonSampler(n, (LO, HI), seed=0, dim=5), n)) < \
+        worst_cell_gap(take(UniformSampler(n, (LO, HI), seed=0, dim=5), n))
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -71,7 +71,9 @@ def test_make_sampler_from_validated_config(name):
     cfg = validate({"seed": 5, "sampler": {"name": name}, "study": {"simulations": 12},
                     "solver": {"bounds": [10.0, 20.0], "steps": 7}})
     s = make_sampler(cfg)
-    assert s.name == name and s.budget == 12 and s.seed == 5
+    # the validation design is the validation set's: it takes that seed, not the run's
+    assert s.name == name and s.budget == 12
+    assert s.seed == (cfg["validation"]["seed"] if name == "validation" else 5)
     x = take(s, 12)
     assert (x >= 10).all() and (x <= 20).all()
 
@@ -83,8 +85,10 @@ def test_make_sampler_rejects_bad_input():
         make_sampler(cfg)
     with pytest.raises(ValueError, match="validated config"):
         make_sampler({"sampler": {"name": "uniform"}})
-    with pytest.raises(ValueError, match="solver.bounds"):
-        UniformSampler(5, (3.0, 3.0))
+    with pytest.raises(ValueError, match="lower < upper"):
+        UniformSampler(5, (3.0, 3.0), dim=5)
+    with pytest.raises(ValueError, match="need the dimension"):
+        UniformSampler(5, (1.0, 3.0))
     with pytest.raises(ValueError, match="study.simulations"):
         UniformSampler(0, (1.0, 3.0))
 

@@ -16,16 +16,17 @@ from hypothesis import strategies as st
 
 from breed.checkpoint import load as load_checkpoint
 from breed.config import validate
+from breed.problems import problem_of
 from breed.protocol import Kind, decode, encode_control, encode_finish, encode_step
-from breed.receiver import Receiver
+from breed.receiver import Receiver, ReceiverOptions
 from breed.reservoir import buffer_from_config
 from breed.sampling import make_sampler
 from breed.simtable import SimTable
 
 GRID, STEPS = 8, 4
 DATA_COUNTERS = ("rejected_token", "malformed", "oversized", "unknown_sim", "bad_step",
-                 "bad_shape", "bad_dtype", "non_finite", "out_of_range", "duplicate_steps",
-                 "blocks", "finish")
+                 "bad_field", "bad_shape", "bad_dtype", "non_finite", "out_of_range",
+                 "duplicate_steps", "blocks", "finish")
 
 
 class Live:
@@ -34,17 +35,17 @@ class Live:
     def __init__(self, token: bytes) -> None:
         cfg = validate({"study": {"simulations": 4}, "solver": {"grid": GRID, "steps": STEPS},
                         "buffer": {"capacity": 200, "watermark": 5}})
+        assert cfg["solver"]["bounds"] == [100.0, 500.0]  # the field's range: u in [100, 500]
         lock = threading.Lock()
         self.token = token
-        self.table = SimTable(4, make_sampler(cfg), lock, max_retries=2)
+        problem = problem_of(cfg)
+        self.table = SimTable(4, make_sampler(cfg), lock, max_retries=2, problem=problem)
         self.buffer = buffer_from_config(cfg)
         self.done: list[int] = []
-        solver = {k: cfg["solver"][k] for k in ("grid", "steps", "dt", "alpha", "length",
-                                                "dtype")}
         self.rx = Receiver(token=token, host="127.0.0.1", table=self.table,
-                           buffer=self.buffer, solver=solver, status=lambda: {},
+                           buffer=self.buffer, problem=problem, status=lambda: {},
                            on_sim_done=self.done.append, on_launcher=lambda body: None,
-                           simulation_timeout=60.0, bounds=(100.0, 500.0))
+                           options=ReceiverOptions(simulation_timeout=60.0))
         self.rx.start()
         self.ctx = zmq.Context()
         self.push = self.data_socket()
@@ -54,7 +55,7 @@ class Live:
         self.req.connect(self.rx.control_address)
 
     def data_socket(self) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.PUSH)
+        sock = self.ctx.socket(zmq.DEALER)  # the data socket is a ROUTER: it answers
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self.rx.data_address)
         return sock
@@ -125,6 +126,7 @@ def test_each_kind_of_bad_data_is_rejected_counted_and_never_stored(live: Live) 
         "unknown_sim": [encode_step(live.token, 999, 0, field()),
                         encode_finish(live.token, 999, 5)],
         "bad_step": [encode_step(live.token, sim, STEPS + 1, field())],
+        "bad_field": [encode_step(live.token, sim, 0, field(), field=1)],
         "bad_shape": [encode_step(live.token, sim, 0, field(cols=GRID - 1)),
                       encode_step(live.token, sim, 0, field(), global_rows=GRID + 2)],
         "bad_dtype": [encode_step(live.token, sim, 0, field(dtype="float32"))],
@@ -140,6 +142,14 @@ def test_each_kind_of_bad_data_is_rejected_counted_and_never_stored(live: Live) 
         live.settle(sent)
         assert live.rx.counts[counter] == len(messages), (counter, dict(live.rx.counts))
     assert live.buffer.stats()["received"] == 0 and live.rx.is_alive()
+    # a step that breaks the problem is answered on its connection, and fails the attempt once
+    refusals = sum(len(bad[c]) for c in ("bad_step", "bad_field", "bad_shape", "bad_dtype"))
+    answers = []
+    while live.push.poll(1000):
+        answers.append(decode(live.push.recv_multipart(), live.token))
+    about_sim = [a for a in answers if a.body.get("sim_id") == sim]
+    assert len(about_sim) == refusals and all(a.kind is Kind.REJECT for a in about_sim)
+    assert live.rx.counts["refused_sims"] == 1
     # a frame above the hard limit (ZMQ_MAXMSGSIZE): libzmq drops that connection
     big = live.data_socket()
     big.send_multipart(encode_step(live.token, sim, 0, field(rows=4096)))
@@ -277,7 +287,7 @@ for kind in (Kind.REQUEST, Kind.PING):
     assert req.poll(10000), "no reply"
     frames = req.recv_multipart()
     replies.append(frames[0][6])  # the kind byte of the header
-push = ctx.socket(zmq.PUSH); push.setsockopt(zmq.LINGER, 5000); push.connect(info["data"][0])
+push = ctx.socket(zmq.DEALER); push.setsockopt(zmq.LINGER, 5000); push.connect(info["data"][0])
 sent = 0
 for sim in range(8):
     for t in range(101):
@@ -339,7 +349,7 @@ def test_token_never_on_a_command_line_or_in_logs(fault_run) -> None:
     assert proc.returncode == 0, run.stderr()
     # not vacuous: the server and client processes were among those looked at
     assert any("breed.server" in c for c in seen.values())
-    assert sum("breed.client" in c for c in seen.values()) >= 2 and ps_snapshots > 3
+    assert sum("heat2d_client" in c for c in seen.values()) >= 2 and ps_snapshots > 3
     for path in run.dir.rglob("*"):
         if path.is_file() and path.name != "token" and path.suffix not in (".pt", ".npz"):
             assert token not in path.read_text(errors="replace"), path

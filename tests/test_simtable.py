@@ -14,7 +14,7 @@ class CountingSampler(Sampler):
     """Deterministic draws 0, 1, 2, ... (the table only needs ``next``)."""
 
     def __init__(self) -> None:
-        super().__init__(budget=0, bounds=(100.0, 500.0))
+        super().__init__(budget=0, bounds=(100.0, 500.0), dim=5)
         self.calls = 0
 
     def next(self) -> Draw:

@@ -51,7 +51,7 @@ def test_every_schema_key_has_description_and_default() -> None:
 def test_models_study_is_h_by_l_by_method_per_seed(config: dict) -> None:
     specs = S.expand_study(config, "models")
     assert len(specs) == 3 * 3 * 2 * len(config["seeds"])
-    assert "breed-H16-L1-s10-P300-N200-r0.5-0.7-3-seed0" in ids(specs)
+    assert "breed-H16-L1-s0.025-P300-N200-r0.5-0.7-3-seed0" in ids(specs)
     assert "random-H64-L3-seed2" in ids(specs)
     breed = next(s for s in specs if s.run_id.startswith("breed-H32-L2"))
     assert breed.config["study"]["simulations"] == 800
@@ -62,40 +62,40 @@ def test_models_study_is_h_by_l_by_method_per_seed(config: dict) -> None:
     assert breed.config["validation"]["size"] == 200
     ref = {s.run_id for s in specs if s.reference}
     assert ref == {f"{m}-seed{k}" for k in config["seeds"]
-                   for m in ("random-H16-L1", "breed-H16-L1-s10-P300-N200-r0.5-0.7-3")}
+                   for m in ("random-H16-L1", "breed-H16-L1-s0.025-P300-N200-r0.5-0.7-3")}
 
 
 def test_sampling_study_varies_one_parameter_at_a_time(config: dict) -> None:
     specs = [s for s in S.expand_study(config, "sampling") if s.seed == 0]
     breed = [s for s in specs if s.params["method"] == "breed"]
-    # centre + sigma {1, 10, 25} (5 is the centre) + 5 periods + 3 windows
+    # centre + sigma {1, 10, 25} K (5 K is the centre) + 5 periods + 3 windows
     assert len(breed) == 1 + 3 + 5 + 3
     assert len([s for s in specs if s.params["method"] == "random"]) == 1
-    assert "breed-H16-L1-s5-P200-N200-r0.5-0.9-3-seed0" in ids(specs)
-    assert "breed-H16-L1-s5-P10-N200-r0.5-0.9-3-seed0" in ids(specs)
-    assert "breed-H16-L1-s25-P200-N200-r0.5-0.9-3-seed0" in ids(specs)
-    assert "breed-H16-L1-s5-P200-N1000-r0.5-0.9-3-seed0" in ids(specs)
+    assert "breed-H16-L1-s0.0125-P200-N200-r0.5-0.9-3-seed0" in ids(specs)
+    assert "breed-H16-L1-s0.0125-P10-N200-r0.5-0.9-3-seed0" in ids(specs)
+    assert "breed-H16-L1-s0.0625-P200-N200-r0.5-0.9-3-seed0" in ids(specs)
+    assert "breed-H16-L1-s0.0125-P200-N1000-r0.5-0.9-3-seed0" in ids(specs)
     for s in breed:  # exactly one parameter away from the centre
-        off = [s.params["sigma"] != 5, s.params["P"] != 200, s.params["N"] != 200]
+        off = [s.params["sigma"] != 0.0125, s.params["P"] != 200, s.params["N"] != 200]
         assert sum(off) <= 1
     centre = [s for s in breed if s.params["centre"]]
-    assert [s.run_id for s in centre] == ["breed-H16-L1-s5-P200-N200-r0.5-0.9-3-seed0"]
+    assert [s.run_id for s in centre] == ["breed-H16-L1-s0.0125-P200-N200-r0.5-0.9-3-seed0"]
 
 
 def test_mixing_study_uses_table1_centre(config: dict) -> None:
     specs = [s for s in S.expand_study(config, "mixing") if s.seed == 1]
     breed = ids(s for s in specs if s.params["method"] == "breed")
     assert len(breed) == 1 + 3 + 2 + 2
-    assert "breed-H16-L1-s5-P200-N200-r0.1-1-5-seed1" in breed
-    assert "breed-H16-L1-s5-P200-N200-r0.8-1-5-seed1" in breed
-    assert "breed-H16-L1-s5-P200-N200-r0.1-0.7-5-seed1" in breed
-    assert "breed-H16-L1-s5-P200-N200-r0.1-1-2-seed1" in breed
+    assert "breed-H16-L1-s0.0125-P200-N200-r0.1-1-5-seed1" in breed
+    assert "breed-H16-L1-s0.0125-P200-N200-r0.8-1-5-seed1" in breed
+    assert "breed-H16-L1-s0.0125-P200-N200-r0.1-0.7-5-seed1" in breed
+    assert "breed-H16-L1-s0.0125-P200-N200-r0.1-1-2-seed1" in breed
 
 
 def test_random_and_breed_of_one_seed_are_paired(config: dict) -> None:
     specs = S.expand_study(config, "quick")
     assert sorted(s.run_id for s in specs) == [
-        "breed-H16-L1-s10-P25-N40-r0.5-0.9-3-seed0", "breed-H16-L1-s10-P25-N40-r0.5-0.9-3-seed1",
+        "breed-H16-L1-s0.025-P25-N40-r0.5-0.9-3-seed0", "breed-H16-L1-s0.025-P25-N40-r0.5-0.9-3-seed1",
         "random-H16-L1-seed0", "random-H16-L1-seed1"]
     by_seed: dict[int, set[str]] = {}
     for s in specs:
@@ -189,7 +189,7 @@ def test_tables_from_synthetic_runs(config: dict, tmp_path: Path) -> None:
     assert r0["val_mse"] == pytest.approx(last_val["val_mse"].iloc[-1])
     assert r0["iterations"] == 200 and r0["sims_done"] == 39
     assert math.isnan(r0["sigma"]) and runs.set_index("run_id").loc[
-        "breed-H16-L1-s10-P25-N40-r0.5-0.9-3-seed1", "sigma"] == 10
+        "breed-H16-L1-s0.025-P25-N40-r0.5-0.9-3-seed1", "sigma"] == 0.025
 
     curves = S.curves_table(specs, tmp_path)
     assert set(curves["kind"]) == {"train", "validation"}

@@ -17,7 +17,7 @@ from breed.trainer import (
     time_ranges,
     validation_metrics,
 )
-from breed.validation import ValidationSet
+from breed.validation import ValidationSet, heat_problem
 
 GRID, STEPS = 6, 10
 
@@ -50,19 +50,25 @@ def batch_of(norm: Normalisation, params: np.ndarray, fields: np.ndarray) -> Bat
                  sim_ids=np.repeat(np.arange(n), t1), steps=np.tile(np.arange(t1), n))
 
 
+def heat_norm(steps: int, grid: int = 4) -> Normalisation:
+    """The heat preset's units: λ and every temperature scaled by the bounds [100, 500]."""
+    return Normalisation.from_problem(heat_problem(grid=grid, steps=steps,
+                                                   bounds=(100.0, 500.0)))
+
+
 def test_normalisation_as_documented_and_round_trip() -> None:
-    norm = Normalisation(100.0, 500.0, steps=100)
-    assert (norm.c, norm.h) == (300.0, 200.0)
+    norm = heat_norm(100)
+    assert norm.frozen and norm.single() == (300.0, 200.0)
     x = norm.inputs(np.array([[100.0, 500.0, 300.0, 200.0, 450.0]]), np.array([50]))
     np.testing.assert_allclose(x, [[-1.0, 1.0, 0.0, -0.5, 0.75, 0.5]])
     assert x.dtype == np.float32
-    u = np.random.default_rng(0).uniform(100.0, 500.0, size=(3, 4, 4))
+    u = np.random.default_rng(0).uniform(100.0, 500.0, size=(3, 16))  # 3 samples, 4x4
     v = norm.field(u)
     assert v.dtype == np.float32 and v.min() >= -1.0 and v.max() <= 1.0
     np.testing.assert_allclose(norm.unfield(v), u, rtol=1e-6)
     assert Normalisation.from_dict(norm.to_dict()) == norm
     with pytest.raises(ValueError, match="below"):
-        Normalisation(5.0, 5.0, 10)
+        Normalisation(np.full(5, 5.0), np.full(5, 5.0), np.zeros(5, bool), 10, [16])
 
 
 def test_seed_fixes_the_initial_weights_and_spares_the_global_rng() -> None:
@@ -182,7 +188,7 @@ def test_evaluate_rejects_a_set_of_another_shape() -> None:
 
 
 def test_state_dict_resumes_training_exactly() -> None:
-    batches = [batch_of(Normalisation(100.0, 500.0, STEPS), *trajectories(2, seed=s))
+    batches = [batch_of(heat_norm(STEPS, GRID), *trajectories(2, seed=s))
                for s in range(4)]
     a = Trainer(config())
     for b in batches[:2]:
@@ -307,3 +313,45 @@ def test_two_rank_ddp_equals_one_process_on_the_global_batch(tmp_path) -> None:
         with np.load(tmp_path / f"rank{r}.npz") as got:
             for k, want in enumerate(expected):
                 np.testing.assert_allclose(got[f"arr_{k}"], want, rtol=1e-5, atol=1e-6)
+
+
+def user_model(n_inputs: int, output_shape: tuple[int, ...], width: int = 4) -> torch.nn.Module:
+    """A user's surrogate (``model.factory``): any module from (d+1) inputs to one sample."""
+    return torch.nn.Sequential(torch.nn.Linear(n_inputs, width), torch.nn.Tanh(),
+                               torch.nn.Linear(width, output_shape[0]))
+
+
+def not_a_model(n_inputs: int, output_shape: tuple[int, ...]) -> object:
+    return object()
+
+
+def wrong_outputs(n_inputs: int, output_shape: tuple[int, ...]) -> torch.nn.Module:
+    return torch.nn.Linear(n_inputs, output_shape[0] + 1)
+
+
+def test_a_users_model_factory_is_trained_saved_and_loaded(tmp_path) -> None:
+    tr = Trainer(config(factory="test_trainer:user_model", options={"width": 8}))
+    assert [m.out_features for m in tr.model if isinstance(m, torch.nn.Linear)] == \
+        [8, GRID * GRID]
+    batch = batch_of(tr.normalisation, *trajectories(2))
+    first = tr.step(batch).losses.mean()
+    for _ in range(20):
+        last = tr.step(batch).losses.mean()
+    assert last < first  # it trains
+    tr.save_model(tmp_path / "model.pt")
+    params = np.array([[100.0, 200.0, 300.0, 400.0, 500.0]])
+    np.testing.assert_allclose(load_model(tmp_path / "model.pt").predict(params, np.array([4])),
+                               tr.predict(params, np.array([4])), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    ("test_trainer:not_a_model", "not a torch.nn.Module"),
+    ("test_trainer:wrong_outputs", "outputs"),
+    ("no_such_package.models:net", "cannot import"),
+    ("test_trainer:missing", "has no 'missing'"),
+    ("test_trainer", "package.module:callable"),
+])
+def test_a_bad_model_factory_is_a_one_line_error(factory: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as err:
+        Trainer(config(factory=factory))
+    assert "\n" not in str(err.value)

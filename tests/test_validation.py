@@ -14,6 +14,7 @@ from breed.heatpde import solve
 from breed.validation import (
     ValidationFileError,
     halton_params,
+    heat_problem,
     load_validation,
     main,
     make_validation,
@@ -23,16 +24,17 @@ SMALL = {"grid": 5, "steps": 4, "dt": 0.01, "alpha": 1.0, "length": 10.0}
 
 
 def test_halton_params_in_bounds_deterministic_and_spread() -> None:
-    a = halton_params(200, seed=3, bounds=(100.0, 500.0))
+    heat = heat_problem(**SMALL, bounds=(100.0, 500.0))
+    a = halton_params(200, seed=3, problem=heat)
     assert a.shape == (200, 5) and a.dtype == np.float64
     assert a.min() >= 100.0 and a.max() <= 500.0
-    np.testing.assert_array_equal(a, halton_params(200, seed=3, bounds=(100.0, 500.0)))
-    assert not np.array_equal(a, halton_params(200, seed=4, bounds=(100.0, 500.0)))
+    np.testing.assert_array_equal(a, halton_params(200, seed=3, problem=heat))
+    assert not np.array_equal(a, halton_params(200, seed=4, problem=heat))
     # low discrepancy: every fifth of every axis holds close to a fifth of the points
     counts = np.stack([np.histogram(a[:, d], bins=5, range=(100, 500))[0] for d in range(5)])
     assert counts.min() >= 35 and counts.max() <= 45
     with pytest.raises(ValueError, match="bounds"):
-        halton_params(3, seed=0, bounds=(5.0, 5.0))
+        heat_problem(**SMALL, bounds=(5.0, 5.0))
 
 
 def test_file_round_trip_holds_solver_trajectories(tmp_path: Path) -> None:
@@ -45,7 +47,7 @@ def test_file_round_trip_holds_solver_trajectories(tmp_path: Path) -> None:
     assert vset.fields.shape == (6, 5, 5, 5)
     np.testing.assert_array_equal(vset.params, made.params)
     np.testing.assert_array_equal(vset.fields, made.fields)
-    np.testing.assert_array_equal(vset.params, halton_params(6, 1, (200.0, 400.0)))
+    np.testing.assert_array_equal(vset.params, halton_params(6, 1, heat_problem(**SMALL, bounds=(200.0, 400.0))))
     for k in range(6):  # the same solver the clients run
         np.testing.assert_allclose(vset.fields[k], solve(vset.params[k], **SMALL), rtol=1e-6)
     assert vset.solver == {**SMALL, "bounds": [200.0, 400.0]}

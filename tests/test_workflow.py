@@ -86,7 +86,7 @@ def test_dry_run_of_the_paper_lists_every_grid_point(workdir: Path) -> None:
     assert job_counts(out) == {
         "validation_config": 3, "make_validation": 3, "run_config": 120, "breed_run": 120,
         "tables": 3, "summary": 3, "fig3a": 1, "fig3b": 2, "fig4": 3, "fig6": 3, "all": 1}
-    assert "results/sampling/configs/breed-H16-L1-s5-P10-N200-r0.5-0.9-3-seed2.yaml" in out
+    assert "results/sampling/configs/breed-H16-L1-s0.0125-P10-N200-r0.5-0.9-3-seed2.yaml" in out
 
 
 @pytest.mark.timeout(60)
@@ -244,7 +244,7 @@ def test_tiny_dag_end_to_end_then_figures_alone(workdir: Path) -> None:
     runs = (res / "tables" / "runs.csv").read_text().splitlines()
     assert len(runs) == 3  # header + Random + Breed of seed 0
     ratios = (res / "tables" / "ratios.csv").read_text().splitlines()
-    assert ratios[1].startswith("tiny,breed-H16-L1-s25-P5-N4-r0.5-0.9-3,H16-L1,1,")
+    assert ratios[1].startswith("tiny,breed-H16-L1-s0.0625-P5-N4-r0.5-0.9-3,H16-L1,1,")
     inputs = (res / "tables" / "inputs.csv").read_text().splitlines()
     assert inputs[0] == "sim_id,T0,T1,T2,T3,T4,source,generation,run_id,deviation"
     assert len(inputs) == 1 + 2 * 30  # every simulation of both runs (whether Breed steered

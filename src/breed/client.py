@@ -1,33 +1,39 @@
-"""Streaming client API: ask the server for work, stream every time step, finish (or abort).
+"""The public client API: how any solver streams into a breed run (Python; C and Fortran
+bindings speak the same protocol, docs/ARCHITECTURE.md).
 
-Solver-agnostic: any solver (serial or MPI) uses :class:`Client` like Melissa's client API::
+A client is started by the launcher with its address, token and job id in the environment
+(``BREED_SERVER``, ``BREED_TOKEN``, ``BREED_JOB_ID``, ``BREED_JOB_KEY``; nothing to pass by
+hand). It asks for the parameters of a simulation when it is ready to run one (late binding:
+the server picks λ then), streams every time step's fields, and finishes::
 
-    with Client() as client:                      # BREED_SERVER, BREED_TOKEN from the env
-        while (job := client.request()) is not None:   # late binding: server picks lambda now
-            for t, block in my_solver(job.params):
-                client.send(t, block, row_offset, global_rows)
-            client.finish()
+    from breed.client import Client
 
-Under MPI, rank 0 asks on a ``REQ`` socket and broadcasts the assignment; every rank pushes its
-own row block of every step on a ``PUSH`` socket to the assignment's ``data`` address (the server
-reassembles by offset, :mod:`breed.assembly`). The ``PUSH`` high-water mark makes ``send`` block
-when the server is slow (backpressure, no data lost); a server that takes nothing for
-``send_timeout`` seconds is reported as an error instead of hanging the job forever.
+    with Client() as client:
+        while (job := client.request()) is not None:   # None: no more work
+            state = my_setup(job.named)                 # {"nu": ..., "a": ...}
+            for t in range(job.steps + 1):              # t = 0 is the initial state
+                client.send(t, {"u": my_field(state, t)})
+            client.finish()                             # raises if the server refused the data
 
-``python -m breed.client`` / ``breed client`` runs the heat solver (:mod:`breed.heatpde`) this
-way, persistent by default: simulation after simulation until the server says ``STOP``, so one
-process (or one MPI job) amortises its start-up over many cheap simulations.
+``send`` takes one array for a one-field problem, else a mapping (or sequence, in the problem's
+order) of arrays, each of the field's declared shape. Under MPI (``Client(comm=MPI.COMM_WORLD)``)
+each rank sends its slab of the first axis, ``client.send(t, slab, row_offset=first_row)``;
+rank 0 asks for work and broadcasts the assignment. A client that breaks the problem (a wrong
+shape, dtype or number of steps) gets a ``REJECT`` from the server, which ``send``/``finish``
+raise as a one-line :class:`ClientError` within a second; ``abort(reason)`` gives a simulation
+back (the server runs it again). Backpressure: ``send`` blocks while the server is full; a
+server that takes nothing for ``send_timeout`` seconds is an error, not a hang.
+
+``python -m breed.client`` / ``breed client`` runs the paper's heat solver this way.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +42,9 @@ import numpy as np
 import zmq
 
 from breed import protocol, security
-from breed.cli import OneLineParser
 from breed.protocol import AuthError, Kind, ProtocolError
 
 DEFAULT_TIMEOUT = 30.0
-SOLVER_DEFAULTS: dict[str, Any] = {"grid": 64, "steps": 100, "dt": 0.01, "alpha": 1.0,
-                                   "length": 10.0, "dtype": "float64"}
 MAX_WAIT = 60.0
 DATA_SNDHWM = 64  # steps a rank may queue before send blocks (backpressure)
 
@@ -63,6 +66,15 @@ class ClientError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class FieldInfo:
+    """One field a time step must carry (the problem's)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
 class Assignment:
     """One simulation handed out by the server (``ASSIGN`` body, docs/ARCHITECTURE.md)."""
 
@@ -70,7 +82,20 @@ class Assignment:
     params: tuple[float, ...]
     data: str
     attempt: int = 0
-    solver: dict[str, Any] = field(default_factory=lambda: dict(SOLVER_DEFAULTS))
+    names: tuple[str, ...] = ()
+    steps: int = 0  # send t = 0..steps
+    fields: tuple[FieldInfo, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)  # the problem's, as configured
+
+    @property
+    def named(self) -> dict[str, float]:
+        """λ by parameter name."""
+        return dict(zip(self.names, self.params, strict=True))
+
+    @property
+    def solver(self) -> dict[str, Any]:
+        """The heat preset's solver settings (its ``settings``)."""
+        return self.settings
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Assignment:
@@ -80,18 +105,24 @@ class Assignment:
             params = tuple(float(p) for p in body["params"])
             data = body["data"]
             attempt = int(body.get("attempt", 0))
-            solver = {**SOLVER_DEFAULTS, **(body.get("solver") or {})}
+            names = tuple(str(p["name"]) for p in body["parameters"])
+            steps = int(body["steps"])
+            fields = tuple(FieldInfo(str(f["name"]), tuple(int(n) for n in f["shape"]),
+                                     str(f["dtype"])) for f in body["fields"])
+            settings = dict(body.get("settings") or {})
         except (KeyError, TypeError, ValueError) as exc:
             raise ClientError(f"malformed ASSIGN from the server: {exc!r}") from None
         if isinstance(sim_id, bool) or not isinstance(sim_id, int) or sim_id < 0:
             raise ClientError(f"malformed ASSIGN: sim_id {sim_id!r}")
-        if len(params) != 5 or not all(math.isfinite(p) for p in params):
+        if len(params) != len(names) or not params or not all(math.isfinite(p)
+                                                              for p in params):
             raise ClientError(f"malformed ASSIGN: params {body['params']!r}")
         if not isinstance(data, str) or not data:
             raise ClientError(f"malformed ASSIGN: data address {data!r}")
-        if solver["dtype"] not in ("float32", "float64"):
-            raise ClientError(f"malformed ASSIGN: dtype {solver['dtype']!r}")
-        return cls(sim_id, params, data, attempt, solver)
+        if not fields or any(f.dtype not in ("float32", "float64") or not f.shape
+                             for f in fields):
+            raise ClientError(f"malformed ASSIGN: fields {body['fields']!r}")
+        return cls(sim_id, params, data, attempt, names, steps, fields, settings)
 
 
 def load_token(token: bytes | str | None = None) -> bytes:
@@ -145,6 +176,8 @@ class Client:
         self.token = load_token(token)
         self.job_id = job_id if job_id is not None else os.environ.get("BREED_JOB_ID")
         self.job_key = os.environ.get(security.ENV_JOB_KEY)  # proves the job id is ours
+        self.once = os.environ.get(security.ENV_ONCE) == "1"  # one simulation per job
+        self.finished = 0  # simulations this client finished
         self.timeout = timeout_from_env(timeout)
         # backpressure may legitimately stall a while; only a server gone for long is an error
         self.send_timeout = max(10 * self.timeout, 60.0) if send_timeout is None else \
@@ -232,6 +265,8 @@ class Client:
         """Ask for the next simulation: an :class:`Assignment`, or None when told to stop."""
         if self.assignment is not None:
             raise ClientError(f"sim {self.assignment.sim_id} is still open: finish or abort it")
+        if self.once and self.finished:
+            return None
         outcome: tuple[str, Any]
         if self.rank == 0:
             try:
@@ -252,7 +287,8 @@ class Client:
     def _data_socket(self, address: str) -> zmq.Socket:
         sock = self._push.get(address)
         if sock is None:
-            sock = self._ctx.socket(zmq.PUSH)
+            # DEALER, not PUSH: the server answers on the same connection (REJECT, FINISH ack)
+            sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.SNDHWM, self.sndhwm)
             sock.setsockopt(zmq.SNDTIMEO, int(self.send_timeout * 1000))
             # on close, keep trying to deliver what is queued, but not forever
@@ -276,26 +312,85 @@ class Client:
             raise ClientError(f"server {self.assignment.data} took no data for "
                               f"{self.send_timeout:g} s") from None
 
-    def send(self, step: int, block: np.ndarray, row_offset: int = 0,
-             global_rows: int | None = None) -> None:
-        """Push this rank's rows ``[row_offset, row_offset + len(block))`` of one time step."""
-        if self.assignment is None:
+    def _answers(self, wait: float) -> protocol.ControlMessage | None:
+        """The server's next answer on the data connection within ``wait`` s (a REJECT is
+        raised as :class:`ClientError`), or None."""
+        assert self.assignment is not None
+        sock = self._data_socket(self.assignment.data)
+        if not sock.poll(int(wait * 1000)):
+            return None
+        try:
+            msg = protocol.decode(sock.recv_multipart(), self.token)
+        except ProtocolError as exc:
+            raise ClientError(f"undecodable answer from server {self.assignment.data}: "
+                              f"{exc}") from None
+        if isinstance(msg, protocol.ControlMessage) and msg.kind is Kind.REJECT:
+            raise ClientError(f"server rejected the data of simulation "
+                              f"{self.assignment.sim_id}: "
+                              f"{msg.body.get('reason', 'no reason given')}")
+        return msg if isinstance(msg, protocol.ControlMessage) else None
+
+    def send(self, step: int, fields: Any, row_offset: int = 0) -> None:
+        """Push this rank's part of every field of one time step: one array for a one-field
+        problem, else a mapping name -> array (or a sequence in the problem's order). Under
+        MPI each array is this rank's rows ``[row_offset, row_offset + len(array))`` of the
+        field's first axis."""
+        job = self.assignment
+        if job is None:
             raise ClientError("send() without an assignment: call request() first")
-        dtype = self.assignment.solver["dtype"]
-        frames = protocol.encode_step(
-            self.token, self.assignment.sim_id, step, np.asarray(block, dtype=dtype),
-            rank=self.rank, nranks=self.nranks, row_offset=row_offset, global_rows=global_rows)
-        self._push_frames(frames)
+        self._answers(0.0)  # a REJECT for an earlier step: stop now, not at the end
+        for k, (info, block) in enumerate(zip(job.fields, self._ordered(fields), strict=True)):
+            block = np.asarray(block, dtype=info.dtype)
+            if block.ndim == 0:
+                raise ClientError(f"field {info.name}: a scalar, the problem declares shape "
+                                  f"{list(info.shape)}")
+            frames = protocol.encode_step(
+                self.token, job.sim_id, step, block, rank=self.rank, nranks=self.nranks,
+                row_offset=row_offset, global_rows=info.shape[0], field=k)
+            self._push_frames(frames)
         self._steps_sent += 1
 
+    def _ordered(self, fields: Any) -> list[Any]:
+        job = self.assignment
+        assert job is not None
+        if isinstance(fields, dict):
+            names = [f.name for f in job.fields]
+            unknown = sorted(set(fields) - set(names))
+            missing = [n for n in names if n not in fields]
+            if unknown or missing:
+                raise ClientError(f"send(): fields {unknown or missing} "
+                                  f"{'are not' if unknown else 'are missing from'} the "
+                                  f"problem's {names}")
+            return [fields[n] for n in names]
+        if len(job.fields) == 1:
+            return [fields]
+        if isinstance(fields, list | tuple) and len(fields) == len(job.fields):
+            return list(fields)
+        raise ClientError(f"send(): the problem has {len(job.fields)} fields "
+                          f"{[f.name for f in job.fields]}: pass a mapping name -> array")
+
     def finish(self) -> None:
-        """Tell the server this rank sent all its steps of the current simulation."""
-        if self.assignment is None:
+        """Tell the server this rank sent all its steps of the current simulation, and wait
+        for its answer: raises :class:`ClientError` if it refused any of them."""
+        job = self.assignment
+        if job is None:
             raise ClientError("finish() without an assignment")
-        self._push_frames(protocol.encode_finish(self.token, self.assignment.sim_id,
-                                                 self._steps_sent, rank=self.rank,
-                                                 nranks=self.nranks))
-        self.assignment = None
+        self._push_frames(protocol.encode_finish(self.token, job.sim_id, self._steps_sent,
+                                                 rank=self.rank, nranks=self.nranks))
+        deadline = time.monotonic() + self.send_timeout
+        try:
+            while True:  # the ack comes after every step this rank sent (one connection)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ClientError(f"server {job.data} did not acknowledge the end of "
+                                      f"simulation {job.sim_id} within {self.send_timeout:g} s")
+                msg = self._answers(left)
+                if msg is not None and msg.kind is Kind.PONG and \
+                        msg.body.get("sim_id") == job.sim_id:
+                    self.finished += 1
+                    break
+        finally:
+            self.assignment = None
 
     def abort(self, reason: str) -> bool:
         """Report the current simulation as failed (rank 0 only, best effort); True if heard."""
@@ -330,101 +425,24 @@ class Client:
         self.close(discard=exc_type is not None)
 
 
-def heat_blocks(job: Assignment, comm: Any = None) -> Iterator[tuple[int, np.ndarray, int, int]]:
-    """This rank's ``(step, block, row_offset, global_rows)`` of the heat solver, step by step."""
-    s = job.solver
-    if comm is None or comm.Get_size() == 1:
-        from breed.heatpde import HeatSolver
-
-        solver = HeatSolver(job.params, s["grid"], s["dt"], s["alpha"], s["length"])
-        for t, block in solver.blocks(s["steps"]):
-            yield t, block, 0, solver.grid
-    else:
-        from breed.heatpde_mpi import MPIHeatSolver
-
-        mpi = MPIHeatSolver(comm, job.params, s["grid"], s["dt"], s["alpha"], s["length"])
-        for t, block in mpi.blocks(s["steps"]):
-            yield t, block, mpi.row_start, mpi.grid
-
-
-def run_heat(client: Client, once: bool = False) -> int:
-    """Request -> solve -> stream -> finish until STOP (or once); returns simulations run."""
-    done = 0
-    while (job := client.request()) is not None:
-        try:
-            for t, block, offset, rows in heat_blocks(job, client.comm):
-                client.send(t, block, offset, rows)
-        except BaseException as exc:
-            client.abort(f"{type(exc).__name__}: {exc}".splitlines()[0])
-            raise
-        client.finish()
-        done += 1
-        if once:
-            break
-    return done
-
-
 def mpi_world() -> Any:
     """COMM_WORLD when started by an MPI launcher with more than one rank, else None.
 
     Checked through the launcher's environment first so a serial client never initialises MPI.
     """
     size = next((os.environ[v] for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
-                 if os.environ.get(v)), "1")
-    if size.strip() in ("", "1"):
+                 if os.environ.get(v)), None)
+    if size is None:  # PMIx (Slurm's srun --mpi=pmix) and MPICH's hydra say less
+        if not any(os.environ.get(v) for v in ("PMIX_RANK", "MPI_LOCALNRANKS")):
+            return None
+    elif size.strip() in ("", "1"):
         return None
     from mpi4py import MPI
 
     return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="breed client", description="Run the heat solver as a streaming "
-                     "client of a breed server (BREED_SERVER, BREED_TOKEN[_FILE], BREED_JOB_ID).")
-    parser.add_argument("--server", help="server control address (default: $BREED_SERVER)")
-    parser.add_argument("--once", action="store_true",
-                        help="run one simulation then exit (default: until the server says stop)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds to wait for a server reply (default: "
-                             f"$BREED_CLIENT_TIMEOUT or {DEFAULT_TIMEOUT:g})")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    # a job killed by its scheduler still tells the server (ABORT) on its way out
-    signal.signal(signal.SIGTERM, _terminate)
-    comm = mpi_world()
-    rank = comm.Get_rank() if comm is not None else 0
-    client = None
-    failed = True
-    try:
-        client = Client(args.server, timeout=args.timeout, comm=comm)
-        run_heat(client, once=args.once)
-        failed = False
-    except ClientConfigError as exc:  # raised by every rank alike
-        if rank == 0:
-            print(f"breed client: error: {exc}".splitlines()[0], file=sys.stderr)
-        return 2
-    except (ClientError, ValueError, zmq.ZMQError, OSError) as exc:
-        collective = getattr(exc, "collective", False)
-        if rank == 0 or not collective:
-            print(f"breed client: error: {exc}".splitlines()[0], file=sys.stderr)
-        if comm is not None and not collective:
-            comm.Abort(1)  # the other ranks may be blocked in a collective
-        return 1
-    finally:
-        if client is not None:
-            client.close(discard=failed)
-    return 0
+if __name__ == "__main__":  # the heat client, as before
+    from breed.problems.heat2d_client import main
 
-
-class Terminated(SystemExit):
-    """SIGTERM (scheduler kill, launcher stop): exit 128+15 after telling the server."""
-
-    def __str__(self) -> str:
-        return f"terminated by signal {int(self.code) - 128}"
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated(128 + signum)
-
-
-if __name__ == "__main__":
     sys.exit(main())

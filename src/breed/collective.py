@@ -10,7 +10,6 @@ different times.
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -18,16 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def mpi_world() -> Any:
-    """The MPI communicator when launched by mpiexec with more than one process, else None."""
-    markers = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
-    if not any(os.environ.get(m) for m in markers):
-        return None
-    from mpi4py import MPI
-
-    comm = MPI.COMM_WORLD
-    return comm if comm.Get_size() > 1 else None
+from breed.client import mpi_world  # noqa: F401 (one owner: what starts MPI)
 
 
 @dataclass(frozen=True)

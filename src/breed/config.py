@@ -90,6 +90,9 @@ def validate(data: Any, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     lo, hi = data["solver"]["bounds"]
     if not lo < hi:
         raise ConfigError(f"solver.bounds: lower bound {lo} must be below upper bound {hi}")
+    from breed.problems import problem_of  # the problem's own checks, one line naming the key
+
+    problem_of(data)
     buf = data["buffer"]
     if buf["watermark"] > buf["capacity"]:
         raise ConfigError(

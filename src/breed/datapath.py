@@ -1,8 +1,12 @@
-"""The data path of one server rank: frames -> checked, reassembled time steps.
+"""The data path of one server rank: frames -> checked, reassembled samples.
 
-Shared by the receiver thread (``ingest: thread``) and the ingest process
-(``ingest: process``, :mod:`breed.ingest`), so both accept and reject exactly the same
-messages. Nothing here raises on bad input: a rejected message is counted by reason.
+Shared by the receiver thread (``ingest: thread``) and the ingest process (``ingest: process``,
+:mod:`breed.ingest`), so both accept and reject exactly the same messages. Nothing here raises
+on bad input: a rejected message is counted by reason. A step that breaks the problem (a wrong
+field shape, dtype, field index or step) is also answered with a ``REJECT`` to the connection
+it came from (the data socket is a ``ROUTER``: the client API raises it as a one-line error
+within a second) and reported through ``on_refused``, so the simulation is handed out again at
+once instead of waiting for a timeout.
 """
 
 from __future__ import annotations
@@ -10,43 +14,50 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from breed.assembly import Assembler
+from breed.problems.problem import Problem
 from breed.protocol import (
     AuthError,
     FinishMessage,
+    Kind,
+    Message,
     ProtocolError,
     StepMessage,
     decode,
+    encode_control,
 )
 
 log = logging.getLogger("breed.server")
 
 
 class DataPath:
-    """Decode, check (simulation known, step range, shape, finite, physical range) and
-    reassemble STEP messages; FINISH messages are handed to ``on_finish``."""
+    """Decode, check (simulation known, the problem's steps, fields, shapes, dtypes, finite,
+    bounded range) and reassemble STEP messages; FINISH messages go to ``on_finish``."""
 
-    def __init__(self, token: bytes, steps: int, grid: int, max_payload: int,
-                 bounds: tuple[float, float] | None = None,
+    def __init__(self, token: bytes, spec: StepSpec, max_payload: int,
+                 known: Callable[[int], bool], *,
                  on_finish: Callable[[FinishMessage], None] | None = None,
-                 dtype: str | np.dtype | None = None) -> None:
-        self.token, self.steps, self.grid = token, steps, grid
-        self.dtype = None if dtype is None else np.dtype(dtype)
-        self.max_payload = max_payload
-        self.bounds = bounds
-        self.on_finish = on_finish
-        self.assembler = Assembler()
-        self.params: dict[int, np.ndarray] = {}  # simulations this rank may receive
-        self.counts: Counter[str] = Counter()
+                 reply: Callable[[bytes, list[bytes]], None] | None = None,
+                 on_refused: Callable[[int, str], None] | None = None,
+                 counts: Counter[str] | None = None) -> None:
+        self.token, self.spec, self.max_payload = token, spec, max_payload
+        self.known = known
+        self.on_finish, self.reply, self.on_refused = on_finish, reply, on_refused
+        self.assembler = Assembler(nfields=len(spec.shapes))
+        self.counts: Counter[str] = Counter() if counts is None else counts
         self.authentic = False  # the last message handled carried the run token
+        # (simulation, connection) pairs told off: a refusal fails the attempt once, and a
+        # broken client's late messages never fail the next attempt (another connection)
+        self.refused: dict[tuple[int, bytes], str] = {}
 
-    def handle(self, frames: list[bytes], wait_for: Callable[[int], object] | None = None
-               ) -> tuple[int, int, np.ndarray] | None:
-        """A completed ``(sim_id, step, field)`` or None (partial, duplicate or rejected).
-        ``wait_for(sim_id)`` may fetch an assignment that trails the client's first step."""
+    def decode(self, ident: bytes, frames: list[bytes],
+               wait_for: Callable[[int], object] | None = None) -> Message | None:
+        """A checked STEP or FINISH, or None (rejected and counted). ``wait_for(sim_id)`` may
+        fetch an assignment that trails the client's first step (process mode)."""
         self.authentic = False
         if len(frames) > 2 and len(frames[2]) > self.max_payload:
             return self.reject(f"frame of {len(frames[2])} bytes, at most {self.max_payload}",
@@ -59,28 +70,81 @@ class DataPath:
             return self.reject(f"malformed data message: {exc}", "malformed")
         self.authentic = True
         if isinstance(msg, FinishMessage):
+            self._acknowledge(ident, msg)
+            return msg
+        if not isinstance(msg, StepMessage):
+            return self.reject(f"{type(msg).__name__} on the data socket", "malformed")
+        if not self.known(msg.sim_id) and wait_for is not None:
+            wait_for(msg.sim_id)
+        if not self.known(msg.sim_id):
+            return self.reject(f"step for unknown simulation {msg.sim_id}", "unknown_sim")
+        problem = check_step(msg, self.spec)
+        if problem is not None:
+            text, counter = problem
+            if counter in REFUSALS:
+                self.refuse(ident, msg.sim_id, text)
+            return self.reject(text, counter)
+        return msg
+
+    def assemble(self, ident: bytes, msg: StepMessage
+                 ) -> tuple[int, int, np.ndarray] | None:
+        """The sample ``(sim_id, step, values)`` this block completes, or None."""
+        try:
+            out = self.assembler.add(msg)
+        except ProtocolError as exc:
+            self.refuse(ident, msg.sim_id, str(exc))
+            return self.reject(f"inconsistent block: {exc}", "malformed")
+        self.counts["blocks"] += 1
+        if out is None:
+            return None
+        sim_id, step, fields = out
+        return sim_id, step, sample_of(fields)
+
+    def handle(self, ident: bytes, frames: list[bytes],
+               wait_for: Callable[[int], object] | None = None
+               ) -> tuple[int, int, np.ndarray] | None:
+        """Decode and assemble (the ingest process's whole path); FINISH to ``on_finish``."""
+        msg = self.decode(ident, frames, wait_for)
+        if isinstance(msg, FinishMessage):
             if self.on_finish is not None:
                 self.on_finish(msg)
             self.counts["finish"] += 1
             return None
-        if not isinstance(msg, StepMessage):
-            return self.reject(f"{type(msg).__name__} on the data socket", "malformed")
-        if msg.sim_id not in self.params and wait_for is not None:
-            wait_for(msg.sim_id)
-        problem = self.check(msg)
-        if problem:
-            return self.reject(*problem)
-        try:
-            out = self.assembler.add(msg)
-        except ProtocolError as exc:
-            return self.reject(f"inconsistent block: {exc}", "malformed")
-        self.counts["blocks"] += 1
-        return out
+        if msg is None:
+            return None
+        return self.assemble(ident, msg)
 
-    def check(self, msg: StepMessage) -> tuple[str, str] | None:
-        if msg.sim_id not in self.params:
-            return f"step for unknown simulation {msg.sim_id}", "unknown_sim"
-        return check_step(msg, self.steps, self.grid, self.dtype, self.bounds)
+    def refuse(self, ident: bytes, sim_id: int, reason: str) -> None:
+        """Tell the client at once (REJECT on its connection) and the table (once per
+        attempt): a client that breaks the problem will not get better by waiting."""
+        if self.reply is not None:
+            self.reply(ident, encode_control(Kind.REJECT, self.token,
+                                             {"reason": reason, "sim_id": sim_id}))
+        if (sim_id, ident) not in self.refused:
+            self.refused[(sim_id, ident)] = reason
+            if self.on_refused is not None:
+                self.on_refused(sim_id, reason)
+
+    def _acknowledge(self, ident: bytes, msg: FinishMessage) -> None:
+        """Answer a rank's FINISH on its connection, after every step it sent before (one
+        connection keeps order): REJECT if any was refused or steps are missing, else PONG."""
+        if self.reply is None:
+            return
+        reason = self.refused.get((msg.sim_id, ident))
+        if reason is None and msg.steps_sent != self.spec.steps + 1:
+            reason = (f"sent {msg.steps_sent} time steps, the problem has "
+                      f"{self.spec.steps + 1} (t = 0..{self.spec.steps})")
+            self.refuse(ident, msg.sim_id, reason)
+            return
+        if reason is not None:
+            self.reply(ident, encode_control(Kind.REJECT, self.token,
+                                             {"reason": reason, "sim_id": msg.sim_id}))
+        else:
+            self.reply(ident, encode_control(Kind.PONG, self.token, {"sim_id": msg.sim_id}))
+
+    def assigned(self, sim_id: int) -> None:
+        """A new attempt of ``sim_id``: fresh layout (completed steps still dropped)."""
+        self.assembler.discard(sim_id)
 
     def reject(self, text: str, counter: str) -> None:
         self.counts[counter] += 1
@@ -90,22 +154,62 @@ class DataPath:
         return None
 
 
-def check_step(msg: StepMessage, steps: int, grid: int, dtype: np.dtype | None,
-               bounds: tuple[float, float] | None) -> tuple[str, str] | None:
+@dataclass(frozen=True)
+class StepSpec:
+    """What every STEP of a run must be: the problem's fields (wire shape, dtype, a range for
+    bounded ones) and its steps. The one check shared by both ingest modes."""
+
+    steps: int
+    shapes: tuple[tuple[int, int], ...]
+    dtypes: tuple[np.dtype, ...]
+    ranges: tuple[tuple[float, float] | None, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, problem: Problem) -> StepSpec:
+        return cls(problem.steps, tuple(f.wire_shape for f in problem.fields),
+                   tuple(np.dtype(f.dtype) for f in problem.fields),
+                   tuple(f.range if f.bounded else None for f in problem.fields),
+                   tuple(f.name for f in problem.fields))
+
+    @property
+    def max_block_bytes(self) -> int:
+        return max(r * c * d.itemsize for (r, c), d in zip(self.shapes, self.dtypes,
+                                                          strict=True))
+
+
+def check_step(msg: StepMessage, spec: StepSpec) -> tuple[str, str] | None:
     """Why a step of a known simulation is refused (message, counter), or None."""
-    if not 0 <= msg.step <= steps:
-        return f"step {msg.step} outside 0..{steps}", "bad_step"
-    if msg.global_rows != grid or msg.block.shape[1] != grid:
-        return (f"field {msg.global_rows}x{msg.block.shape[1]}, run has {grid}x{grid}"),\
-            "bad_shape"
-    if dtype is not None and msg.block.dtype != dtype:
-        return f"dtype {msg.block.dtype}, run has {dtype}", "bad_dtype"
+    if not 0 <= msg.step <= spec.steps:
+        return f"step {msg.step} outside 0..{spec.steps}", "bad_step"
+    if not 0 <= msg.field < len(spec.shapes):
+        return f"field {msg.field} of {len(spec.shapes)}", "bad_field"
+    rows, cols = spec.shapes[msg.field]
+    name = spec.names[msg.field]
+    if msg.global_rows != rows or msg.block.shape[1] != cols:
+        return (f"field {name}: {msg.global_rows} rows x {msg.block.shape[1]}, the problem "
+                f"has {rows} x {cols}"), "bad_shape"
+    if msg.block.dtype != spec.dtypes[msg.field]:
+        return f"field {name}: dtype {msg.block.dtype}, the problem has " \
+            f"{spec.dtypes[msg.field]}", "bad_dtype"
     if not np.isfinite(msg.block).all():
         return f"non-finite values in sim {msg.sim_id} step {msg.step}", "non_finite"
+    bounds = spec.ranges[msg.field]
     if bounds is not None:
         lo, hi = bounds
-        tol = 0.01 * (hi - lo)  # the maximum principle keeps u within the bounds
+        tol = 0.01 * (hi - lo)
         if msg.block.min() < lo - tol or msg.block.max() > hi + tol:
             return (f"values outside the bounds [{lo:g}, {hi:g}] in sim {msg.sim_id} step "
                     f"{msg.step}"), "out_of_range"
     return None
+
+
+REFUSALS = ("bad_step", "bad_field", "bad_shape", "bad_dtype")  # the client breaks the problem
+
+
+def sample_of(fields: list[np.ndarray]) -> np.ndarray:
+    """One sample from a step's complete fields: flattened, concatenated in field order (a
+    view for one field)."""
+    if len(fields) == 1:
+        return fields[0].reshape(-1)
+    return np.concatenate([f.reshape(-1) for f in fields])

@@ -3,8 +3,9 @@
 Decoding, checking and reassembling a time step costs tens of microseconds of Python per
 message; in a thread of the training process that time is taken from the training loop (the
 GIL), which the on-line benchmark shows as lost trainer throughput. With ``ingest: process``
-a child process owns the data socket and does that work, then writes finished, normalised
-samples into a shared-memory ring (:class:`SampleRing`, one producer, one consumer). The
+a child process owns the data socket and does that work (:class:`~breed.datapath.DataPath`,
+the same code as the thread mode), then writes finished samples (normalised when the problem
+declares every field's range) into a shared-memory ring (:class:`SampleRing`, one producer, one consumer). The
 server's receiver thread moves them from the ring into the reservoir in bulk
 (:meth:`~breed.reservoir.SampleBuffer.offer_many`): a few microseconds per sample.
 
@@ -26,11 +27,13 @@ from typing import Any
 import numpy as np
 import zmq
 
-from breed.datapath import DataPath
+from breed.datapath import DataPath, StepSpec
 from breed.guard import DATA_PROOF_S, ActiveClock, ConnectionGuard, harden, source_fd
 
-META = 7  # sim_id, step, T0..T4 (a FINISH record: sim_id, FINISH, rank, nranks, steps sent)
+# sim_id, step, and for a FINISH record rank, nranks, steps sent; lambda stays with the server
+META = 5
 FINISH = -1.0  # in the step column: "every step before this record in the ring was sent"
+REFUSED = -2.0  # in the step column: the client broke the problem; its simulation fails now
 
 
 class SampleRing:
@@ -70,13 +73,17 @@ class SampleRing:
         head, tail = self._counts()
         return self.slots - (head + self._pending - tail)
 
-    def write(self, sim_id: int, step: int, params: np.ndarray, field: np.ndarray) -> None:
-        """Stage one sample (the caller checked :meth:`free`); visible after :meth:`publish`."""
+    def write(self, sim_id: int, step: float, field: np.ndarray | None = None,
+              extra: tuple[float, ...] = ()) -> None:
+        """Stage one record (the caller checked :meth:`free`); visible after :meth:`publish`.
+        A sample has its ``field``; a FINISH or REFUSED mark has none and ``extra`` data."""
         slot = (int(self.counters[0]) + self._pending) % self.slots
         row = self.meta[slot]
         row[0], row[1] = sim_id, step
-        row[2:] = params
-        self.fields[slot] = field.reshape(-1)
+        row[2:] = 0.0
+        row[2:2 + len(extra)] = extra
+        if field is not None:
+            self.fields[slot] = field.reshape(-1)
         self._pending += 1
 
     def publish(self) -> None:
@@ -91,7 +98,8 @@ class SampleRing:
         return head - tail
 
     def peek(self, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of up to ``limit`` oldest samples (meta (k, 7), fields (k, F)), not released."""
+        """Copies of up to ``limit`` oldest records (meta (k, META), fields (k, F)), not
+        released."""
         head, tail = self._counts()
         k = min(limit, head - tail)
         idx = (tail + np.arange(k)) % self.slots
@@ -115,16 +123,15 @@ class WorkerSpec:
     bind: str  # tcp://addr (the port is chosen by the worker)
     ring: str
     slots: int
-    field_size: int
-    steps: int
-    grid: int
+    field_size: int  # values of one sample
+    spec: StepSpec
     max_payload: int
     max_message: int
-    center: float  # normalisation (u - center) / scale, done here, off the training process
-    scale: float
-    bounds: tuple[float, float] | None
+    # normalisation (u - center) / scale, done here, off the training process; None: samples
+    # go raw (a scale estimated from the first samples, or one per field)
+    center: float | None
+    scale: float | None
     hwm: int
-    dtype: str = "float64"
     curve_secret: bytes | None = None
     connection_limit: int = 256  # unproven connections before the oldest are shed
 
@@ -133,7 +140,7 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
     """Child process: data socket -> checks -> assembler -> normalised samples in the ring."""
     ring = SampleRing(spec.slots, spec.field_size, name=spec.ring, lock=lock)
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.PULL)
+    sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, spec.hwm)
     sock.setsockopt(zmq.MAXMSGSIZE, spec.max_message)
@@ -146,16 +153,26 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
     clock = ActiveClock()  # runs while the ring has room (we read)
     guard = ConnectionGuard(sock, "data", DATA_PROOF_S, spec.connection_limit, clock=clock)
     outbox.put(("address", f"{spec.bind}:{port}"))
-    finishes: list[Any] = []
-    path = DataPath(spec.token, spec.steps, spec.grid, spec.max_payload, spec.bounds,
-                    on_finish=finishes.append, dtype=spec.dtype)
-    inv = np.float32(1.0 / spec.scale)
-    zero_field = np.zeros(spec.field_size, dtype=np.float32)
+    marks: list[tuple[int, float, tuple[float, ...]]] = []  # FINISH / REFUSED, in order
+    known: set[int] = set()
+
+    def reply(ident: bytes, frames: list[bytes]) -> None:
+        try:
+            sock.send_multipart([ident, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client is gone or its queue full: it learns at its next call
+
+    path = DataPath(spec.token, spec.spec, spec.max_payload, known.__contains__,
+                    on_finish=lambda m: marks.append((m.sim_id, FINISH,
+                                                      (m.rank, m.nranks, m.steps_sent))),
+                    reply=reply, on_refused=lambda s, _: marks.append((s, REFUSED, ())))
+    center = None if spec.center is None else np.float32(spec.center)
+    inv = None if spec.scale is None else np.float32(1.0 / spec.scale)
     last_report = time.monotonic()
     running = True
     try:
         while running:
-            running = _apply(inbox, path, wait=0.0)
+            running = _apply(inbox, path, known, wait=0.0)
             free = ring.free()
             clock.run(free > 0)
             guard.events()
@@ -172,18 +189,18 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
                     if watch:
                         fd = source_fd(frames[-1])
                         frames = [f.bytes for f in frames]
-                    out = path.handle(frames, lambda s: _apply(inbox, path, wait=2.0, sim=s))
+                    out = path.handle(frames[0], frames[1:], lambda s: _apply(
+                        inbox, path, known, wait=2.0, sim=s))
                     if fd is not None and path.authentic:
                         guard.prove(fd)
                     if out is not None:
-                        sim_id, step, field = out
-                        norm = (np.asarray(field, dtype=np.float32) - np.float32(spec.center))
-                        ring.write(sim_id, step, path.params[sim_id], norm * inv)
-                    for fin in finishes:  # in order with the steps: the server checks them
-                        ring.write(fin.sim_id, FINISH, np.array(
-                            [fin.rank, fin.nranks, fin.steps_sent, 0, 0], dtype=np.float64),
-                            zero_field)
-                    finishes.clear()
+                        sim_id, step, values = out
+                        values = np.asarray(values, dtype=np.float32)
+                        ring.write(sim_id, step, values if inv is None else
+                                   (values - center) * inv)
+                    for sim_id, kind, extra in marks:  # in order with the steps
+                        ring.write(sim_id, kind, extra=extra)
+                    marks.clear()
                 ring.publish()
             now = time.monotonic()
             if now - last_report > 0.5:
@@ -198,25 +215,23 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
         ring.close()
 
 
-def _apply(inbox: Any, path: DataPath, wait: float, sim: int | None = None) -> bool:
+def _apply(inbox: Any, path: DataPath, known: set[int], wait: float,
+           sim: int | None = None) -> bool:
     """Apply assignment messages from the server; with ``sim``, wait up to ``wait`` s for it
     (its assignment can trail the client's first step). False once told to stop."""
     deadline = time.monotonic() + wait
     while True:
         try:
             msg = inbox.get(timeout=max(0.0, deadline - time.monotonic())) if (
-                sim is not None and sim not in path.params) else inbox.get_nowait()
+                sim is not None and sim not in known) else inbox.get_nowait()
         except queue.Empty:
             return True
-        kind = msg[0]
-        if kind == "assign":  # a new attempt: fresh layout, completed steps still dropped
-            path.params[msg[1]] = np.asarray(msg[2], dtype=np.float64)
-            path.assembler.discard(msg[1])
-        elif kind == "forget":
-            path.params.pop(msg[1], None)
-        elif kind == "stop":
+        if msg[0] == "assign":  # a new attempt: fresh layout, completed steps still dropped
+            known.add(msg[1])
+            path.assigned(msg[1])
+        elif msg[0] == "stop":
             return False
-        if sim is not None and (sim in path.params or time.monotonic() >= deadline):
+        if sim is not None and (sim in known or time.monotonic() >= deadline):
             return True
 
 
@@ -248,11 +263,8 @@ class IngestProcess:
                 return value
         raise RuntimeError("the ingest process did not bind its socket")
 
-    def assign(self, sim_id: int, params: list[float]) -> None:
-        self.inbox.put(("assign", sim_id, list(params)))
-
-    def forget(self, sim_id: int) -> None:
-        self.inbox.put(("forget", sim_id))
+    def assign(self, sim_id: int) -> None:
+        self.inbox.put(("assign", sim_id))
 
     def poll_counts(self) -> Counter[str]:
         while True:

@@ -7,12 +7,17 @@ Every message is a list of frames ``[header, body, *payload]``:
 * ``body``: a fixed ``struct`` for the hot data-path messages (``STEP``, ``FINISH``), small
   UTF-8 JSON objects for control messages. Never pickle: a peer must not be able to make the
   server execute code.
-* ``payload`` (``STEP`` only): the raw bytes of one rank's block of one time step, C order.
+* ``payload`` (``STEP`` only): the raw bytes of one rank's block of one field of one time step,
+  C order. A field of shape ``(n0, n1, ...)`` travels as rows of its first axis, the other
+  axes flattened: a rank sends the rows ``[row_offset, row_offset + rows)`` of it (its slab),
+  ``cols = n1 * n2 * ...``. Version 2 added the field index (several fields per step).
 
 Socket patterns (why): clients ask for work on a ``REQ`` socket connected to the server's
-``ROUTER`` (late binding: the server picks λ when asked); time steps go over ``PUSH`` → ``PULL``
-with high-water marks on both ends, so a server that stops reading makes ``send`` block in the
-clients (backpressure) instead of dropping data. The launcher pings the same ``ROUTER``.
+``ROUTER`` (late binding: the server picks λ when asked); time steps go over ``DEALER`` →
+``ROUTER`` with high-water marks on both ends, so a server that stops reading makes ``send``
+block in the clients (backpressure) instead of dropping data, and the server can answer a
+client that breaks the problem on its own connection (``REJECT``) and acknowledge its
+``FINISH``. The launcher pings the control ``ROUTER``.
 
 Any undecodable input raises :class:`ProtocolError` and nothing else, so a receiver can count
 and skip it.
@@ -30,11 +35,11 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"BRED"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 TOKEN_BYTES = 32
 HEADER = struct.Struct("!4sHB32s")
-# sim_id, step, rank, nranks, row_offset, rows, global_rows, cols, dtype code
-STEP_BODY = struct.Struct("!QIHHIIIIB")
+# sim_id, step, rank, nranks, field, row_offset, rows, global_rows, cols, dtype code
+STEP_BODY = struct.Struct("!QIHHHIIIIB")
 # sim_id, rank, nranks, steps sent by this rank
 FINISH_BODY = struct.Struct("!QHHI")
 MAX_CONTROL_BYTES = 64 * 1024
@@ -59,7 +64,7 @@ class Kind(IntEnum):
     ASSIGN = 2  # server -> client: sim_id, params, data endpoints
     STOP = 3  # server -> client: no more work, exit
     WAIT = 4  # server -> client: nothing now, ask again after retry_after s
-    STEP = 5  # client -> server: one rank's block of one time step
+    STEP = 5  # client -> server: one rank's block of one field of one time step
     FINISH = 6  # client -> server: this rank sent all its steps of a simulation
     ABORT = 7  # client -> server: this simulation failed on the client side
     PING = 8  # launcher -> server (JSON status of the launcher)
@@ -73,7 +78,8 @@ CONTROL_KINDS = {Kind.REQUEST, Kind.ASSIGN, Kind.STOP, Kind.WAIT, Kind.ABORT, Ki
 
 @dataclass(frozen=True)
 class StepMessage:
-    """One rank's row block ``[row_offset, row_offset+rows)`` of step ``step`` of ``sim_id``."""
+    """One rank's row block ``[row_offset, row_offset+rows)`` of field ``field`` of step
+    ``step`` of ``sim_id``."""
 
     sim_id: int
     step: int
@@ -82,6 +88,7 @@ class StepMessage:
     row_offset: int
     global_rows: int
     block: np.ndarray  # (rows, cols), native byte order; may be a read-only view of the frame
+    field: int = 0  # index into the problem's fields
 
     @property
     def rows(self) -> int:
@@ -140,16 +147,23 @@ def encode_step(
     nranks: int = 1,
     row_offset: int = 0,
     global_rows: int | None = None,
+    field: int = 0,
 ) -> list[bytes]:
-    """Frames for one block; the payload is the block's bytes (little-endian, C order)."""
-    if block.ndim != 2:
-        raise ValueError("a step block must be 2-D (rows, cols)")
+    """Frames for one block; the payload is the block's bytes (little-endian, C order).
+    A block of more than two axes is sent as ``(rows, rest flattened)``; a 1-D one as a
+    column."""
+    if block.ndim == 1:
+        block = block.reshape(-1, 1)
+    elif block.ndim > 2:
+        block = block.reshape(block.shape[0], -1)
+    elif block.ndim != 2:
+        raise ValueError("a step block needs at least one axis")
     native = block.dtype.newbyteorder("=")
     if native not in DTYPE_CODES:
         raise ValueError(f"unsupported dtype {block.dtype}; use float32 or float64")
     code = DTYPE_CODES[native]
     rows, cols = block.shape
-    body = STEP_BODY.pack(sim_id, step, rank, nranks, row_offset, rows,
+    body = STEP_BODY.pack(sim_id, step, rank, nranks, field, row_offset, rows,
                           rows if global_rows is None else global_rows, cols, code)
     payload = np.ascontiguousarray(block, dtype=DTYPES[code]).tobytes()
     return [_header(Kind.STEP, token), body, payload]
@@ -166,7 +180,7 @@ def check_token(received: bytes, expected: bytes) -> bool:
 
 
 def decode(frames: list[bytes], token: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD,
-           max_rows: int = 1 << 16, max_cols: int = 1 << 16) -> Message:
+           max_rows: int = 1 << 24, max_cols: int = 1 << 28) -> Message:
     """Decode and validate one message; raise :class:`ProtocolError` on anything wrong."""
     try:
         return _decode(frames, token, max_payload, max_rows, max_cols)
@@ -227,7 +241,7 @@ def _decode_step(frames: list[bytes], body: bytes, max_payload: int, max_rows: i
         raise ProtocolError(f"STEP takes 3 frames, got {len(frames)}")
     if len(body) != STEP_BODY.size:
         raise ProtocolError("STEP body has the wrong size")
-    sim_id, step, rank, nranks, offset, rows, grows, cols, code = STEP_BODY.unpack(body)
+    sim_id, step, rank, nranks, fld, offset, rows, grows, cols, code = STEP_BODY.unpack(body)
     _check_ranks(rank, nranks)
     if code not in DTYPES:
         raise ProtocolError(f"unknown dtype code {code}")
@@ -245,4 +259,4 @@ def _decode_step(frames: list[bytes], body: bytes, max_payload: int, max_rows: i
     # a read-only view of the frame on little-endian hosts: the assembler copies it once
     block = np.frombuffer(payload, dtype=dtype).reshape(rows, cols).astype(
         dtype.newbyteorder("="), copy=False)
-    return StepMessage(sim_id, step, rank, nranks, offset, grows, block)
+    return StepMessage(sim_id, step, rank, nranks, offset, grows, block, fld)

@@ -126,6 +126,9 @@ def buffer_restore(buf: Any, snap: dict[str, Any]) -> None:
             raise ValueError(f"checkpoint buffer {key} is {snap[key]!r}, this run has {mine!r}")
     used = int(snap["used"])
     with buf._lock:
+        # lambda's dimension is the snapshot's (a buffer without a normalisation learns it from
+        # its first sample; a mismatch with a normalisation's is a one-line error)
+        buf._set_dim(int(np.shape(snap["arrays"]["_inputs"])[1]) - 1)
         for name, arr in snap["arrays"].items():
             if name != "_seen_slots":
                 getattr(buf, name)[:used] = arr

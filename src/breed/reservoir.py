@@ -8,14 +8,15 @@ the receiver stops reading its socket, the ZeroMQ high-water marks fill up and t
 in ``send`` (backpressure). No sample is ever dropped before the model has trained on it.
 :class:`FifoBuffer` has the same interface for comparison: each sample is trained on exactly once.
 
-What is stored. A sample is one time step of one simulation: the field ``u`` (M*M values),
-its parameters lambda = (T0..T4), its time step t and its simulation id. With a
-:class:`breed.trainer.Normalisation` (always, in a run) the buffer stores the model's inputs and targets in
-normalised units, ``lambda' = (lambda - c)/h``, ``t' = t/T`` and ``u' = (u - c)/h``
-(docs/ARCHITECTURE.md), converted once while copying into the preallocated float32 slot: a batch
-goes to the model without per-batch arithmetic, and a sample reused k times is not normalised
-k times. Without one (tests, hand-made data) values are stored as given and batches are marked
-``normalised=False``, which the trainer refuses.
+What is stored. A sample is one time step of one simulation: its fields (the problem's fields,
+flattened and concatenated), its parameters λ, its time step t and its simulation id. With a
+:class:`breed.normalisation.Normalisation` (always, in a run) the buffer stores the model's
+inputs and targets in model units, converted once while copying into the preallocated float32
+slot: a batch goes to the model without per-batch arithmetic, and a sample reused k times is
+not normalised k times. Fields whose scale is estimated from the first samples are stored raw
+until ``watermark`` samples are in, then normalised in place at once (before any batch).
+Without a normalisation (tests, hand-made data) values are stored as given and batches are
+marked ``normalised=False``, which the trainer refuses.
 
 Threading. One lock guards the storage; ``put``/``offer`` (receiver) and ``sample_batch``
 (trainer) may run in different threads. Batches are copies, so a later replacement cannot change
@@ -41,15 +42,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # the trainer owns the normalisation; no torch import at run time here
-    from breed.trainer import Normalisation
-
-INPUTS = 6  # lambda (T0..T4) and t
-DIM = INPUTS - 1
+from breed.normalisation import Normalisation
 
 
 class BufferClosedError(RuntimeError):
@@ -60,8 +57,8 @@ class BufferClosedError(RuntimeError):
 class Batch:
     """A training batch: copies of the buffer's rows, safe to keep while the buffer changes."""
 
-    inputs: np.ndarray  # (B, 6) float32: (lambda', t')
-    targets: np.ndarray  # (B, M*M) float32: field u'
+    inputs: np.ndarray  # (B, d+1) float32: (lambda', t')
+    targets: np.ndarray  # (B, S) float32: the sample's fields, in model units
     sim_ids: np.ndarray  # (B,) int64
     steps: np.ndarray  # (B,) int64, time step t of each sample
     waited: float = 0.0  # seconds sample_batch waited for data (trainer starvation)
@@ -77,7 +74,7 @@ class SampleBuffer:
     kind = "base"
 
     def __init__(self, capacity: int, watermark: int, field_size: int, seed: int = 0,
-                 normalisation: Normalisation | None = None) -> None:
+                 normalisation: Normalisation | None = None, dim: int | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
         if not 1 <= watermark <= capacity:
@@ -87,8 +84,10 @@ class SampleBuffer:
             raise ValueError(f"field_size must be >= 1, got {field_size}")
         self.capacity, self.watermark, self.field_size = int(capacity), int(watermark), field_size
         self.normalisation = normalisation
+        # lambda's dimension: the normalisation's, else the first sample's (hand-made data)
+        self.dim = normalisation.dim if normalisation is not None else dim
         self._fields = np.empty((capacity, field_size), dtype=np.float32)
-        self._inputs = np.empty((capacity, INPUTS), dtype=np.float32)
+        self._inputs = np.empty((capacity, (self.dim or 0) + 1), dtype=np.float32)
         self._sim_ids = np.empty(capacity, dtype=np.int64)
         self._steps = np.empty(capacity, dtype=np.int64)
         self._seen = np.zeros(capacity, dtype=np.int64)
@@ -156,8 +155,10 @@ class SampleBuffer:
         """Store, in order, as many of k samples as fit without blocking; returns how many.
 
         One lock and vectorised copies for the whole group (the ingest process hands samples
-        over in bulk). ``normalised``: ``fields`` are already ``(u - c) / h`` float32."""
-        params = np.asarray(params, dtype=np.float64).reshape(-1, DIM)
+        over in bulk). ``normalised``: ``fields`` are already in model units, float32."""
+        params = np.asarray(params, dtype=np.float64)
+        self._set_dim(params.shape[-1] if params.ndim > 1 else params.size)
+        params = params.reshape(-1, self.dim)
         fields = np.asarray(fields).reshape(len(params), -1)
         if fields.shape[1] != self.field_size:
             raise ValueError(f"sample fields have {fields.shape[1]} values, the buffer "
@@ -174,22 +175,20 @@ class SampleBuffer:
                 return 0
             idx = np.asarray(slots, dtype=np.int64)
             norm = self.normalisation
-            if norm is None or normalised:
+            if norm is None or normalised or not norm.frozen:
                 self._fields[idx] = fields[:n]
-                self._inputs[idx, :DIM] = params[:n]
-                self._inputs[idx, DIM] = steps[:n]
             else:
-                self._fields[idx] = (fields[:n] - norm.c) / norm.h
-            if norm is not None:
-                self._inputs[idx, :DIM] = (params[:n] - norm.c) / norm.h
-                self._inputs[idx, DIM] = steps[:n] / norm.steps
+                self._fields[idx] = norm.field(fields[:n])
+            if norm is None:
+                self._inputs[idx, :self.dim] = params[:n]
+                self._inputs[idx, self.dim] = steps[:n]
+            else:
+                self._inputs[idx] = norm.inputs(params[:n], steps[:n])
             self._sim_ids[idx] = np.asarray(sim_ids, dtype=np.int64)[:n]
             self._steps[idx] = steps[:n]
             self._seen[idx] = 0
             self.received += n
-            if self.received >= self.watermark:
-                self._started = True
-            self._data.notify_all()
+            self._after_write()
             return n
 
     def put(self, params: np.ndarray, step: int, field: np.ndarray, sim_id: int,
@@ -257,7 +256,8 @@ class SampleBuffer:
                     return None
             batch = Batch(self._inputs[idx], self._fields[idx], self._sim_ids[idx],
                           self._steps[idx], waited,  # fancy indexing copies
-                          normalised=self.normalisation is not None)
+                          normalised=self.normalisation is not None
+                          and self.normalisation.frozen)
             self.batches += 1
             self.samples_drawn += len(idx)
             self._space.notify_all()
@@ -312,9 +312,17 @@ class SampleBuffer:
         if field.size != self.field_size:
             raise ValueError(f"sample field has {field.size} values, the buffer expects "
                              f"{self.field_size}")
-        if params.size != DIM:
-            raise ValueError(f"sample parameters have {params.size} values, expected {DIM}")
+        with self._lock:
+            self._set_dim(params.size)
         return params.reshape(-1), field.reshape(-1)
+
+    def _set_dim(self, d: int) -> None:
+        """Lambda's dimension, fixed by the normalisation or the first sample (lock held)."""
+        if self.dim is None:
+            self.dim = int(d)
+            self._inputs = np.empty((self.capacity, self.dim + 1), dtype=np.float32)
+        elif d != self.dim:
+            raise ValueError(f"sample parameters have {d} values, expected {self.dim}")
 
     def _raise_if_closed(self) -> None:
         if self._closed:
@@ -326,20 +334,35 @@ class SampleBuffer:
         norm = self.normalisation
         if norm is None:
             row[...] = field
-            inputs[:DIM] = params
-            inputs[DIM] = step
-        else:  # normalise while copying, without a temporary
-            np.subtract(field, np.float32(norm.c), out=row, casting="unsafe")
-            row *= np.float32(1.0 / norm.h)
-            inputs[:DIM] = (params - norm.c) / norm.h
-            inputs[DIM] = step / norm.steps
+            inputs[:self.dim] = params
+            inputs[self.dim] = step
+        else:
+            if norm.frozen:
+                norm.field_into(row, field)  # normalise while copying, without a temporary
+            else:
+                row[...] = field  # raw until the watermark fixes the scale
+            inputs[...] = norm.inputs(params, step)
         self._sim_ids[slot] = sim_id
         self._steps[slot] = step
         self._seen[slot] = 0
         self.received += 1
+        self._after_write()
+
+    def _after_write(self) -> None:
+        """Watermark reached: training may start, and fields without a declared scale get
+        theirs from the samples held now (normalised in place before any batch)."""
         if self.received >= self.watermark:
+            norm = self.normalisation
+            if norm is not None and not norm.frozen:
+                held = self._held()
+                norm.freeze(self._fields[held])
+                self._fields[held] = norm.field(self._fields[held])
             self._started = True
         self._data.notify_all()
+
+    def _held(self) -> np.ndarray:
+        """Slots of the samples held now."""
+        raise NotImplementedError
 
     def _ready(self) -> bool:
         return self._started or (self._closed and self.fill > 0)
@@ -354,8 +377,8 @@ class Reservoir(SampleBuffer):
     kind = "reservoir"
 
     def __init__(self, capacity: int, watermark: int, field_size: int, seed: int = 0,
-                 normalisation: Normalisation | None = None) -> None:
-        super().__init__(capacity, watermark, field_size, seed, normalisation)
+                 normalisation: Normalisation | None = None, dim: int | None = None) -> None:
+        super().__init__(capacity, watermark, field_size, seed, normalisation, dim)
         self._size = 0
         self._unseen_count = 0
         # Slots seen at least once, as an indexable set: eviction picks one in O(1).
@@ -366,6 +389,9 @@ class Reservoir(SampleBuffer):
     @property
     def fill(self) -> int:
         return self._size
+
+    def _held(self) -> np.ndarray:
+        return np.arange(self._size)
 
     def _unseen(self) -> int:
         return self._unseen_count
@@ -423,14 +449,17 @@ class FifoBuffer(SampleBuffer):
     kind = "fifo"
 
     def __init__(self, capacity: int, watermark: int, field_size: int, seed: int = 0,
-                 normalisation: Normalisation | None = None) -> None:
-        super().__init__(capacity, watermark, field_size, seed, normalisation)
+                 normalisation: Normalisation | None = None, dim: int | None = None) -> None:
+        super().__init__(capacity, watermark, field_size, seed, normalisation, dim)
         self._head = 0  # slot of the oldest sample
         self._size = 0
 
     @property
     def fill(self) -> int:
         return self._size
+
+    def _held(self) -> np.ndarray:
+        return (self._head + np.arange(self._size)) % self.capacity
 
     def _unseen(self) -> int:
         return self._size  # a popped sample is gone; every held one is unseen
@@ -467,10 +496,12 @@ def make_buffer(kind: str, capacity: int, watermark: int, field_size: int, seed:
 
 def buffer_from_config(cfg: dict[str, Any], normalisation: Normalisation | None = None
                        ) -> SampleBuffer:
-    """The run's buffer (``buffer.*``, ``solver.grid``, ``seed``), normalising by default."""
-    from breed.trainer import Normalisation
+    """The run's buffer (``buffer.*``, the problem's sample size, ``seed``), normalising by
+    default."""
+    from breed.problems import problem_of
 
     bc = cfg["buffer"]
-    norm = normalisation or Normalisation.from_config(cfg)
-    return make_buffer(bc["kind"], bc["capacity"], bc["watermark"], cfg["solver"]["grid"] ** 2,
+    problem = problem_of(cfg)
+    norm = normalisation or Normalisation.from_problem(problem)
+    return make_buffer(bc["kind"], bc["capacity"], bc["watermark"], problem.sample_size,
                        seed=cfg["seed"], normalisation=norm)

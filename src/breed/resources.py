@@ -21,7 +21,6 @@ from typing import Any
 from breed.client import DATA_SNDHWM
 from breed.config import ConfigError
 from breed.receiver import DATA_HWM, RING_SLOTS
-from breed.reservoir import INPUTS
 
 F32 = 4
 GIB = 1 << 30
@@ -53,18 +52,20 @@ def human(n: float) -> str:
 
 def estimate(cfg: dict[str, Any]) -> Estimate:
     """Peak bytes of memory and disk of the run described by a validated config."""
+    from breed.problems import problem_of
     from breed.trainer import EVAL_ELEMENTS  # torch: only when a run is checked
 
-    sc, mc, lc, bc, vc = (cfg[k] for k in ("solver", "model", "launcher", "buffer",
-                                            "validation"))
-    field = sc["grid"] ** 2
-    wire = field * (8 if sc["dtype"] == "float64" else 4)
+    mc, lc, bc, vc = (cfg[k] for k in ("model", "launcher", "buffer", "validation"))
+    problem = problem_of(cfg)
+    field, inputs = problem.sample_size, problem.dim + 1
+    wire = sum(f.size * (8 if f.dtype == "float64" else 4) for f in problem.fields)
     hidden, layers, batch = mc["hidden"], mc["layers"], mc["batch_size"]
-    params = (INPUTS * hidden + hidden + (layers - 1) * (hidden * hidden + hidden)
+    # the paper's MLP (a model.factory's own size is not known before it is built)
+    params = (inputs * hidden + hidden + (layers - 1) * (hidden * hidden + hidden)
               + hidden * field + field)
-    sample = field * F32 + INPUTS * F32 + 4 * 8  # field, inputs, sim id, step, seen counters
+    sample = field * F32 + inputs * F32 + 4 * 8  # fields, inputs, sim id, step, seen counters
     buffer = bc["capacity"] * sample
-    frames = vc["size"] * (sc["steps"] + 1) * field * F32
+    frames = vc["size"] * (problem.steps + 1) * field * F32
     memory = {
         "server process": SERVER_BASE,
         "buffer": buffer,
@@ -86,7 +87,8 @@ def estimate(cfg: dict[str, Any]) -> Estimate:
         per_rank = SERVER_BASE + buffer * 3 + params * F32 * 5 + memory["batch"]
         memory["other server ranks"] = (lc["server_ranks"] - 1) * per_rank
     if lc["backend"] == "local":  # clients share this machine: solver state and send queues
-        memory["clients"] = lc["max_jobs"] * (sc["ranks"] * CLIENT_BASE + 8 * field * 8)
+        memory["clients"] = lc["max_jobs"] * (problem.client.ranks * CLIENT_BASE
+                                              + 8 * field * 8)
     checkpoint = buffer + params * F32 * 3
     disk = {"checkpoint (and its replacement)": 2 * checkpoint, "model.pt": params * F32}
     if not vc["file"]:

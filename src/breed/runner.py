@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from breed import rundir
@@ -58,14 +57,31 @@ from breed.security import (
 )
 
 log = logging.getLogger("breed.run")
+PYTHON = "{python}"  # in a client command: the interpreter breed runs in
 
 
 def check_runtime(cfg: dict[str, Any]) -> Backend:
     """Checks the schema cannot express, before anything starts (ConfigError naming the key);
     returns the run's backend."""
+    from breed.datapath import StepSpec
+    from breed.normalisation import Normalisation
+    from breed.problems import check_command, problem_of
     from breed.receiver import resolve_host
 
-    lc, sc = cfg["launcher"], cfg["solver"]
+    lc, problem = cfg["launcher"], problem_of(cfg)
+    check_command(problem)
+    if lc["server_ranks"] > 1 and not Normalisation.from_problem(problem).frozen:
+        raise ConfigError("launcher.server_ranks: a field without a declared range has its "
+                          "scale estimated from the first samples, which needs one server rank; "
+                          "declare problem.fields.N.range")
+    if cfg["model"]["factory"]:  # a user's model: built once here so a bad one stops the run
+        from breed.trainer import build_model
+
+        try:
+            build_model({**cfg["model"], "n_inputs": problem.dim + 1,
+                         "n_outputs": problem.sample_size})
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     device = str(cfg["model"]["device"]).strip().lower()
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"model.device: {device!r} is not auto, cpu, cuda or cuda:N")
@@ -73,7 +89,7 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
         resolve_host(lc["host"])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    needs_mpi = lc["server_ranks"] > 1 or (sc["ranks"] > 1 and lc["backend"] == "local")
+    needs_mpi = lc["server_ranks"] > 1 or (problem.client.ranks > 1 and lc["backend"] == "local")
     if needs_mpi:
         try:
             find_mpiexec(lc["mpiexec"])
@@ -91,10 +107,10 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
             raise ConfigError(f"validation.file: {exc}") from None
     if lc["curve"] and not curve_available():
         raise ConfigError("launcher.curve: this libzmq was built without CURVE support")
-    field = sc["grid"] ** 2 * np.dtype(sc["dtype"]).itemsize
-    if lc["max_message_bytes"] is not None and lc["max_message_bytes"] < field + 1024:
+    block = StepSpec.of(problem).max_block_bytes
+    if lc["max_message_bytes"] is not None and lc["max_message_bytes"] < block + 1024:
         raise ConfigError(f"launcher.max_message_bytes: {lc['max_message_bytes']} is below "
-                          f"one field of solver.grid {sc['grid']} ({field} bytes) + 1024")
+                          f"the largest field ({block} bytes) + 1024")
     try:
         return make_backend(lc["backend"], {**lc.get(lc["backend"], {}),
                                             "mpiexec": lc["mpiexec"]})
@@ -329,6 +345,45 @@ def supervise(cfg: dict[str, Any], run_dir: Path, launcher: Launcher, server: Se
             link.close()
 
 
+def ensure_validation(cfg: dict[str, Any], run_dir: Path) -> None:
+    """A problem with its own client gets its validation set collected by that client, once
+    (the heat preset's server makes its own in-process)."""
+    from breed.problems import problem_of
+
+    if cfg["validation"]["file"] is not None or cfg["training"]["mode"] == "collect":
+        return
+    problem, path = problem_of(cfg), run_dir / rundir.VALIDATION
+    if problem.name == "heat2d" or path.exists():
+        return
+    from breed.collect import collect_validation
+    from breed.validation import save_validation
+
+    print(f"breed run: collecting the validation set ({cfg['validation']['size']} "
+          f"simulations of {problem.name}) in {path}.collect", file=sys.stderr)
+    try:
+        save_validation(collect_validation(cfg, path), path)
+    except RuntimeError as exc:
+        raise LauncherError(str(exc)) from None
+
+
+def resolve_paths(cfg: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative files in the problem's client command (``examples/x/client.py``) as absolute
+    paths, ``{python}`` as this interpreter: clients run in the run directory, on any node,
+    and the resolved config says exactly what ran."""
+    spec = cfg.get("problem")
+    if not isinstance(spec, dict) or not isinstance(spec.get("client"), dict):
+        return cfg
+    cmd = spec["client"].get("command")
+    if isinstance(cmd, str):
+        cmd = cmd.split()
+    if not isinstance(cmd, list):
+        return cfg
+    out = [sys.executable if a == PYTHON else
+           str((base / a).resolve()) if isinstance(a, str) and not Path(a).is_absolute()
+           and (base / a).is_file() else a for a in cmd]
+    return {**cfg, "problem": {**spec, "client": {**spec["client"], "command": out}}}
+
+
 def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = False,
         backend: Backend | None = None, jobs: list[dict[str, str]] | None = None) -> int:
     """Launch (or resume) the run in ``run_dir``, which the caller has created or checked and
@@ -341,8 +396,20 @@ def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = Fals
         print(f"breed run: cannot write the run directory {run_dir}: {exc.strerror or exc}",
               file=sys.stderr)
         return 2
-    logging.basicConfig(filename=run_dir / "logs" / "launcher.log", level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = logging.FileHandler(run_dir / rundir.LOGS / "launcher.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)  # one log per run directory (a collection run nests in a run)
+    try:
+        return _launch(cfg, run_dir, token, resume, backend, jobs)
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _launch(cfg: dict[str, Any], run_dir: Path, token: str, resume: bool,
+            backend: Backend | None, jobs: list[dict[str, str]] | None) -> int:
     lc = cfg["launcher"]
     curve = ensure_curve_keys(run_dir) if lc["curve"] else None
     if backend is None:
@@ -352,6 +419,7 @@ def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = Fals
     progress = Progress(cfg["study"]["simulations"], cfg["training"]["progress"])
     server: ServerProcess | None = None
     try:
+        ensure_validation(cfg, run_dir)
         if resume:
             launcher.adopt(jobs if jobs is not None else read_jobs(run_dir))
             server = ServerProcess.attach(run_dir, token_from_hex(token), curve,
@@ -427,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             return run(cfg, run_dir, argv, resume=True, backend=backend, jobs=jobs)
         if args.config is None:
             raise ConfigError("config: give a configuration file (or --resume RUN_DIR)")
-        cfg = load_config(args.config, parse_overrides(args.set))
+        cfg = resolve_paths(load_config(args.config, parse_overrides(args.set)), Path.cwd())
         backend = check_runtime(cfg)
         run_dir = args.output or Path(cfg["output"])
         check_resources(cfg, run_dir)

@@ -32,6 +32,7 @@ TOKEN_FILE = "token"
 CURVE_DIR = "curve"
 ENV_CURVE = "BREED_CURVE_SERVERKEY"
 ENV_JOB_KEY = "BREED_JOB_KEY"
+ENV_ONCE = "BREED_ONCE"  # "1": the job runs one simulation (launcher.persistent: false)
 
 
 def write_secret(path: Path, data: bytes) -> None:
@@ -106,14 +107,6 @@ def curve_from_env() -> bytes | None:
     """The server's public key from ``BREED_CURVE_SERVERKEY``, or None (plain TCP)."""
     value = os.environ.get(ENV_CURVE, "").strip()
     return value.encode() if value else None
-
-
-def server_options(cfg: dict, run_dir: Path) -> dict:
-    """Receiver keyword arguments for the run's security settings."""
-    lc, sc = cfg["launcher"], cfg["solver"]
-    return {"curve_secret": load_curve_secret(run_dir) if lc.get("curve") else None,
-            "max_message": lc.get("max_message_bytes"),
-            "bounds": (float(sc["bounds"][0]), float(sc["bounds"][1]))}
 
 
 def new_job_key() -> str:

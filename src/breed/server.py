@@ -25,10 +25,12 @@ from breed import rundir
 from breed.checkpoint import Checkpointer
 from breed.checkpoint import load as load_checkpoint
 from breed.cli import OneLineParser
+from breed.collect import TRAJECTORIES, TrajectoryStore
 from breed.collective import Collective, mpi_world
 from breed.guard import raise_fd_limit
+from breed.problems import problem_of
 from breed.protocol import token_from_hex
-from breed.receiver import Receiver, resolve_host
+from breed.receiver import Receiver, ReceiverOptions, resolve_host
 from breed.recovery import capture, restore, truncate_logs
 from breed.reservoir import buffer_from_config
 from breed.runlog import (
@@ -40,11 +42,16 @@ from breed.runlog import (
     write_table,
 )
 from breed.sampling import make_sampler
-from breed.security import server_options
+from breed.security import load_curve_secret
 from breed.shard import RankLink, RemoteTable, ShardedTable
-from breed.simtable import COLUMNS, SimTable
+from breed.simtable import SimTable
 from breed.trainer import Trainer, resolve_device
-from breed.validation import load_validation, make_validation
+from breed.validation import (
+    ValidationSet,
+    compute_validation,
+    load_validation,
+    save_validation,
+)
 
 log = logging.getLogger("breed.server")
 # files the server writes atomically (a kill mid-write leaves a partial file to clean up)
@@ -136,8 +143,7 @@ class Server:
             if removed:
                 log.info("removed %d partial files of writes killed half-way: %s", len(removed),
                          ", ".join(p.name for p in removed))
-        self.solver = {k: cfg["solver"][k] for k in
-                       ("grid", "steps", "dt", "alpha", "length", "dtype")}
+        self.problem = problem_of(cfg)
         self.sampler_lock = threading.Lock()
         # one sampler and one simulation table, on rank 0 (Breed needs every rank's losses)
         self.sampler = make_sampler(cfg) if self.root else None
@@ -145,15 +151,20 @@ class Server:
         table_args = (cfg["study"]["simulations"], self.sampler, self.sampler_lock,
                       lc["max_retries"], lc["on_give_up"])
         if self.coll.size == 1:
-            self.table: Any = SimTable(*table_args)
+            self.table: Any = SimTable(*table_args, problem=self.problem)
         else:
             self.link = RankLink(self.coll.rank, self.coll.size, resolve_host(lc["host"]))
             self.link.connect(self.coll.allgather(self.link.address))
-            self.table = (ShardedTable(*table_args, link=self.link) if self.root
-                          else RemoteTable(self.link))
+            self.table = (ShardedTable(*table_args, problem=self.problem, link=self.link)
+                          if self.root else RemoteTable(self.link))
         self.trainer = Trainer(cfg, seed=seed)  # wrapped in DDP when ranks > 1
-        self.buffer = buffer_from_config(cfg, self.trainer.normalisation)
-        self.validation = self._validation_set() if self.root else None
+        # collect: whole trajectories for a validation set (breed.collect), no training
+        self.collecting = cfg["training"]["mode"] == "collect"
+        self.buffer: Any = (TrajectoryStore(self.problem, cfg["study"]["simulations"])
+                            if self.collecting else
+                            buffer_from_config(cfg, self.trainer.normalisation))
+        self.validation = self._validation_set() if self.root and not self.collecting \
+            else None
         self.iteration = 0
         self.finished = threading.Event()
         self.failure: str | None = None  # why the run ended without its results
@@ -166,12 +177,14 @@ class Server:
         self.last_validation: dict[str, Any] | None = None
         self.receiver = Receiver(
             token=self.token, host=lc["host"], table=self.table, buffer=self.buffer,
-            solver=self.solver, status=self.status, on_sim_done=self._on_sim_done,
-            on_launcher=self._on_launcher, simulation_timeout=lc["simulation_timeout"],
-            control=self.root, ingest=lc["ingest"] if self.coll.size == 1 else "thread",
-            # every client rank may connect at once (a start, a restart); strangers beyond
-            connection_limit=2 * lc["max_jobs"] * cfg["solver"]["ranks"] + 64,
-            **server_options(cfg, run_dir))
+            problem=self.problem, status=self.status, on_sim_done=self._on_sim_done,
+            on_launcher=self._on_launcher, options=ReceiverOptions(
+                simulation_timeout=lc["simulation_timeout"], control=self.root,
+                max_message=lc["max_message_bytes"],
+                curve_secret=load_curve_secret(run_dir) if lc["curve"] else None,
+                ingest=lc["ingest"] if self.coll.size == 1 else "thread",
+                # every client rank may connect at once (a start, a restart); strangers beyond
+                connection_limit=2 * lc["max_jobs"] * self.problem.client.ranks + 64))
         # rank r receives the simulations with sim_id % R == r
         self.receiver.data_addresses = self.coll.allgather(self.receiver.data_address)
         self.checkpoint_path = run_dir / rundir.CHECKPOINTS / rundir.CHECKPOINT
@@ -183,15 +196,15 @@ class Server:
             truncate_logs(run_dir, 0)
 
     # -- set-up -------------------------------------------------------------------------
-    def _validation_set(self) -> dict[str, Any]:
-        vc, sc = self.cfg["validation"], self.cfg["solver"]
-        path = Path(vc["file"]) if vc["file"] else self.run_dir / "validation.npz"
-        if not path.exists():
+    def _validation_set(self) -> ValidationSet:
+        """The run's validation set: the configured file, or the run's own (the heat preset
+        makes it here; other problems' are collected by the launcher before we start)."""
+        vc = self.cfg["validation"]
+        path = Path(vc["file"]) if vc["file"] else self.run_dir / rundir.VALIDATION
+        if not path.exists() and self.problem.name == "heat2d":
             log.info("making the validation set (%d trajectories) in %s", vc["size"], path)
-            make_validation(path, size=vc["size"], seed=vc["seed"], grid=sc["grid"],
-                            steps=sc["steps"], dt=sc["dt"], alpha=sc["alpha"],
-                            length=sc["length"], bounds=tuple(sc["bounds"]))
-        return load_validation(path, expect_solver=sc,
+            save_validation(compute_validation(self.problem, vc["size"], vc["seed"]), path)
+        return load_validation(path, expect_problem=self.problem.identity(),
                                expect_design=(vc["size"], vc["seed"]))
 
     # -- callbacks from the receiver thread ---------------------------------------------
@@ -210,7 +223,7 @@ class Server:
         if self.sampler is None:
             return  # rank r > 0: rank 0 hears of it through the link
         with self.sampler_lock:
-            self.sampler.on_simulation_done(sim_id, self.cfg["solver"]["steps"] + 1)
+            self.sampler.on_simulation_done(sim_id, self.problem.steps + 1)
 
     def _on_launcher(self, body: dict[str, Any]) -> None:
         self.last_ping = time.monotonic()
@@ -232,6 +245,8 @@ class Server:
                 "control": self.receiver.control_address,
                 "data": self.receiver.data_addresses, "pid": os.getpid(),
                 "ranks": self.coll.size, "host": self.cfg["launcher"]["host"]})
+        if self.collecting:
+            return self._collect()
         tc = self.cfg["training"]
         tb_dir = self.run_dir / "tensorboard" if tc["tensorboard"] else None
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", tb_dir) if self.root else None
@@ -256,7 +271,9 @@ class Server:
                    "sims_done": self.table.done_count() if self.root else None,
                    "target": self.table.target if self.root else None,
                    "rejected": dict(self.receiver.counts), "buffer": buffers[0],
-                   "buffers": buffers, "final_validation": self.last_validation}
+                   "buffers": buffers, "final_validation": self.last_validation,
+                   "validation_fingerprint": self.validation.fingerprint if self.validation
+                   is not None else None, "problem": self.problem.name}
         if self.root:
             try:
                 self._write_results(summary)
@@ -264,6 +281,29 @@ class Server:
                 self.failure = str(exc)
                 self.finished.set()
                 raise
+        self.finished.set()
+        return summary
+
+    def _collect(self) -> dict[str, Any]:
+        """Collection run: wait for every simulation, write them as a validation set."""
+        while not self.table.finished():
+            self.finished.wait(0.05)
+        seed = self.cfg["validation"]["seed"]
+        rows = {r.sim_id: r for r in self.table.records.values() if r.status == "done"}
+        summary = {"mode": "collect", "wall_time": time.time() - self.start,
+                   "sims_done": len(rows), "target": self.cfg["study"]["simulations"],
+                   "rejected": dict(self.receiver.counts), "problem": self.problem.name}
+        try:
+            params = [rows[j].params for j in range(self.buffer.size)]
+            vset = self.buffer.validation_set(params, seed)
+        except (KeyError, RuntimeError) as exc:
+            self.failure = f"collection incomplete: {exc}"
+            self.finished.set()
+            raise ResultsNotWritten(self.failure, self.checkpointer) from None
+        save_validation(vset, self.run_dir / TRAJECTORIES)
+        self.write_samples()
+        summary["validation_fingerprint"] = vset.fingerprint
+        atomic_write_json(self.run_dir / rundir.SUMMARY, summary)
         self.finished.set()
         return summary
 
@@ -391,7 +431,7 @@ class Server:
         rows = self.table.rows()
         for row in rows:  # scheduler ids, so users can find a simulation's job and its log
             row["job_id"] = self.job_map.get(row["job_id"], row["job_id"])
-        write_table(self.run_dir / "samples.csv", rows, COLUMNS)
+        write_table(self.run_dir / rundir.SAMPLES, rows, self.table.columns)
 
     # -- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self) -> bool:

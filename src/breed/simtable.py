@@ -20,11 +20,18 @@ from typing import Any
 
 import numpy as np
 
+from breed.problems.problem import Problem
 from breed.sampling.base import Sampler
 
 IN_FLIGHT = ("assigned", "running")
-COLUMNS = ["sim_id", "T0", "T1", "T2", "T3", "T4", "source", "generation", "parent", "sigma",
-           "Q", "status", "attempts", "job_id", "assign_time", "start_time", "end_time"]
+# samples.csv: sim_id, one column per parameter (the problem's names), then these
+RECORD_COLUMNS = ["source", "generation", "parent", "sigma", "Q", "status", "attempts",
+                  "job_id", "assign_time", "start_time", "end_time"]
+
+
+def columns(names: list[str]) -> list[str]:
+    """The header of ``samples.csv`` for parameters ``names``."""
+    return ["sim_id", *names, *RECORD_COLUMNS]
 
 
 @dataclass
@@ -46,9 +53,9 @@ class SimRecord:
     failures: list[str] = field(default_factory=list)
     restarts: int = 0  # attempts cut short by a server restart (not the simulation's fault)
 
-    def row(self, q: float | None) -> dict[str, Any]:
+    def row(self, q: float | None, names: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {"sim_id": self.sim_id}
-        out.update({f"T{k}": v for k, v in enumerate(self.params)})
+        out.update(zip(names, self.params, strict=True))
         out.update(source=self.source, generation=self.generation, parent=self.parent,
                    sigma=self.sigma, Q=q, status=self.status, attempts=self.attempts,
                    job_id=self.job_id, assign_time=self.assign_time,
@@ -60,9 +67,14 @@ class SimTable:
     """Thread-safe: the receiver thread hands out work, the launcher reports failures."""
 
     def __init__(self, budget: int, sampler: Sampler, sampler_lock: threading.Lock,
-                 max_retries: int = 2, on_give_up: str = "resample") -> None:
+                 max_retries: int = 2, on_give_up: str = "resample",
+                 problem: Problem | None = None) -> None:
         self.budget = budget
         self.sampler = sampler
+        # draws are in sampling space; records hold physical parameters (log axes undone)
+        self.to_params = problem.from_sampling if problem is not None else np.asarray
+        self.names = problem.names if problem is not None else [
+            f"p{k}" for k in range(sampler.dim)]
         self.sampler_lock = sampler_lock
         self.max_retries = max_retries
         self.on_give_up = on_give_up
@@ -86,8 +98,8 @@ class SimTable:
             elif self.drawn < self._to_draw():
                 with self.sampler_lock:
                     draw = self.sampler.next()
-                rec = SimRecord(self.drawn, [float(x) for x in draw.params], draw.source,
-                                draw.generation, draw.parent, draw.sigma)
+                rec = SimRecord(self.drawn, [float(x) for x in self.to_params(draw.params)],
+                                draw.source, draw.generation, draw.parent, draw.sigma)
                 self.records[rec.sim_id] = rec
                 self.drawn += 1
             else:
@@ -196,7 +208,11 @@ class SimTable:
         with self._lock:
             recs = sorted(self.records.values(), key=lambda r: r.sim_id)
         with self.sampler_lock:
-            return [r.row(self.sampler.quality(r.sim_id)) for r in recs]
+            return [r.row(self.sampler.quality(r.sim_id), self.names) for r in recs]
+
+    @property
+    def columns(self) -> list[str]:
+        return columns(self.names)
 
     def state_dict(self) -> dict[str, Any]:
         with self._lock:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from breed.config import ConfigError, load_schema, set_dotted, validate
+from breed.problems import problem_of
 
 # Parameter columns of the tables, named as in the paper (Table 1).
 PARAMS: dict[str, str] = {
@@ -262,9 +263,30 @@ def final_metrics(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def deviation(frame: pd.DataFrame) -> pd.Series:
-    """Per-input deviation std(T0..T4) (Fig. 4): how different the five temperatures are."""
-    return frame[["T0", "T1", "T2", "T3", "T4"]].std(axis=1, ddof=0)
+def parameter_columns(frame: pd.DataFrame) -> list[str]:
+    """The parameter columns of a ``samples.csv`` (between ``sim_id`` and the record's)."""
+    from breed.simtable import RECORD_COLUMNS
+
+    cols = list(frame.columns)
+    end = cols.index(RECORD_COLUMNS[0]) if RECORD_COLUMNS[0] in cols else len(cols)
+    return cols[1:end]
+
+
+def deviation(frame: pd.DataFrame, statistic: str = "std",
+              problem: Any = None) -> pd.Series:
+    """The problem's statistic of each λ (Fig. 4): for the heat preset std(T0..T4), how
+    different the five temperatures are; ``unit_std`` takes λ in the unit box first (for
+    parameters of different units), ``mean`` and ``norm`` are the others offered."""
+    lam = frame[parameter_columns(frame)].to_numpy(dtype=float)
+    if statistic == "unit_std":
+        if problem is None:
+            raise ValueError("deviation: unit_std needs the problem (its bounds)")
+        z = problem.to_sampling(lam)
+        lam = (z - problem.lower) / (problem.upper - problem.lower)
+        statistic = "std"
+    values = {"std": lambda x: x.std(axis=1), "mean": lambda x: x.mean(axis=1),
+              "norm": lambda x: np.linalg.norm(x, axis=1)}[statistic](lam)
+    return pd.Series(values, index=frame.index)
 
 
 def runs_table(specs: list[RunSpec], root: Path) -> pd.DataFrame:
@@ -294,8 +316,10 @@ def inputs_table(specs: list[RunSpec], root: Path) -> pd.DataFrame:
         sm = pd.read_csv(root / s.run_id / "samples.csv")
         if "status" in sm and (sm["status"] == "done").any():
             sm = sm[sm["status"] == "done"]
-        frames.append(sm[["sim_id", "T0", "T1", "T2", "T3", "T4", "source", "generation"]]
-                      .assign(run_id=s.run_id, deviation=deviation(sm)))
+        problem = problem_of(s.config)
+        frames.append(sm[["sim_id", *parameter_columns(sm), "source", "generation"]]
+                      .assign(run_id=s.run_id,
+                              deviation=deviation(sm, problem.statistic, problem)))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -1,16 +1,16 @@
-"""The surrogate u_theta(lambda, t) of the paper and its training step (Section 4, App. B.1).
+"""The surrogate u_theta(lambda, t) and its training step (paper Section 4, App. B.1).
 
-An MLP maps 6 inputs (lambda' in [-1, 1]^5 and t' = t/T) through L hidden layers of H ReLU
-neurons to the M*M nodes of the temperature field (paper: M=64, H in {16, 32, 64},
-L in {1, 2, 3}); Adam, learning rate 1e-3, MSE loss. Every training step returns the per-sample
-losses (``reduction="none"``, mean over the M*M outputs of each sample) with their batch mean and
-standard deviation: the inputs of Breed's loss deviation (eq. 4).
+By default the paper's MLP maps d + 1 inputs (lambda' in [-1, 1]^d and t' = t/T; heat: d = 5)
+through L hidden layers of H ReLU neurons to the S values of a sample (heat: the M*M nodes;
+paper: M=64, H in {16, 32, 64}, L in {1, 2, 3}); ``model.factory: "pkg.module:callable"``
+builds any ``torch.nn.Module`` instead, called as ``factory(n_inputs, output_shape,
+**model.options)``. Adam, learning rate 1e-3, MSE loss. Every training step returns the
+per-sample losses (``reduction="none"``, mean over the S outputs of each sample) with their
+batch mean and standard deviation: the inputs of Breed's loss deviation (eq. 4).
 
-Units. Inputs and targets are normalised as docs/ARCHITECTURE.md fixes (:class:`Normalisation`):
-``lambda' = (lambda - c)/h``, ``t' = t/T``, ``u' = (u - c)/h`` with ``c = (lo+hi)/2``,
-``h = (hi-lo)/2`` of ``solver.bounds``. Every loss and validation metric is in these units; the
-buffer (:mod:`breed.reservoir`) stores samples already normalised, and :meth:`Trainer.predict`
-and :func:`load_model` give fields back in Kelvin.
+Units: model units of :mod:`breed.normalisation`. Every loss and validation metric is in these
+units; the buffer (:mod:`breed.reservoir`) stores samples already normalised, and
+:meth:`Trainer.predict` and :func:`load_model` give fields back in physical units.
 
 Multi-rank training: :meth:`Trainer._build` is the one place that creates the model and the
 optimiser; when ``torch.distributed`` is initialised with more than one rank it wraps the model
@@ -21,6 +21,7 @@ weights from the seed, and DDP broadcasts rank 0's anyway.
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -32,70 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from breed.reservoir import DIM, INPUTS, Batch
+from breed.normalisation import Normalisation
+from breed.problems import problem_of
+from breed.reservoir import Batch
 
-MODEL_FORMAT = "breed-surrogate-v1"
+MODEL_FORMAT = "breed-surrogate-v2"
 EVAL_ELEMENTS = 1 << 22  # outputs per evaluation chunk (16 MiB of float32)
-
-
-@dataclass(frozen=True)
-class Normalisation:
-    """Affine maps between physical and model units (docs/ARCHITECTURE.md).
-
-    ``c = (lo+hi)/2`` and ``h = (hi-lo)/2`` of ``solver.bounds`` serve both lambda and the field:
-    the maximum principle keeps every temperature within the bounds, so ``u' in [-1, 1]``.
-    Time steps map to ``t' = t/T`` in [0, 1].
-    """
-
-    lo: float
-    hi: float
-    steps: int  # T
-
-    def __post_init__(self) -> None:
-        if not self.lo < self.hi:
-            raise ValueError(f"normalisation bounds: {self.lo} must be below {self.hi}")
-        if self.steps < 1:
-            raise ValueError(f"normalisation steps must be >= 1, got {self.steps}")
-
-    @property
-    def c(self) -> float:
-        return 0.5 * (self.lo + self.hi)
-
-    @property
-    def h(self) -> float:
-        return 0.5 * (self.hi - self.lo)
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> Normalisation:
-        """From a validated run config (``solver.bounds``, ``solver.steps``)."""
-        lo, hi = cfg["solver"]["bounds"]
-        return cls(float(lo), float(hi), int(cfg["solver"]["steps"]))
-
-    def inputs(self, params: np.ndarray, t: np.ndarray | float) -> np.ndarray:
-        """Model inputs ``(..., 6)`` float32 from lambda ``(..., 5)`` (K) and time steps t."""
-        params = np.asarray(params, dtype=np.float64)
-        if params.shape[-1:] != (DIM,):
-            raise ValueError(f"parameters must have {DIM} values per row, got {params.shape}")
-        t = np.broadcast_to(np.asarray(t, dtype=np.float64), params.shape[:-1])
-        out = np.empty(params.shape[:-1] + (INPUTS,), dtype=np.float32)
-        out[..., :DIM] = (params - self.c) / self.h
-        out[..., DIM] = t / self.steps
-        return out
-
-    def field(self, u: np.ndarray) -> np.ndarray:
-        """Normalised float32 field ``(u - c)/h`` from Kelvin."""
-        return ((np.asarray(u, dtype=np.float64) - self.c) / self.h).astype(np.float32)
-
-    def unfield(self, v: np.ndarray) -> np.ndarray:
-        """Kelvin (float64) from a normalised field: the inverse of :meth:`field`."""
-        return np.asarray(v, dtype=np.float64) * self.h + self.c
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"lo": self.lo, "hi": self.hi, "steps": self.steps}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Normalisation:
-        return cls(float(data["lo"]), float(data["hi"]), int(data["steps"]))
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -118,18 +61,55 @@ def resolve_device(spec: str = "auto") -> torch.device:
     raise ValueError(f"model.device: {spec!r} is not auto, cpu, cuda or cuda:N")
 
 
-def build_mlp(grid: int, hidden: int, layers: int) -> nn.Sequential:
-    """6 -> L x (H, ReLU) -> M*M, the paper's fully connected surrogate."""
-    if min(grid, hidden, layers) < 1:
-        raise ValueError(f"model: grid, hidden and layers must be >= 1, got "
-                         f"{grid}, {hidden}, {layers}")
+def build_mlp(n_inputs: int, n_outputs: int, hidden: int, layers: int) -> nn.Sequential:
+    """d+1 -> L x (H, ReLU) -> S, the paper's fully connected surrogate."""
+    if min(n_inputs, n_outputs, hidden, layers) < 1:
+        raise ValueError(f"model: inputs, outputs, hidden and layers must be >= 1, got "
+                         f"{n_inputs}, {n_outputs}, {hidden}, {layers}")
     mods: list[nn.Module] = []
-    width = INPUTS
+    width = n_inputs
     for _ in range(layers):
         mods += [nn.Linear(width, hidden), nn.ReLU()]
         width = hidden
-    mods.append(nn.Linear(width, grid * grid))
+    mods.append(nn.Linear(width, n_outputs))
     return nn.Sequential(*mods)
+
+
+def resolve_factory(spec: str) -> Any:
+    """``"pkg.module:callable"`` -> the callable (``model.factory``); ValueError naming why."""
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"model.factory: {spec!r} is not 'package.module:callable'")
+    try:
+        target = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise ValueError(f"model.factory: cannot import {module!r}: {exc}") from None
+    except AttributeError:
+        raise ValueError(f"model.factory: {module!r} has no {name!r}") from None
+    if not callable(target):
+        raise ValueError(f"model.factory: {spec!r} is not callable")
+    return target
+
+
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    """The model of ``arch`` (what ``model.pt`` records): the MLP, or a factory's module."""
+    if arch.get("factory"):
+        model = resolve_factory(arch["factory"])(arch["n_inputs"], (arch["n_outputs"],),
+                                                 **(arch.get("options") or {}))
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model.factory: {arch['factory']} returned "
+                             f"{type(model).__name__}, not a torch.nn.Module")
+        with torch.no_grad():  # a wrong output size is the config's error, not the first step's
+            try:
+                shape = tuple(model(torch.zeros((2, arch["n_inputs"]))).shape)
+            except Exception as exc:  # noqa: BLE001 - the user's module: any failure is theirs
+                raise ValueError(f"model.factory: {arch['factory']} fails on a (2, "
+                                 f"{arch['n_inputs']}) input: {exc}".splitlines()[0]) from None
+        if shape != (2, arch["n_outputs"]):
+            raise ValueError(f"model.factory: {arch['factory']} maps (2, {arch['n_inputs']}) "
+                             f"inputs to {shape}, expected (2, {arch['n_outputs']}) outputs")
+        return model
+    return build_mlp(arch["n_inputs"], arch["n_outputs"], arch["hidden"], arch["layers"])
 
 
 def time_ranges(steps: int) -> dict[str, tuple[int, int]]:
@@ -189,16 +169,18 @@ class StepResult:
 
 
 class Surrogate:
-    """A trained model with its normalisation: predicts fields in Kelvin (inference only)."""
+    """A trained model with its normalisation: predicts fields in physical units (inference)."""
 
-    def __init__(self, model: nn.Module, normalisation: Normalisation, grid: int,
-                 device: torch.device) -> None:
-        self.model, self.normalisation, self.grid, self.device = model, normalisation, grid, device
+    def __init__(self, model: nn.Module, normalisation: Normalisation,
+                 shapes: list[tuple[int, ...]], device: torch.device) -> None:
+        self.model, self.normalisation, self.device = model, normalisation, device
+        self.shapes = [tuple(sh) for sh in shapes]
 
     @torch.no_grad()
     def predict(self, params: np.ndarray, t: np.ndarray | float) -> np.ndarray:
-        """Fields (K, float64) for lambda (K) of shape (5,) or (n, 5) and time steps t (scalar
-        or (n,)): shape (M, M) or (n, M, M)."""
+        """Samples (physical units, float64) for lambda of shape (d,) or (n, d) and time steps
+        t (scalar or (n,)): the field's shape (or (n, *shape)) for a one-field problem, else
+        (S,) / (n, S) with the fields concatenated."""
         params = np.asarray(params, dtype=np.float64)
         single = params.ndim == 1
         x = self.normalisation.inputs(np.atleast_2d(params), t)
@@ -208,7 +190,9 @@ class Surrogate:
             out = self.model(torch.from_numpy(x).to(self.device)).cpu().numpy()
         finally:
             self.model.train(was_training)
-        out = self.normalisation.unfield(out).reshape(-1, self.grid, self.grid)
+        out = self.normalisation.unfield(out)
+        if len(self.shapes) == 1:
+            out = out.reshape(-1, *self.shapes[0])
         return out[0] if single else out
 
 
@@ -220,31 +204,33 @@ def load_model(path: str | Path, device: str = "cpu") -> Surrogate:
         raise ValueError(f"model: no such file {str(path)!r}") from None
     if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
         raise ValueError(f"model: {path} is not a breed model file ({MODEL_FORMAT})")
-    arch = data["model"]
-    model = build_mlp(arch["grid"], arch["hidden"], arch["layers"])
+    model = build_model(data["model"])
     model.load_state_dict(data["state_dict"])
     dev = resolve_device(device)
     return Surrogate(model.to(dev), Normalisation.from_dict(data["normalisation"]),
-                     arch["grid"], dev)
+                     [tuple(f["shape"]) for f in data["problem"]["fields"]], dev)
 
 
 class Trainer:
-    """The paper's MLP, Adam and MSE on one device; one :meth:`step` per batch.
+    """The surrogate, Adam and MSE on one device; one :meth:`step` per batch.
 
     Built from a validated run config (:func:`breed.config.validate`): ``model.*`` (hidden,
-    layers, lr, device), ``solver.grid``, ``solver.steps``, ``solver.bounds`` and ``seed``.
-    The same seed gives the same initial weights on any device.
+    layers, lr, device, factory, options), the problem (:func:`breed.problems.problem_of`:
+    lambda's dimension and bounds, the fields, the steps) and ``seed``. The same seed gives the
+    same initial weights on any device.
     """
 
     def __init__(self, cfg: dict[str, Any], seed: int | None = None, device: str | None = None,
                  ddp: bool | None = None) -> None:
-        mc, sc = cfg["model"], cfg["solver"]
-        self.grid, self.hidden, self.layers = int(sc["grid"]), int(mc["hidden"]), int(mc["layers"])
+        mc = cfg["model"]
+        self.problem = problem_of(cfg)
+        self.normalisation = Normalisation.from_problem(self.problem)
+        self.arch = {"factory": mc.get("factory"), "options": dict(mc.get("options") or {}),
+                     "hidden": int(mc["hidden"]), "layers": int(mc["layers"]),
+                     "n_inputs": self.normalisation.n_inputs,
+                     "n_outputs": self.problem.sample_size}
         self.lr = float(mc["lr"])
         self.seed = int(cfg.get("seed", 0) if seed is None else seed)
-        self.solver = {k: sc[k] for k in ("grid", "steps", "dt", "alpha", "length", "bounds")
-                       if k in sc}
-        self.normalisation = Normalisation.from_config(cfg)
         self.device = resolve_device(mc.get("device", "auto") if device is None else device)
         self.iteration = 0
         self._build(ddp)
@@ -253,7 +239,7 @@ class Trainer:
         """Create the model (seeded, on CPU then moved) and the optimiser; wrap for DDP."""
         with torch.random.fork_rng(devices=[]):  # seed the init without touching global RNG
             torch.manual_seed(self.seed)
-            model = build_mlp(self.grid, self.hidden, self.layers)
+            model = build_model(self.arch)
         self.model = model.to(self.device)  # the bare module: state, evaluation, saving
         self.net: nn.Module = self.model  # what the training step calls
         if ddp is None:
@@ -276,9 +262,9 @@ class Trainer:
         if not batch.normalised:
             raise ValueError("batch is not normalised: create the buffer with "
                              "normalisation=trainer.normalisation")
-        if batch.targets.shape[1:] != (self.grid * self.grid,):
+        if batch.targets.shape[1:] != (self.arch["n_outputs"],):
             raise ValueError(f"batch targets have shape {batch.targets.shape}, the model "
-                             f"outputs {self.grid * self.grid} values")
+                             f"outputs {self.arch['n_outputs']} values")
         x = torch.from_numpy(np.ascontiguousarray(batch.inputs)).to(self.device)
         y = torch.from_numpy(np.ascontiguousarray(batch.targets)).to(self.device)
         self.net.train()
@@ -296,7 +282,7 @@ class Trainer:
     def idle_step(self) -> None:
         """Take part in a DDP step without data: a zero-weight pass, so every rank joins the
         gradient all-reduce (a rank that ran dry never blocks the others)."""
-        x = torch.zeros((1, 6), dtype=torch.float32, device=self.device)
+        x = torch.zeros((1, self.arch["n_inputs"]), dtype=torch.float32, device=self.device)
         self.net.train()
         loss = self.net(x).sum() * 0.0
         self.optimizer.zero_grad(set_to_none=True)
@@ -308,42 +294,61 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, validation: Any, chunk_elements: int = EVAL_ELEMENTS
                  ) -> dict[str, float | None]:
-        """Metrics of :func:`validation_metrics` on a validation set (``.params`` (n, 5) in K,
-        ``.fields`` (n, T+1, M, M) in K, see :mod:`breed.validation`), in normalised units.
+        """Metrics of :func:`validation_metrics` on a validation set (``.params`` (n, d)
+        physical, ``.fields`` (n, T+1, *sample shape) physical, see :mod:`breed.validation`),
+        in model units.
 
         Rows of (trajectory, step) go through the model in chunks of about ``chunk_elements``
-        outputs, so memory stays bounded whatever the set's size. The output layer is folded
-        into Kelvin (``W h``, ``b h + c``) so the targets are used as stored, with one in-place
-        subtraction and a norm per row: about 3x faster than normalising every target, and
-        exact to float32 rounding, since ``(u_hat - u)/h = u_hat' - u'``.
+        outputs, so memory stays bounded whatever the set's size. For a model ending in a
+        linear layer, that layer is folded into physical units (``W h``, ``b h + c``) so the
+        targets are used as stored, with one in-place subtraction and a norm per row: about 3x
+        faster than normalising every target, and exact to float32 rounding, since
+        ``(u_hat - u)/h = u_hat' - u'``. Other models are compared in model units.
         """
+        norm = self.normalisation
         params = np.asarray(validation.params, dtype=np.float64)
         fields = validation.fields
         n, t1 = fields.shape[0], fields.shape[1]
-        m2 = self.grid * self.grid
-        if fields.shape[2:] != (self.grid, self.grid) or params.shape != (n, DIM):
+        size = self.arch["n_outputs"]
+        if math.prod(fields.shape[2:]) != size or params.shape != (n, norm.dim):
             raise ValueError(f"validation set of shape {fields.shape} (params {params.shape}) "
-                             f"does not fit a {self.grid}x{self.grid} model")
-        if t1 - 1 != self.normalisation.steps:
-            raise ValueError(f"validation set has {t1 - 1} steps, the run has "
-                             f"{self.normalisation.steps}")
-        norm = self.normalisation
+                             f"does not fit this problem ({norm.dim} parameters, {size} values "
+                             "per sample)")
+        if t1 - 1 != norm.steps:
+            raise ValueError(f"validation set has {t1 - 1} steps, the run has {norm.steps}")
         inputs = norm.inputs(np.repeat(params, t1, axis=0), np.tile(np.arange(t1), n))
-        targets = fields.reshape(n * t1, m2)
-        body, last = self.model[:-1], self.model[-1]
-        weight_k = (last.weight * norm.h).t()
-        bias_k = last.bias * norm.h + norm.c
-        scale = 1.0 / (m2 * norm.h * norm.h)
+        targets = fields.reshape(n * t1, size)
+        center, half = norm.vectors()
+        one = norm.single()
+        fold = isinstance(self.model, nn.Sequential) and isinstance(self.model[-1], nn.Linear)
+        if fold:
+            body, last = self.model[:-1], self.model[-1]
+            h = torch.as_tensor(half, dtype=torch.float32, device=self.device)
+            c = torch.as_tensor(center, dtype=torch.float32, device=self.device)
+            if one is not None:  # one scale for every value: scalars (the paper's case)
+                weight_k = (last.weight * one[1]).t()
+                bias_k = last.bias * one[1] + one[0]
+            else:
+                weight_k = (last.weight * h[:, None]).t()
+                bias_k = last.bias * h + c
+            inv_h = None if one is not None else (1.0 / h)
+        scale = 1.0 / (size * one[1] * one[1]) if one is not None else 1.0 / size
         err = np.empty(n * t1, dtype=np.float64)
-        rows = max(1, chunk_elements // m2)
+        rows = max(1, chunk_elements // size)
         was_training = self.model.training
         self.model.eval()
         try:
             for a in range(0, n * t1, rows):
                 b = min(a + rows, n * t1)
                 x = torch.from_numpy(inputs[a:b]).to(self.device)
-                y = torch.as_tensor(targets[a:b], dtype=torch.float32, device=self.device)
-                diff = torch.addmm(bias_k, body(x), weight_k).sub_(y)  # K
+                if fold:
+                    y = torch.as_tensor(targets[a:b], dtype=torch.float32, device=self.device)
+                    diff = torch.addmm(bias_k, body(x), weight_k).sub_(y)  # physical units
+                    if inv_h is not None:
+                        diff.mul_(inv_h)
+                else:
+                    y = torch.from_numpy(norm.field(targets[a:b])).to(self.device)
+                    diff = self.model(x).sub_(y)
                 sq = torch.linalg.vector_norm(diff, dim=1).double().square_() * scale
                 err[a:b] = sq.cpu().numpy()
         finally:
@@ -351,8 +356,9 @@ class Trainer:
         return validation_metrics(err.reshape(n, t1))
 
     def predict(self, params: np.ndarray, t: np.ndarray | float) -> np.ndarray:
-        """Fields in Kelvin, see :meth:`Surrogate.predict`."""
-        return Surrogate(self.model, self.normalisation, self.grid, self.device).predict(params, t)
+        """Fields in physical units, see :meth:`Surrogate.predict`."""
+        shapes = [f.shape for f in self.problem.fields]
+        return Surrogate(self.model, self.normalisation, shapes, self.device).predict(params, t)
 
     # -- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -360,7 +366,8 @@ class Trainer:
         change it. The RNG states are the server's."""
         return copy.deepcopy({"model": self.model.state_dict(),
                               "optimizer": self.optimizer.state_dict(),
-                              "iteration": self.iteration})
+                              "iteration": self.iteration,
+                              "normalisation": self.normalisation.to_dict()})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state_dict`; copies, so ``state`` and this trainer share nothing
@@ -368,17 +375,19 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.iteration = int(state.get("iteration", 0))
+        saved = Normalisation.from_dict(state["normalisation"])
+        # in place: the buffer shares this object (a scale estimated from the first samples)
+        self.normalisation.center, self.normalisation.half = saved.center, saved.half
 
     def save_model(self, path: str | Path) -> None:
-        """Final weights, architecture, normalisation and solver settings: enough for
-        :func:`load_model` to predict fields in Kelvin later. Written atomically."""
+        """Final weights, architecture, normalisation and problem: enough for
+        :func:`load_model` to predict fields in physical units later. Written atomically."""
         path = Path(path)
         data = {
-            "format": MODEL_FORMAT,
-            "model": {"grid": self.grid, "hidden": self.hidden, "layers": self.layers},
+            "format": MODEL_FORMAT, "model": self.arch,
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "normalisation": self.normalisation.to_dict(),
-            "solver": self.solver, "lr": self.lr, "seed": self.seed,
+            "problem": self.problem.describe(), "lr": self.lr, "seed": self.seed,
             "iteration": self.iteration,
         }
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

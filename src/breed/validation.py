@@ -2,23 +2,23 @@
 
 ``breed make-validation`` computes ``size`` trajectories (paper: 200) once per study; every run of
 the study then reads the same file, so validation losses of different runs are comparable.
-lambda comes from a scrambled Halton sequence over ``[lo, hi]^5`` (``scipy.stats.qmc``, seeded),
-and each trajectory from :func:`breed.heatpde.solve`, the very solver the clients run.
+λ comes from a scrambled Halton sequence over the problem's box in sampling space
+(``scipy.stats.qmc``, seeded). The heat preset solves its trajectories in-process
+(:func:`breed.heatpde.solve`, the very solver its clients run); any other problem's set is
+made by running the problem's own client through the launcher on that design
+(:mod:`breed.collect`).
 
-File format (``.npz``, no pickled objects): ``params`` float64 ``(n, 5)`` in K, ``fields``
-float32 ``(n, T+1, M, M)`` in K (``[:, 0]`` is the initial field), the solver settings ``grid``,
-``steps``, ``dt``, ``alpha``, ``length``, ``bounds`` and the Halton ``seed``. :func:`load_validation`
-refuses a file whose solver settings differ from the run's, since its losses would be
-meaningless. Compressed by default (about 0.6x the size of the raw floats; paper size: ~200 MB).
-
-The solves run serially: one 64x64 trajectory of 100 steps takes a few milliseconds, so a pool
-of processes would cost more to start than it saves on two cores.
+File format (``.npz``, no pickled objects): ``params`` float64 ``(n, d)`` physical, ``fields``
+float32 ``(n, T+1, *shape)`` for a one-field problem, else ``(n, T+1, S)`` with the fields
+concatenated (``[:, 0]`` is the initial state), ``problem`` (JSON: what decides a trajectory,
+:meth:`~breed.problems.problem.Problem.identity`), ``fingerprint``, the Halton ``seed``.
+:func:`load_validation` refuses a file made for another problem, size or seed with one line
+naming the first difference, since its losses would be meaningless.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 from scipy.stats import qmc
 
-FORMAT = "breed-validation-v1"
-SOLVER_KEYS = ("grid", "steps", "dt", "alpha", "length", "bounds")
-DIM = 5
+from breed.problems.problem import Problem
+
+FORMAT = "breed-validation-v2"
+HEAT_KEYS = ("grid", "steps", "dt", "alpha", "length", "bounds")
 
 
 class ValidationFileError(ValueError):
@@ -42,11 +43,11 @@ class ValidationFileError(ValueError):
 
 @dataclass(frozen=True)
 class ValidationSet:
-    """Trajectories of the validation set; ``solver`` holds the settings that made them."""
+    """Trajectories of the validation set and the problem identity that made them."""
 
-    params: np.ndarray  # (n, 5) float64, K
-    fields: np.ndarray  # (n, T+1, M, M) float32, K
-    solver: dict[str, Any]  # grid, steps, dt, alpha, length, bounds [lo, hi]
+    params: np.ndarray  # (n, d) float64, physical
+    fields: np.ndarray  # (n, T+1, *sample shape) float32, physical
+    problem: dict[str, Any]  # Problem.identity()
     seed: int
 
     @property
@@ -55,42 +56,80 @@ class ValidationSet:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.solver, self.size, self.seed)
+        return fingerprint(self.problem, self.size, self.seed)
+
+    @property
+    def solver(self) -> dict[str, Any]:
+        """The heat preset's settings and bounds (what ``solver:`` holds)."""
+        return heat_view(self.problem)
 
 
-def halton_params(size: int, seed: int, bounds: tuple[float, float]) -> np.ndarray:
-    """``size`` points of a scrambled Halton sequence over ``[lo, hi]^5`` (float64, K)."""
-    lo, hi = float(bounds[0]), float(bounds[1])
+def fingerprint(identity: dict[str, Any], size: int, seed: int) -> str:
+    """The problem's identity and the Halton design, hashed: two sets with the same fingerprint
+    hold the same trajectories; a run records the one it used."""
+    import hashlib
+
+    text = json.dumps({"format": FORMAT, "problem": identity, "size": int(size),
+                       "seed": int(seed)}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def heat_view(identity: dict[str, Any]) -> dict[str, Any]:
+    out = dict(identity.get("settings", {}))
+    par = identity.get("parameters") or [{}]
+    out["bounds"] = [par[0].get("low"), par[0].get("high")]
+    return out
+
+
+def halton_design(size: int, seed: int, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """``size`` points of a scrambled Halton sequence over a box (sampling space)."""
     if size < 1:
         raise ValueError(f"validation.size must be >= 1, got {size}")
+    unit = qmc.Halton(d=len(lower), scramble=True, seed=seed).random(size)
+    return np.clip(qmc.scale(unit, lower, upper), lower, upper)
+
+
+def halton_params(size: int, seed: int, problem: Problem) -> np.ndarray:
+    """The validation design: ``size`` scrambled-Halton points over the problem's box, as
+    physical λ (the ``validation`` sampler hands out the same points)."""
+    return problem.from_sampling(halton_design(size, seed, problem.lower, problem.upper))
+
+
+def heat_problem(grid: int = 64, steps: int = 100, dt: float = 0.01, alpha: float = 1.0,
+                 length: float = 10.0, bounds: tuple[float, float] = (100.0, 500.0)) -> Problem:
+    from breed.problems.heat2d import heat2d
+
+    lo, hi = float(bounds[0]), float(bounds[1])
     if not lo < hi:
         raise ValueError(f"solver.bounds: lower bound {lo} must be below upper bound {hi}")
-    unit = qmc.Halton(d=DIM, scramble=True, seed=seed).random(size)
-    return qmc.scale(unit, [lo] * DIM, [hi] * DIM)
+    return heat2d({"grid": grid, "steps": steps, "dt": dt, "alpha": alpha, "length": length,
+                   "bounds": [lo, hi], "ranks": 1, "dtype": "float64"})
 
 
-def compute_validation(size: int, seed: int, grid: int, steps: int, dt: float, alpha: float,
-                       length: float, bounds: tuple[float, float]) -> ValidationSet:
-    """Solve every trajectory of the set (eqs. 13-16) at its Halton parameters."""
+def compute_validation(problem: Problem, size: int, seed: int) -> ValidationSet:
+    """Solve every trajectory of the set in-process (the heat preset, eqs. 13-16)."""
     from breed.heatpde import solve
 
-    params = halton_params(size, seed, bounds)
-    fields = np.empty((size, steps + 1, grid, grid), dtype=np.float32)
+    if problem.name != "heat2d":
+        raise ValueError(f"problem {problem.name}: its validation set is made by its own "
+                         "client (breed make-validation --config RUN.yaml)")
+    s = problem.settings
+    params = halton_params(size, seed, problem)
+    fields = np.empty((size, problem.steps + 1, *problem.fields[0].shape), dtype=np.float32)
     for k in range(size):
-        fields[k] = solve(params[k], grid=grid, steps=steps, dt=dt, alpha=alpha, length=length)
-    solver = {"grid": int(grid), "steps": int(steps), "dt": float(dt), "alpha": float(alpha),
-              "length": float(length), "bounds": [float(bounds[0]), float(bounds[1])]}
-    return ValidationSet(params, fields, solver, int(seed))
+        fields[k] = solve(params[k], grid=s["grid"], steps=s["steps"], dt=s["dt"],
+                          alpha=s["alpha"], length=s["length"])
+    return ValidationSet(params, fields, problem.identity(), int(seed))
 
 
 def save_validation(vset: ValidationSet, path: str | Path, compress: bool = True) -> None:
     """Write the set to ``path`` (exactly that name), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, Any] = {"format": np.array(FORMAT), "params": vset.params,
-                              "fields": vset.fields, "seed": np.int64(vset.seed)}
-    for key in SOLVER_KEYS:
-        arrays[key] = np.asarray(vset.solver[key])
+    arrays: dict[str, Any] = {
+        "format": np.array(FORMAT), "params": vset.params, "fields": vset.fields,
+        "seed": np.int64(vset.seed), "problem": np.array(json.dumps(vset.problem)),
+        "fingerprint": np.array(vset.fingerprint)}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:  # a file object: numpy must not append ".npz"
@@ -104,24 +143,10 @@ def make_validation(path: str | Path, *, size: int = 200, seed: int = 12345, gri
                     steps: int = 100, dt: float = 0.01, alpha: float = 1.0,
                     length: float = 10.0, bounds: tuple[float, float] = (100.0, 500.0),
                     compress: bool = True) -> ValidationSet:
-    """Compute the set and write it to ``path``; returns it."""
-    vset = compute_validation(size, seed, grid, steps, dt, alpha, length, bounds)
+    """Compute the heat preset's set and write it to ``path``; returns it."""
+    vset = compute_validation(heat_problem(grid, steps, dt, alpha, length, bounds), size, seed)
     save_validation(vset, path, compress)
     return vset
-
-
-def fingerprint(solver: dict[str, Any], size: int, seed: int) -> str:
-    """What made a validation set, hashed: its solver settings and its Halton design. Two sets
-    with the same fingerprint hold the same trajectories; a run records the one it used."""
-    canon = {"format": FORMAT, "size": int(size), "seed": int(seed),
-             **{k: solver[k] for k in SOLVER_KEYS}}
-    canon["bounds"] = [float(x) for x in canon["bounds"]]
-    for key in ("dt", "alpha", "length"):
-        canon[key] = float(canon[key])
-    for key in ("grid", "steps"):
-        canon[key] = int(canon[key])
-    text = json.dumps(canon, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _open(path: Path) -> Any:
@@ -131,12 +156,11 @@ def _open(path: Path) -> Any:
 
 
 def _header(data: Any, path: Path) -> tuple[dict[str, Any], int, int]:
-    """(solver settings, seed, size) of an open set, without reading its fields."""
+    """(problem identity, seed, size) of an open set, without reading its fields."""
     if str(data["format"]) != FORMAT:
         raise ValidationFileError(f"validation file {path}: format "
                                   f"{str(data['format'])!r}, expected {FORMAT!r}")
-    solver = {key: data[key].tolist() for key in SOLVER_KEYS}
-    return solver, int(data["seed"]), int(data["params"].shape[0])
+    return json.loads(str(data["problem"])), int(data["seed"]), int(data["params"].shape[0])
 
 
 def _unreadable(path: Path, exc: BaseException) -> ValidationFileError:
@@ -145,19 +169,21 @@ def _unreadable(path: Path, exc: BaseException) -> ValidationFileError:
 
 
 def check_validation_file(path: str | Path, cfg: dict[str, Any]) -> str:
-    """Refuse a set that was not made for this run config (solver settings, validation size and
+    """Refuse a set that was not made for this run config (its problem, validation size and
     seed), reading only its header; returns its fingerprint."""
+    from breed.problems import problem_of
+
     path = Path(path)
     try:
         with _open(path) as data:
-            solver, seed, size = _header(data, path)
+            identity, seed, size = _header(data, path)
     except ValidationFileError:
         raise
     except (OSError, ValueError, KeyError, EOFError) as exc:
         raise _unreadable(path, exc) from None
-    check_solver(solver, cfg["solver"], path)
+    check_problem(identity, problem_of(cfg).identity(), path)
     check_design((size, seed), (cfg["validation"]["size"], cfg["validation"]["seed"]), path)
-    return fingerprint(solver, size, seed)
+    return fingerprint(identity, size, seed)
 
 
 def check_design(stored: tuple[int, int], expected: tuple[int, int], path: str | Path) -> None:
@@ -168,39 +194,68 @@ def check_design(stored: tuple[int, int], expected: tuple[int, int], path: str |
                 f"{want}; remake it with `breed make-validation --config RUN.yaml`")
 
 
-def load_validation(path: str | Path, expect_solver: dict[str, Any] | None = None,
-                    expect_design: tuple[int, int] | None = None) -> ValidationSet:
-    """Read a set; with ``expect_solver`` (e.g. the run's ``solver`` section) check that it was
-    made with the same grid, steps, dt, alpha, length and bounds (keys absent there are not
-    checked; ``ranks``/``dtype`` do not change the trajectories and are ignored), with
-    ``expect_design`` that it has this (size, seed)."""
+def load_validation(path: str | Path, expect_problem: dict[str, Any] | None = None,
+                    expect_design: tuple[int, int] | None = None, *,
+                    expect_solver: dict[str, Any] | None = None) -> ValidationSet:
+    """Read a set; with ``expect_problem`` (a :meth:`Problem.identity`) check it was made for
+    that problem, with ``expect_design`` that it has this (size, seed), with ``expect_solver``
+    (the heat preset's ``solver`` section) the heat settings present there."""
     path = Path(path)
     try:
         with _open(path) as data:
-            solver, seed, size = _header(data, path)
+            identity, seed, size = _header(data, path)
+            if expect_problem is not None:
+                check_problem(identity, expect_problem, path)
             if expect_solver is not None:
-                check_solver(solver, expect_solver, path)
+                check_solver(heat_view(identity), expect_solver, path)
             if expect_design is not None:
                 check_design((size, seed), expect_design, path)
-            vset = ValidationSet(data["params"], data["fields"], solver, seed)
+            vset = ValidationSet(data["params"], data["fields"], identity, seed)
     except ValidationFileError:
         raise
     except (OSError, ValueError, KeyError, EOFError) as exc:
         raise _unreadable(path, exc) from None
-    n, grid, steps = vset.size, solver["grid"], solver["steps"]
-    if vset.params.shape != (n, DIM) or vset.fields.shape != (n, steps + 1, grid, grid):
+    n, steps = vset.size, int(identity["steps"])
+    d = len(identity["parameters"])
+    size_per_step = sum(math.prod(f["shape"]) for f in identity["fields"])
+    if vset.params.shape != (n, d) or vset.fields.shape[:2] != (n, steps + 1) or \
+            math.prod(vset.fields.shape[2:]) != size_per_step:
         raise ValidationFileError(f"validation file {path}: params {vset.params.shape} and "
-                                  f"fields {vset.fields.shape} do not match grid {grid}, "
-                                  f"steps {steps}")
+                                  f"fields {vset.fields.shape} do not match its problem")
     return vset
 
 
+def check_problem(stored: dict[str, Any], expected: dict[str, Any], path: str | Path) -> None:
+    """Raise :class:`ValidationFileError` naming the first difference between two problems
+    (as ``solver.KEY`` for the heat preset)."""
+    if stored == expected:
+        return
+    if stored.get("name") == expected.get("name") == "heat2d":
+        check_solver(heat_view(stored), heat_view(expected), path)
+    where = _first_difference(stored, expected, "problem")
+    raise ValidationFileError(f"validation file {path}: made for another problem ({where} "
+                              "differs); remake it with `breed make-validation --config "
+                              "RUN.yaml`")
+
+
+def _first_difference(a: Any, b: Any, path: str) -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return _first_difference(x, y, f"{path}.{k}")
+    return path
+
+
 def check_solver(stored: dict[str, Any], expected: dict[str, Any], path: str | Path) -> None:
-    """Raise :class:`ValidationFileError` naming the first solver setting that differs."""
-    for key in SOLVER_KEYS:
+    """Raise :class:`ValidationFileError` naming the first heat setting that differs."""
+    for key in HEAT_KEYS:
         if key not in expected:
             continue
-        have, want = stored[key], expected[key]
+        have, want = stored.get(key), expected[key]
         if key == "bounds":
             same = len(want) == 2 and all(math.isclose(float(a), float(b), rel_tol=1e-12)
                                           for a, b in zip(have, want, strict=True))
@@ -278,22 +333,31 @@ def main(argv: list[str] | None = None) -> int:
     except (_UsageError, ConfigError) as exc:
         print(f"breed make-validation: error: {exc}", file=sys.stderr)
         return 2
-    sc, vc = cfg["solver"], cfg["validation"]
+    from breed.problems import problem_of
+
+    vc, problem = cfg["validation"], problem_of(cfg)
     t0 = time.perf_counter()
     try:
-        vset = make_validation(args.output, size=vc["size"], seed=vc["seed"], grid=sc["grid"],
-                               steps=sc["steps"], dt=sc["dt"], alpha=sc["alpha"],
-                               length=sc["length"], bounds=tuple(sc["bounds"]),
-                               compress=not args.no_compress)
+        if problem.name == "heat2d":
+            vset = compute_validation(problem, vc["size"], vc["seed"])
+        else:  # its own client, through the launcher
+            from breed.collect import collect_validation
+
+            vset = collect_validation(cfg, args.output)
+        save_validation(vset, args.output, compress=not args.no_compress)
     except ValueError as exc:
         print(f"breed make-validation: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        print(f"breed make-validation: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"breed make-validation: cannot write {args.output}: {exc.strerror or exc}",
               file=sys.stderr)
         return 1
-    print(f"wrote {vset.size} trajectories (grid {sc['grid']}, steps {sc['steps']}, "
-          f"seed {vc['seed']}) to {args.output} in {time.perf_counter() - t0:.1f} s")
+    print(f"wrote {vset.size} trajectories of {problem.name} ({problem.steps} steps, seed "
+          f"{vc['seed']}, fingerprint {vset.fingerprint}) to {args.output} in "
+          f"{time.perf_counter() - t0:.1f} s")
     return 0
 
 

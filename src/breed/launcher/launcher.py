@@ -20,7 +20,6 @@ import io
 import logging
 import math
 import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,10 +29,11 @@ from typing import Any
 import zmq
 
 from breed.launcher.backend import Backend, JobSpec, JobState
+from breed.problems import problem_of
 from breed.protocol import Kind, ProtocolError, decode, encode_control
 from breed.rundir import JOBS
 from breed.runlog import write_table
-from breed.security import ENV_JOB_KEY, job_key_digest, new_job_key
+from breed.security import ENV_JOB_KEY, ENV_ONCE, job_key_digest, new_job_key
 
 log = logging.getLogger("breed.launcher")
 JOB_COLUMNS = ["name", "job_id", "pgid", "state", "submit_time", "end_time", "exit_code",
@@ -145,6 +145,7 @@ class Launcher:
                  client_env: dict[str, str], server_alive: Callable[[], bool]) -> None:
         self.cfg = cfg
         self.lc = cfg["launcher"]
+        self.problem = problem_of(cfg)
         self.run_dir = run_dir
         self.backend = backend
         self.client_env = client_env
@@ -159,12 +160,12 @@ class Launcher:
         only)."""
         self.count += 1
         name = f"client-{self.count:05d}"
-        argv = [sys.executable, "-m", "breed.client"]
-        if not self.lc["persistent"]:
-            argv.append("--once")
+        client = self.problem.client
         key = new_job_key()
-        env = {**self.client_env, "BREED_JOB_ID": name, ENV_JOB_KEY: key}
-        return JobSpec(name=name, argv=argv, ranks=self.cfg["solver"]["ranks"], env=env,
+        env = {**client.env, **self.client_env, "BREED_JOB_ID": name, ENV_JOB_KEY: key}
+        if not self.lc["persistent"]:
+            env[ENV_ONCE] = "1"  # one simulation per job: the client API stops after it
+        return JobSpec(name=name, argv=list(client.command), ranks=client.ranks, env=env,
                        workdir=self.run_dir,
                        log_path=self.run_dir / "logs" / f"{name}.log"), job_key_digest(key)
 

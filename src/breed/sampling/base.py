@@ -6,7 +6,9 @@ touch one already running.
 
 Contract with the server: simulation ids are hand-out indices (the k-th call of :meth:`next`
 gives the parameters of sim id k, including new draws for simulations given up after retries);
-a simulation sends the time steps ``t = 0..T`` (T = ``solver.steps``), that is T + 1 of them.
+a simulation sends the time steps ``t = 0..T`` (T = the problem's ``steps``), that is T + 1 of
+them. Samplers draw in the problem's sampling space (:class:`breed.problems.Problem`: each
+parameter's ``[low, high]``, in log10 for log-scale parameters); the box is all they know.
 """
 
 from __future__ import annotations
@@ -17,18 +19,16 @@ from typing import Any
 
 import numpy as np
 
-DIM = 5  # lambda = (T0, T1, T2, T3, T4)
-
 
 @dataclass(frozen=True)
 class Draw:
     """Parameters of one simulation and where they came from (recorded in samples.csv)."""
 
-    params: np.ndarray  # shape (DIM,), float64, within bounds
+    params: np.ndarray  # shape (d,), float64, within bounds (sampling space)
     source: str = "uniform"  # "uniform" | "proposal" | "halton" | "lhs" | "sobol"
     generation: int = 0  # resampling index s (0: initial design)
     parent: int | None = None  # sim id of the proposal member it was drawn around
-    sigma: float | None = None  # sigma of that member when drawn (K)
+    sigma: float | None = None  # sigma of that member when drawn (fraction of each range)
 
     def __post_init__(self) -> None:
         # A read-only private copy: a handed-out draw can never be changed by anyone (steering
@@ -38,17 +38,37 @@ class Draw:
         object.__setattr__(self, "params", params)
 
 
+def box(bounds: tuple[Any, Any], dim: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(lower, upper)``, scalars shared by ``dim`` axes or arrays of one bound per axis ->
+    ``(lower (d,), upper (d,), d)``; one-line ValueError for a box that is not one."""
+    try:
+        lo, hi = (np.atleast_1d(np.asarray(b, dtype=np.float64)) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"sampler bounds: need (lower, upper), got {bounds!r}") from None
+    d = dim if dim is not None else max(lo.size, hi.size)
+    if lo.size == 1 and hi.size == 1 and dim is None and np.ndim(bounds[0]) == 0:
+        raise ValueError("sampler bounds: scalar bounds need the dimension")
+    if int(d) < 1:
+        raise ValueError(f"sampler: dimension must be >= 1, got {d}")
+    try:
+        lo, hi = np.broadcast_to(lo, (int(d),)).copy(), np.broadcast_to(hi, (int(d),)).copy()
+    except ValueError:
+        raise ValueError(f"sampler bounds: {bounds!r} do not give {d} axes") from None
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) and np.all(lo < hi)):
+        raise ValueError(f"sampler bounds: need lower < upper on every axis, got {bounds!r}")
+    return lo, hi, int(d)
+
+
 class Sampler(ABC):
     """Chooses lambda for each simulation; told about losses and finished simulations."""
 
     name: str = "base"
 
-    def __init__(self, budget: int, bounds: tuple[float, float], seed: int = 0,
-                 dim: int = DIM) -> None:
+    def __init__(self, budget: int, bounds: tuple[Any, Any], seed: int = 0,
+                 dim: int | None = None) -> None:
         self.budget = int(budget)
-        self.lower, self.upper = float(bounds[0]), float(bounds[1])
+        self.lower, self.upper, self.dim = box(bounds, dim)
         self.seed = int(seed)
-        self.dim = dim
 
     @abstractmethod
     def next(self) -> Draw:

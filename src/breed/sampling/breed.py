@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from breed.sampling.base import DIM, Draw, Sampler
+from breed.sampling.base import Draw, Sampler
 from breed.sampling.deviation import LossDeviation, as_numpy
 from breed.sampling.uniform import check_resume, check_sampler_args, initial_design
 
@@ -39,16 +39,18 @@ def effective_sample_fraction(weights: np.ndarray) -> float:
 
 
 def gaussian_children(rng: np.random.Generator, centers: np.ndarray, sigmas: np.ndarray,
-                      lower: float, upper: float, shrink: float,
-                      max_redraws: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """One child of N(center, sigma^2 I) per row, within [lower, upper]^d (paper Section 3.2).
+                      lower: Any, upper: Any, shrink: float, max_redraws: int,
+                      width: Any = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """One child of N(center, diag(sigma * width)^2) per row, within the box [lower, upper]
+    (paper Section 3.2; ``width`` per axis scales sigma to each parameter's range).
 
     An out-of-bounds child multiplies its sigma by ``1 - shrink`` and is redrawn, at most
     ``max_redraws`` times; a child still out of bounds keeps its parent's location.
     Returns ``(children, sigma used, kept-parent mask, redraws)``.
     """
     sig = np.array(sigmas, dtype=np.float64)
-    children = rng.normal(centers, sig[:, None])
+    width = np.asarray(width, dtype=np.float64)
+    children = rng.normal(centers, sig[:, None] * width)
     out = ((children < lower) | (children > upper)).any(axis=1)
     redraws = 0
     for _ in range(max_redraws):
@@ -57,7 +59,7 @@ def gaussian_children(rng: np.random.Generator, centers: np.ndarray, sigmas: np.
             break
         redraws += len(idx)
         sig[idx] *= 1.0 - shrink
-        children[idx] = rng.normal(centers[idx], sig[idx, None])
+        children[idx] = rng.normal(centers[idx], sig[idx, None] * width)
         out[idx] = ((children[idx] < lower) | (children[idx] > upper)).any(axis=1)
     children[out] = centers[out]
     return children, sig, out, redraws
@@ -79,8 +81,9 @@ class BreedSampler(Sampler):
 
     name = "breed"
 
-    def __init__(self, budget: int, bounds: tuple[float, float], seed: int = 0, dim: int = DIM,
-                 *, steps: int = 100, sigma: float = 5.0, period: int = 200, window: int = 200,
+    def __init__(self, budget: int, bounds: tuple[Any, Any], seed: int = 0,
+                 dim: int | None = None, *, steps: int = 100, sigma: float = 0.0125,
+                 period: int = 200, window: int = 200,
                  r_start: float = 0.5, r_end: float = 0.9, r_ramp: float = 3,
                  shrink: float = 0.3, max_redraws: int = 5, importance_weights: bool = False,
                  ess_threshold: float | None = None) -> None:
@@ -102,8 +105,12 @@ class BreedSampler(Sampler):
         self.importance_weights = bool(importance_weights)
         self.ess_threshold = None if ess_threshold is None else float(ess_threshold)
         self.stats = LossDeviation(steps, capacity=self.budget)
-        self._rng, self._design = initial_design(seed, budget, self.lower, self.upper, dim)
-        self._log_uniform = -dim * np.log(self.upper - self.lower)  # log of the uniform density
+        self._rng, self._design = initial_design(seed, budget, self.lower, self.upper,
+                                                 self.dim)
+        # sigma is a fraction of each parameter's range; densities are taken in the unit box
+        # (the Jacobian of the scaling is one constant for every point, so weights agree)
+        self._width = self.upper - self.lower
+        self._log_uniform = 0.0
         n = self.budget
         # One row per simulation (hand-out order); rows >= handed are pending and may change.
         self._params = self._design.copy()
@@ -239,9 +246,10 @@ class BreedSampler(Sampler):
             picks = ids[self._rng.choice(len(ids), size=n, p=w)]  # multinomial, eq. 10
             children, used, kept_mask, redraws = gaussian_children(
                 self._rng, self._params[picks], self._member_sigma[picks], self.lower,
-                self.upper, self.shrink, self.max_redraws)
+                self.upper, self.shrink, self.max_redraws, self._width)
             if self.importance_weights:
-                logq[is_prop] = log_mixture_density(children, self._params[ids], w,
+                logq[is_prop] = log_mixture_density(self._unit(children),
+                                                    self._unit(self._params[ids]), w,
                                                     self._member_sigma[ids])
             np.minimum.at(self._member_sigma, picks, used)
             params[is_prop], parent[is_prop] = children, picks
@@ -254,6 +262,9 @@ class BreedSampler(Sampler):
         if generation is not None:
             out.update(redraws=int(redraws), kept_parent=kept)
         return out
+
+    def _unit(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.lower) / self._width
 
     # -- checkpoint -------------------------------------------------------------------------
     _TABLE = ("_params", "_source", "_generation", "_parent", "_sigma", "_member_sigma", "_logq")

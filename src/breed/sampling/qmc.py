@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import qmc
 
-from breed.sampling.base import DIM, Draw, Sampler
+from breed.sampling.base import Draw, Sampler
 from breed.sampling.uniform import check_resume, check_sampler_args
 
 
@@ -26,16 +26,16 @@ def _engine(cls: type[qmc.QMCEngine], dim: int, seed: int) -> qmc.QMCEngine:
 
 
 class QMCSampler(Sampler):
-    """Hands out a low-discrepancy sequence scaled to ``[lower, upper]^dim``."""
+    """Hands out a low-discrepancy sequence scaled to the box."""
 
     engine_class: type[qmc.QMCEngine] = qmc.Halton
 
-    def __init__(self, budget: int, bounds: tuple[float, float], seed: int = 0,
-                 dim: int = DIM) -> None:
+    def __init__(self, budget: int, bounds: tuple[Any, Any], seed: int = 0,
+                 dim: int | None = None) -> None:
         check_sampler_args(budget, bounds, dim)
         super().__init__(budget, bounds, seed, dim)
-        self._engine = _engine(self.engine_class, dim, self.seed)
-        self._points = np.empty((0, dim))
+        self._engine = _engine(self.engine_class, self.dim, self.seed)
+        self._points = np.empty((0, self.dim))
         self.handed = 0
         self._extend()
 
@@ -45,7 +45,7 @@ class QMCSampler(Sampler):
 
     def _extend(self) -> None:
         unit = self._block()
-        scaled = qmc.scale(unit, [self.lower] * self.dim, [self.upper] * self.dim)
+        scaled = qmc.scale(unit, self.lower, self.upper)
         # Scaling can round a point a hair past the upper bound; the bounds are a hard contract.
         self._points = np.concatenate([self._points, np.clip(scaled, self.lower, self.upper)])
 
@@ -92,3 +92,35 @@ class SobolSampler(QMCSampler):
         # First block: the smallest 2^m >= S; later blocks double the total (stays a power of 2).
         m = math.ceil(math.log2(self.budget)) if done == 0 else int(math.log2(done))
         return self._engine.random_base2(m)
+
+
+class ValidationDesign(Sampler):
+    """The validation set's design (:func:`breed.validation.halton_params`) in order: how a
+    problem's own client makes its validation set (``training.mode: collect``)."""
+
+    name = "validation"
+
+    def __init__(self, budget: int, bounds: tuple[Any, Any], seed: int = 0,
+                 dim: int | None = None) -> None:
+        from breed.validation import halton_design
+
+        check_sampler_args(budget, bounds, dim)
+        super().__init__(budget, bounds, seed, dim)
+        self._points = halton_design(self.budget, self.seed, self.lower, self.upper)
+        self.handed = 0
+
+    def next(self) -> Draw:
+        if self.handed >= self.budget:
+            raise ValueError("validation design: every point was handed out (a simulation "
+                             "given up cannot be redrawn: launcher.on_give_up must be drop)")
+        params = self._points[self.handed]
+        self.handed += 1
+        return Draw(params=params, source=self.name, generation=0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "seed": self.seed, "budget": self.budget,
+                "handed": self.handed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_resume(state, self)
+        self.handed = int(state["handed"])

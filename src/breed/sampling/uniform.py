@@ -12,21 +12,18 @@ from typing import Any
 
 import numpy as np
 
-from breed.sampling.base import DIM, Draw, Sampler
+from breed.sampling.base import Draw, Sampler, box
 
 
-def check_sampler_args(budget: int, bounds: tuple[float, float], dim: int) -> None:
+def check_sampler_args(budget: int, bounds: tuple[Any, Any], dim: int | None) -> None:
     """One-line errors for arguments every sampler shares."""
     if int(budget) < 1:
         raise ValueError(f"study.simulations: budget must be >= 1, got {budget}")
-    if len(bounds) != 2 or not float(bounds[0]) < float(bounds[1]):
-        raise ValueError(f"solver.bounds: need [lower, upper] with lower < upper, got {bounds}")
-    if int(dim) < 1:
-        raise ValueError(f"sampler: dimension must be >= 1, got {dim}")
+    box(bounds, dim)
 
 
-def initial_design(seed: int, budget: int, lower: float, upper: float,
-                   dim: int = DIM) -> tuple[np.random.Generator, np.ndarray]:
+def initial_design(seed: int, budget: int, lower: np.ndarray, upper: np.ndarray,
+                   dim: int) -> tuple[np.random.Generator, np.ndarray]:
     """The S uniform points of iteration 0 and the generator positioned right after them."""
     rng = np.random.default_rng(int(seed))
     return rng, rng.uniform(lower, upper, size=(int(budget), dim))
@@ -41,15 +38,16 @@ def check_resume(state: dict[str, Any], sampler: Sampler) -> None:
 
 
 class UniformSampler(Sampler):
-    """Independent uniform draws in ``[lower, upper]^dim`` (the paper's Random)."""
+    """Independent uniform draws in the box (the paper's Random)."""
 
     name = "uniform"
 
-    def __init__(self, budget: int, bounds: tuple[float, float], seed: int = 0,
-                 dim: int = DIM) -> None:
+    def __init__(self, budget: int, bounds: tuple[Any, Any], seed: int = 0,
+                 dim: int | None = None) -> None:
         check_sampler_args(budget, bounds, dim)
         super().__init__(budget, bounds, seed, dim)
-        self._rng, self._design = initial_design(seed, budget, self.lower, self.upper, dim)
+        self._rng, self._design = initial_design(seed, budget, self.lower, self.upper,
+                                                 self.dim)
         self.handed = 0
 
     def next(self) -> Draw:
