@@ -208,7 +208,7 @@ def test_snakemake_profile_oar_runs_the_tiny_study(workdir: Path) -> None:
     res = work / "results" / "tiny"
     assert (res / "figures" / "fig4.png").read_bytes()[:4] == b"\x89PNG"
     assert len((res / "tables" / "runs.csv").read_text().splitlines()) == 3
-    for run_id in ("random-H16-L1-seed0", "breed-H16-L1-s25-P5-N4-r0.5-0.9-3-seed0"):
+    for run_id in ("random-H16-L1-seed0", "breed-H16-L1-s0.0625-P5-N4-r0.5-0.9-3-seed0"):
         run = res / run_id
         assert yaml.safe_load((run / "config.resolved.yaml").read_text())["launcher"][
             "backend"] == "oar"

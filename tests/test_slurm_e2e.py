@@ -181,7 +181,7 @@ def test_snakemake_profile_slurm_runs_the_tiny_study(tmp_path: Path) -> None:
     assert (res / "figures" / "fig4.png").read_bytes()[:4] == b"\x89PNG"
     assert len((res / "tables" / "runs.csv").read_text().splitlines()) == 3
     run_jobs = [int(i) for i, rule in submitted.items() if rule == "breed_run"]
-    for run_id in ("random-H16-L1-seed0", "breed-H16-L1-s25-P5-N4-r0.5-0.9-3-seed0"):
+    for run_id in ("random-H16-L1-seed0", "breed-H16-L1-s0.0625-P5-N4-r0.5-0.9-3-seed0"):
         run = res / run_id
         cfg = yaml.safe_load((run / "config.resolved.yaml").read_text())
         assert cfg["launcher"]["backend"] == "slurm"
