@@ -118,6 +118,17 @@ def test_fig4_marks_means_of_uniform_proposal_random_breed(config: dict,
     # synthetic proposal draws have a larger spread: the figure shows the shift
     assert b_in.query("source == 'proposal'")["deviation"].mean() > \
         b_in.query("source != 'proposal'")["deviation"].mean()
+    assert a.get_xlabel() == "deviation std(T0..T4) (K)"  # the heat problem's statistic
+
+
+def test_fig4_names_the_statistic_of_the_problem() -> None:
+    from breed.config import validate
+    from breed.problems import problem_of
+
+    burgers = problem_of(validate({"problem": "burgers1d"}))
+    assert S.statistic_label(burgers.statistic, burgers) == "std(nu..b in the unit box)"
+    heat = problem_of(validate({}))
+    assert S.statistic_label(heat.statistic, heat) == "std(T0..T4) (K)"
 
 
 def test_fig6_lower_triangle_of_median_correlations(config: dict, tmp_path: Path) -> None:

@@ -331,3 +331,22 @@ def test_threaded_stream_trains_on_every_sample() -> None:
     thread.join(5)
     assert trained == set(range(total)) and max_fill <= 16
     assert buf.stats()["received"] == total
+
+
+def test_a_recycling_reservoir_keeps_serving_after_the_stream() -> None:
+    """``training.iterations``: once closed and all seen, batches still come (reused samples)
+    when ``recycle`` is set; without it the buffer says it is finished."""
+    for recycle in (False, True):
+        buf = Reservoir(capacity=8, watermark=4, field_size=F, seed=0)
+        buf.recycle = recycle
+        fill(buf, 6)
+        buf.close()
+        while not buf.all_seen():
+            assert buf.sample_batch(4, timeout=1.0) is not None
+        assert buf.finished()
+        after = [buf.sample_batch(4, timeout=0.1) for _ in range(3)]
+        if recycle:
+            assert all(b is not None and set(b.sim_ids.tolist()) <= set(range(6))
+                       for b in after)
+        else:
+            assert after == [None, None, None]

@@ -114,3 +114,27 @@ def test_tensorboard_scalars_mirror_metrics(tmp_path: Path) -> None:
     scalars = events.Scalars("validation/val_mse")
     assert [s.step for s in scalars] == [r["iteration"] for r in val]
     assert [s.value for s in scalars] == pytest.approx([r["val_mse"] for r in val], rel=1e-6)
+
+
+@pytest.mark.timeout(180)
+def test_an_iteration_budget_is_spent_after_the_stream_whatever_the_timing(
+        tmp_path: Path) -> None:
+    """training.iterations: the data (6 simulations) is all in and seen long before 400
+    iterations; training goes on with batches from the reservoir until exactly 400, so two
+    runs compare at equal iterations however fast their clients were."""
+    cfg = write_config(tmp_path, training={**TINY["training"], "iterations": 400,
+                                           "validation_interval": 100})
+    run = tmp_path / "run"
+    proc = breed("run", str(cfg), "--output", str(run))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["iterations"] == 400 and summary["iteration_budget"] == 400
+    assert not summary["budget_exceeded"] and summary["sims_done"] == 6
+    assert summary["buffer"]["received"] == 6 * 11  # every step once (T = 10)
+    assert summary["buffer"]["unseen"] == 0
+    validations = [json.loads(x)["iteration"] for x in (run / "metrics.jsonl").read_text()
+                   .splitlines() if '"validation"' in x]
+    assert validations[-1] == 400
+    bad = write_config(tmp_path, training={"iterations": 10}, buffer={"kind": "fifo"})
+    proc = breed("run", str(bad), "--output", str(tmp_path / "bad"))
+    assert proc.returncode == 2 and "training.iterations" in proc.stderr

@@ -114,6 +114,17 @@ def test_backend_and_validation_file_reach_the_run_config(config: dict) -> None:
     assert spec.config["validation"]["file"] is None  # the spec itself is not modified
 
 
+def test_a_study_of_another_problem_makes_its_validation_set_for_that_problem(
+        config: dict) -> None:
+    from breed.problems import problem_of
+
+    val = S.validation_config({**config, "launcher_backend": "slurm"}, "burgers")
+    run = S.expand_study(config, "burgers")[0].config
+    assert problem_of(val).fingerprint() == problem_of(run).fingerprint()
+    assert problem_of(val).name == "burgers1d" and val["launcher"]["backend"] == "slurm"
+    assert val["validation"]["size"] == run["validation"]["size"] == 40
+
+
 def test_selected_studies_expands_sets(config: dict) -> None:
     assert S.selected_studies(config, "paper") == ["models", "sampling", "mixing"]
     assert S.selected_studies(config) == ["quick"]
@@ -125,6 +136,7 @@ def test_selected_studies_expands_sets(config: dict) -> None:
     ({"grid": {"model.hiden": [16]}}, r"studies\.bad: model\.hiden: unknown key"),
     ({"grid": {"model.hidden": [0]}}, r"studies\.bad: model\.hidden: 0 is less than"),
     ({"vary": {"solver.grid": [16, 32]}}, r"solver\.grid cannot vary"),
+    ({"grid": {"problem": ["heat2d", "burgers1d"]}}, r"problem cannot vary"),
     ({"base": {"training": {"per_sample_log": False}}}, r"per_sample_log must stay true"),
     ({"reference": {"model.hiddn": 16}}, r"reference: model\.hiddn is not a run-config key"),
 ])

@@ -172,16 +172,17 @@ def reference_pair(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return breed, random
 
 
-def _histograms(ax: plt.Axes, groups: list[tuple[str, pd.Series, str]]) -> None:
+def _histograms(ax: plt.Axes, groups: list[tuple[str, pd.Series, str]], xlabel: str) -> None:
     data = pd.concat([g for _, g, _ in groups])
     bins = np.histogram_bin_edges(data, bins=30) if len(data) else 10
+    unit = " K" if xlabel.endswith("(K)") else ""
     for label, values, color in groups:
         if len(values) == 0:
             continue
         ax.hist(values, bins=bins, density=True, alpha=0.45, color=color,
-                label=f"{label} (n={len(values)}, mean {values.mean():.1f} K)")
+                label=f"{label} (n={len(values)}, mean {values.mean():.3g}{unit})")
         ax.axvline(values.mean(), color=color, ls="--", lw=1.5)
-    ax.set_xlabel("deviation std($T_0..T_4$) (K)")
+    ax.set_xlabel(f"deviation {xlabel}")
     ax.set_ylabel("density")
     ax.legend(fontsize=7)
 
@@ -194,12 +195,16 @@ def fig_deviation(runs: pd.DataFrame, inputs: pd.DataFrame) -> plt.Figure:
     r = inputs[inputs["run_id"].isin(random["run_id"])]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), squeeze=False)
     proposal = b["source"] == "proposal"
+    # the problem's statistic (inputs table; tables of older studies: the heat one)
+    xlabel = str(inputs["statistic"].iloc[0]) if "statistic" in inputs and len(inputs) else \
+        "std(T0..T4) (K)"
     _histograms(axes[0, 0], [("uniform", b.loc[~proposal, "deviation"], COLORS["random"]),
-                             ("proposal", b.loc[proposal, "deviation"], COLORS["breed"])])
+                             ("proposal", b.loc[proposal, "deviation"], COLORS["breed"])],
+                xlabel)
     axes[0, 0].set_title(f"(a) one Breed configuration: {breed['config_id'].iloc[0]}",
                          fontsize=8)
     _histograms(axes[0, 1], [("Random", r["deviation"], COLORS["random"]),
-                             ("Breed", b["deviation"], COLORS["breed"])])
+                             ("Breed", b["deviation"], COLORS["breed"])], xlabel)
     axes[0, 1].set_title("(b) Random vs Breed runs", fontsize=8)
     fig.tight_layout()
     return fig

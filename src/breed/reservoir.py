@@ -97,6 +97,9 @@ class SampleBuffer:
         self._data = threading.Condition(self._lock)  # sample_batch waits here
         self._closed = False
         self._started = False
+        # keep drawing batches after the end of the stream (``training.iterations``: a budget
+        # spent on the reservoir once every simulation is in); the trainer decides when to stop
+        self.recycle = False
         self.received = 0  # samples accepted
         self.evicted = 0  # seen samples replaced by new ones (reservoir only)
         self.batches = 0
@@ -229,12 +232,13 @@ class SampleBuffer:
         """Next batch of at most ``size`` samples, blocking until one can be drawn.
 
         Returns None on timeout or once :meth:`finished` (closed and every sample trained on:
-        the reservoir does not keep recycling old samples after the end of the stream).
+        the reservoir does not keep recycling old samples after the end of the stream, unless
+        :attr:`recycle` is set).
         """
         if size < 1:
             raise ValueError(f"batch size must be >= 1, got {size}")
         with self._lock:
-            if self._finished():
+            if self._finished() and not self.recycle:
                 return None
             idx = self._draw(size) if self._ready() else None
             waited = 0.0
@@ -497,11 +501,13 @@ def make_buffer(kind: str, capacity: int, watermark: int, field_size: int, seed:
 def buffer_from_config(cfg: dict[str, Any], normalisation: Normalisation | None = None
                        ) -> SampleBuffer:
     """The run's buffer (``buffer.*``, the problem's sample size, ``seed``), normalising by
-    default."""
+    default; it recycles samples after the stream when ``training.iterations`` is a budget."""
     from breed.problems import problem_of
 
     bc = cfg["buffer"]
     problem = problem_of(cfg)
     norm = normalisation or Normalisation.from_problem(problem)
-    return make_buffer(bc["kind"], bc["capacity"], bc["watermark"], problem.sample_size,
-                       seed=cfg["seed"], normalisation=norm)
+    buf = make_buffer(bc["kind"], bc["capacity"], bc["watermark"], problem.sample_size,
+                      seed=cfg["seed"], normalisation=norm)
+    buf.recycle = cfg["training"].get("iterations") is not None
+    return buf

@@ -74,6 +74,14 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
         raise ConfigError("launcher.server_ranks: a field without a declared range has its "
                           "scale estimated from the first samples, which needs one server rank; "
                           "declare problem.fields.N.range")
+    tc = cfg["training"]
+    if tc["iterations"] is not None:
+        if cfg["buffer"]["kind"] != "reservoir":
+            raise ConfigError("training.iterations: a budget is spent on the reservoir after "
+                              "the stream; buffer.kind fifo trains on each sample once")
+        if tc["max_iterations"] is not None and tc["max_iterations"] < tc["iterations"]:
+            raise ConfigError(f"training.iterations: {tc['iterations']} is more than "
+                              f"training.max_iterations {tc['max_iterations']}")
     if cfg["model"]["factory"]:  # a user's model: built once here so a bad one stops the run
         from breed.trainer import build_model
 

@@ -266,7 +266,10 @@ class Server:
             self.receiver.ingest.poll_counts()
             self.receiver.merge_worker_counts()
         buffers = self.coll.allgather(self.buffer.stats())
+        budget = self.cfg["training"]["iterations"]
         summary = {"iterations": self.iteration, "wall_time": time.time() - self.start,
+                   "iteration_budget": budget,  # over it: the data outlasted the budget
+                   "budget_exceeded": budget is not None and self.iteration > budget,
                    "ranks": self.coll.size, **clock.summary(self.iteration),
                    "sims_done": self.table.done_count() if self.root else None,
                    "target": self.table.target if self.root else None,
@@ -336,21 +339,26 @@ class Server:
               clock: LoopClock) -> None:
         tc, size = self.cfg["training"], self.coll.size
         batch_size = self.cfg["model"]["batch_size"]
-        max_it = tc["max_iterations"]
+        max_it, budget = tc["max_iterations"], tc["iterations"]
         while True:
             if self.root and self.link is not None:
                 for sim_id in self.table.collect_completions():
                     self._on_sim_done(sim_id)
             t0 = time.monotonic()
+            # with a budget the reservoir recycles after the stream: "all seen" is read before
+            # the draw, so a batch holding the last unseen samples is trained, never dropped
+            seen_before = budget is not None and self.buffer.finished()
             batch = self.buffer.sample_batch(batch_size, timeout=0.05 if size == 1 else 0.002)
             ag = self.coll.agree(
                 samples=0 if batch is None else len(batch),
-                all_seen=batch is None and self.buffer.finished(),  # a drawn batch is trained
+                all_seen=seen_before if budget is not None else
+                batch is None and self.buffer.finished(),  # a drawn batch is trained
                 data_finished=self.root and self.table.finished(),
                 stop=max_it is not None and self.iteration >= max_it)
             if ag.data_finished and not self.buffer.closed:
                 self.buffer.close()  # end of stream: the reservoir stops recycling samples
-            if ag.stop or (ag.data_finished and ag.all_seen):
+            spent = budget is None or self.iteration >= budget  # the same on every rank
+            if ag.stop or (ag.data_finished and ag.all_seen and spent):
                 return
             if ag.samples == 0:
                 clock.starved(time.monotonic() - t0, self.iteration > 0)

@@ -163,9 +163,9 @@ def expand_study(config: dict[str, Any], name: str) -> list[RunSpec]:
     st = config["studies"][name]
     grid, vary = st.get("grid", {}), st.get("vary", {})
     for key in [*grid, *vary]:
-        if key.split(".")[0] in ("seed", "output", "validation", "solver"):
+        if key.split(".")[0] in ("seed", "output", "validation", "solver", "problem"):
             raise StudyError(f"studies.{name}: {key} cannot vary within a study "
-                             "(one validation set and seed list per study)")
+                             "(one problem, validation set and seed list per study)")
     base = deep_merge(config.get("common", {}), st.get("base", {}))
     base.setdefault("launcher", {})["backend"] = config.get("launcher_backend", "local")
     extra = [k for k in [*grid, *vary] if k not in PARAMS and k != "sampler.name"]
@@ -233,10 +233,14 @@ def run_config(spec: RunSpec, validation_file: str, run_dir: str) -> dict[str, A
 
 
 def validation_config(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """Run configuration ``breed make-validation --config`` reads (solver + validation keys)."""
+    """Run configuration ``breed make-validation --config`` reads: the study's problem (and
+    the heat preset's solver), the validation keys, and the launcher that runs a non-heat
+    problem's own clients over the validation design."""
     st = config["studies"][name]
     base = deep_merge(config.get("common", {}), st.get("base", {}))
-    return _resolve(name, {k: base[k] for k in ("solver", "validation") if k in base})
+    base.setdefault("launcher", {})["backend"] = config.get("launcher_backend", "local")
+    return _resolve(name, {k: base[k] for k in ("problem", "solver", "validation", "launcher")
+                           if k in base})
 
 
 # --------------------------------------------------------------------------- run directories
@@ -289,6 +293,15 @@ def deviation(frame: pd.DataFrame, statistic: str = "std",
     return pd.Series(values, index=frame.index)
 
 
+def statistic_label(statistic: str, problem: Any) -> str:
+    """Axis label of Fig. 4 for the problem's statistic (heat: "std(T0..T4) (K)")."""
+    names = problem.names
+    span = names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
+    label = {"std": f"std({span})", "unit_std": f"std({span} in the unit box)",
+             "mean": f"mean({span})", "norm": f"|({span})|"}[statistic]
+    return f"{label} (K)" if problem.name == "heat2d" and statistic != "unit_std" else label
+
+
 def runs_table(specs: list[RunSpec], root: Path) -> pd.DataFrame:
     """One row per run: parameters and final validation metrics."""
     rows = [{**s.params, "reference": s.reference, **final_metrics(root / s.run_id)}
@@ -319,7 +332,8 @@ def inputs_table(specs: list[RunSpec], root: Path) -> pd.DataFrame:
         problem = problem_of(s.config)
         frames.append(sm[["sim_id", *parameter_columns(sm), "source", "generation"]]
                       .assign(run_id=s.run_id,
-                              deviation=deviation(sm, problem.statistic, problem)))
+                              deviation=deviation(sm, problem.statistic, problem),
+                              statistic=statistic_label(problem.statistic, problem)))
     return pd.concat(frames, ignore_index=True)
 
 
