@@ -336,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = [x["check"] for per in res.values() for m in METHODS for x in per[m]]
     parts = [f"## Breed vs Random: S = {args.simulations}, {args.seeds} paired seeds, "
              f"validation {val.size} Halton trajectories ({val_path})\n",
-             f"Config: {base_path} (sigma 5, P 200, N 200, r (0.5, 0.9, 3), M 64, T 100, "
-             f"B 128, reservoir 6000/300, {args.max_jobs} clients). Ratios > 1: Breed better. "
+             f"Config: {base_path} (sigma 0.0125 = 5 K, P 200, N 200, r (0.5, 0.9, 3), M 64, "
+             f"T 100, B 128, reservoir 6000/300, {args.max_jobs} clients). Ratios > 1: Breed better. "
              f"Recomputed val MSE vs the run's own: max rel. diff {max(checks):.1e}.\n"]
     parts += [model_report(name, per) + "\n" for name, per in res.items()]
     parts.append(cost_report(costs, res))

@@ -114,6 +114,7 @@ def test_a_users_solver_runs_end_to_end_with_breed_steering(tmp_path: Path) -> N
     problem = problem_of(yaml.safe_load((run / "config.resolved.yaml").read_text()))
     vset = load_validation(run / "validation.npz", expect_problem=problem.identity())
     assert vset.fields.shape == (8, 21, 2 * 24 * 40)
+    assert not list(run.glob("validation.npz.collect*"))  # the collection run is cleaned up
     np.testing.assert_allclose(vset.params, halton_params(8, 12345, problem), rtol=1e-12)
     sys.path.insert(0, str(TOY.parent))
     import toy_client

@@ -16,6 +16,7 @@ checks their steps through the same data path, but stores whole trajectories
 from __future__ import annotations
 
 import copy
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,9 @@ def collection_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 
 def collect_validation(cfg: dict[str, Any], output: str | Path) -> Any:
-    """Run the problem's client on the validation design; returns the validation set (the
-    caller saves it). RuntimeError (one line) if the collection fails."""
+    """Run the problem's client on the validation design in ``OUTPUT.collect`` (removed once
+    it succeeded); returns the validation set (the caller saves it). RuntimeError (one line)
+    if the collection fails."""
     from breed import rundir, runner
     from breed.validation import load_validation
 
@@ -127,4 +129,6 @@ def collect_validation(cfg: dict[str, Any], output: str | Path) -> Any:
     if code != 0:
         raise RuntimeError(f"collecting the validation set failed (exit {code}); see "
                            f"{run_dir / rundir.LOGS}")
-    return load_validation(run_dir / TRAJECTORIES)
+    vset = load_validation(run_dir / TRAJECTORIES)
+    shutil.rmtree(run_dir, ignore_errors=True)  # in memory now; a failed one stays, for its logs
+    return vset
