@@ -246,7 +246,7 @@ def test_tiny_dag_end_to_end_then_figures_alone(workdir: Path) -> None:
     ratios = (res / "tables" / "ratios.csv").read_text().splitlines()
     assert ratios[1].startswith("tiny,breed-H16-L1-s0.0625-P5-N4-r0.5-0.9-3,H16-L1,1,")
     inputs = (res / "tables" / "inputs.csv").read_text().splitlines()
-    assert inputs[0] == "sim_id,T0,T1,T2,T3,T4,source,generation,run_id,deviation"
+    assert inputs[0] == "sim_id,T0,T1,T2,T3,T4,source,generation,run_id,deviation,statistic"
     assert len(inputs) == 1 + 2 * 30  # every simulation of both runs (whether Breed steered
     # any of them depends on timing at this budget: not asserted here)
     run_cfg = yaml.safe_load((res / "configs" / "random-H16-L1-seed0.yaml").read_text())
@@ -270,6 +270,32 @@ def test_tiny_dag_end_to_end_then_figures_alone(workdir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     html = (workdir / "report.html").read_text()
     assert "fig3a.png" in html and "Fig. 6: Pearson correlations" in html
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_study_of_another_problem_runs_end_to_end(workdir: Path) -> None:
+    """The burgers study: its validation set made by the Burgers client, both methods at
+    equal iterations, tables and figures in the problem's own parameters."""
+    import pandas as pd
+
+    from breed.validation import load_validation
+
+    proc = snakemake(workdir, "--cores", "2", "--config", "study=burgers", timeout=540)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    res = workdir / "results" / "burgers"
+    assert load_validation(res / "validation.npz").problem["name"] == "burgers1d"
+    assert not list(res.glob("validation.npz.collect*"))
+    for fig in ("fig3a", "fig4", "fig6"):
+        assert (res / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
+    runs = pd.read_csv(res / "tables" / "runs.csv")
+    assert len(runs) == 4 and set(runs["iterations"]) == {2000}  # equal training budgets
+    inputs = pd.read_csv(res / "tables" / "inputs.csv")
+    assert list(inputs.columns[:6]) == ["sim_id", "nu", "a", "b", "source", "generation"]
+    assert set(inputs["statistic"]) == {"std(nu..b in the unit box)"}
+    assert len(inputs) == 4 * 120 and inputs["nu"].between(0.02, 0.3).all()
+    ratios = (res / "tables" / "ratios.csv").read_text().splitlines()
+    assert ratios[1].startswith("burgers,breed-H64-L2-s0.05-P40-N40-r0.5-0.9-3,H64-L2,2,")
 
 
 @pytest.mark.slow
