@@ -354,6 +354,28 @@ def test_finish_waits_for_the_answer_and_raises_a_reject(make_server, token):
         assert client.assignment is None and client.finished == 1
 
 
+@pytest.mark.timeout(30)
+def test_a_late_reject_of_a_given_back_simulation_spares_the_next(make_server, token):
+    """The server refuses a block of simulation 0, which the client has aborted meanwhile:
+    the REJECT arriving later on the same connection belongs to sim 0, not to sim 1."""
+    srv = make_server(params=[LAM, LAM])
+    with Client(srv.control_address, token, timeout=5, send_timeout=5) as client:
+        client.request()
+        client.send(0, np.ones((8, 16)))  # rows 0..8 of step 0
+        client.send(0, np.ones((8, 15)), row_offset=8)  # rows 8..16, one column short
+        deadline = time.monotonic() + 10
+        while not srv.refused and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv.refused  # the REJECT of sim 0 is on its way, unread
+        client.abort("given back")
+        job = client.request()
+        assert job.sim_id == 1
+        for t in range(job.steps + 1):
+            client.send(t, np.full((16, 16), 300.0))
+        client.finish()  # acknowledged: the stale REJECT was dropped
+        assert client.finished == 1
+
+
 def test_api_needs_an_assignment_and_a_server(token, monkeypatch):
     monkeypatch.delenv("BREED_SERVER", raising=False)
     with pytest.raises(ClientConfigError, match="BREED_SERVER"):

@@ -313,8 +313,9 @@ class Client:
                               f"{self.send_timeout:g} s") from None
 
     def _answers(self, wait: float) -> protocol.ControlMessage | None:
-        """The server's next answer on the data connection within ``wait`` s (a REJECT is
-        raised as :class:`ClientError`), or None."""
+        """The server's next answer on the data connection within ``wait`` s (a REJECT of
+        the current simulation is raised as :class:`ClientError`; a late one of an earlier
+        simulation, already given back, is dropped), or None."""
         assert self.assignment is not None
         sock = self._data_socket(self.assignment.data)
         if not sock.poll(int(wait * 1000)):
@@ -324,7 +325,8 @@ class Client:
         except ProtocolError as exc:
             raise ClientError(f"undecodable answer from server {self.assignment.data}: "
                               f"{exc}") from None
-        if isinstance(msg, protocol.ControlMessage) and msg.kind is Kind.REJECT:
+        if isinstance(msg, protocol.ControlMessage) and msg.kind is Kind.REJECT and \
+                msg.body.get("sim_id", self.assignment.sim_id) == self.assignment.sim_id:
             raise ClientError(f"server rejected the data of simulation "
                               f"{self.assignment.sim_id}: "
                               f"{msg.body.get('reason', 'no reason given')}")
