@@ -94,9 +94,10 @@ class SobolSampler(QMCSampler):
         return self._engine.random_base2(m)
 
 
-class ValidationDesign(Sampler):
-    """The validation set's design (:func:`breed.validation.halton_params`) in order: how a
-    problem's own client makes its validation set (``training.mode: collect``)."""
+class ValidationDesign(QMCSampler):
+    """The validation set's design (:func:`breed.validation.halton_design`) in order: how a
+    problem's own client makes its validation set (``training.mode: collect``). Hand-out,
+    checkpoint and resume are the QMC samplers'; the design never extends past its size."""
 
     name = "validation"
 
@@ -105,22 +106,10 @@ class ValidationDesign(Sampler):
         from breed.validation import halton_design
 
         check_sampler_args(budget, bounds, dim)
-        super().__init__(budget, bounds, seed, dim)
+        Sampler.__init__(self, budget, bounds, seed, dim)  # no QMC engine: a fixed design
         self._points = halton_design(self.budget, self.seed, self.lower, self.upper)
         self.handed = 0
 
-    def next(self) -> Draw:
-        if self.handed >= self.budget:
-            raise ValueError("validation design: every point was handed out (a simulation "
-                             "given up cannot be redrawn: launcher.on_give_up must be drop)")
-        params = self._points[self.handed]
-        self.handed += 1
-        return Draw(params=params, source=self.name, generation=0)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "seed": self.seed, "budget": self.budget,
-                "handed": self.handed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_resume(state, self)
-        self.handed = int(state["handed"])
+    def _extend(self) -> None:
+        raise ValueError("validation design: every point was handed out (a simulation "
+                         "given up cannot be redrawn: launcher.on_give_up must be drop)")
