@@ -39,12 +39,12 @@ import torch
 import yaml
 from scipy.stats import wilcoxon
 
-from breed.checkpoint import load as load_checkpoint
 from breed.config import load_config
-from breed.reservoir import Batch
+from breed.learning.reservoir import Batch
+from breed.learning.trainer import Trainer, load_model
+from breed.learning.validation import load_validation
 from breed.sampling.breed import BreedSampler
-from breed.trainer import Trainer, load_model
-from breed.validation import load_validation
+from breed.server.checkpoint import load as load_checkpoint
 
 METHODS = ("uniform", "breed")  # uniform is the paper's Random
 LABEL = {"uniform": "Random", "breed": "Breed"}

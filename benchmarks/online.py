@@ -30,9 +30,9 @@ import torch
 import yaml
 
 from breed.config import validate
-from breed.heatpde import solve
-from breed.reservoir import buffer_from_config
-from breed.trainer import Trainer
+from breed.learning.reservoir import buffer_from_config
+from breed.learning.trainer import Trainer
+from breed.problems.heat2d_solver import solve
 
 
 def run_config(args: argparse.Namespace) -> dict:

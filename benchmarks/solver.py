@@ -2,10 +2,10 @@
 
     python benchmarks/solver.py            # prints a table, ~1 minute on 2 cores
 
-Measured in one run: seconds per 100-step trajectory of :func:`breed.heatpde.solve` at 64^2
+Measured in one run: seconds per 100-step trajectory of :func:`breed.problems.heat2d_solver.solve` at 64^2
 and 256^2; the same trajectory with a plain ``scipy.sparse.linalg.spsolve`` per step (the
 naive implicit Euler, its per-step time extrapolated from a few steps at 256^2 to keep the
-run short); and the MPI solver (:mod:`breed.heatpde_mpi`) at 512^2 on 1 and 2 ranks, each an
+run short); and the MPI solver (:mod:`breed.problems.heat2d_mpi`) at 512^2 on 1 and 2 ranks, each an
 ``mpiexec`` subprocess of this script, timed inside MPI (start-up excluded, best of 2).
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spl
 
-from breed.heatpde import solve
+from breed.problems.heat2d_solver import solve
 
 LAM = [300.0, 100.0, 500.0, 200.0, 400.0]
 STEPS = 100
@@ -63,7 +63,7 @@ def mpi_worker(grid: int, steps: int) -> None:
     """Run under mpiexec: time solve_mpi, print one JSON line on rank 0."""
     from mpi4py import MPI
 
-    from breed.heatpde_mpi import MPIHeatSolver, solve_mpi
+    from breed.problems.heat2d_mpi import MPIHeatSolver, solve_mpi
 
     comm = MPI.COMM_WORLD
     MPIHeatSolver(comm, LAM, grid=grid)  # warm-up: imports, FFT plans

@@ -360,18 +360,18 @@ def slurm_jobs_under(path: Path) -> list[str]:
 def _main(argv: list[str]) -> int:
     """``breed`` itself (``breed.cli.main``), keeping the backend ``breed run`` builds so its
     command timings can be written to ``$BREED_TEST_TIMINGS`` when the run ends."""
-    import breed.runner
+    import breed.launcher.runner
     from breed.cli import main
 
     made = []
-    check_runtime = breed.runner.check_runtime
+    check_runtime = breed.launcher.runner.check_runtime
 
     def keep(cfg: dict[str, Any]) -> Any:
         backend = check_runtime(cfg)
         made.append(backend)
         return backend
 
-    breed.runner.check_runtime = keep
+    breed.launcher.runner.check_runtime = keep
     try:
         return main(argv)
     finally:

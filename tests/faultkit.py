@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from breed.checkpoint import load as load_checkpoint
 from breed.launcher.launcher import ServerLink
 from breed.protocol import token_from_hex
-from breed.recovery import StepLedger
+from breed.server.checkpoint import load as load_checkpoint
+from breed.server.recovery import StepLedger
 
 # Small enough for seconds: 8 simulations of a 32x32 field. Client faults (MID_STREAM): 301
 # steps per simulation, more than the ZeroMQ queues between a client and the server hold (two

@@ -1,12 +1,12 @@
-"""Reassembly of per-rank row blocks (breed.assembly), including hostile and re-sent input."""
+"""Reassembly of per-rank row blocks (breed.server.assembly), including hostile and re-sent input."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from breed.assembly import Assembler
 from breed.protocol import FinishMessage, ProtocolError, StepMessage, decode, encode_step
+from breed.server.assembly import Assembler
 
 ROWS, COLS = 10, 4
 

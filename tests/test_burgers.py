@@ -71,7 +71,7 @@ def test_burgers_runs_end_to_end_with_its_own_client(tmp_path: Path) -> None:
     assert rows[0].startswith("sim_id,nu,a,b,")
     nu = np.array([float(r.split(",")[1]) for r in rows[1:]])
     assert ((nu >= 0.02) & (nu <= 0.3)).all()
-    from breed.validation import load_validation
+    from breed.learning.validation import load_validation
 
     vset = load_validation(run / "validation.npz")  # made by the Burgers client itself
     x = 2.0 * np.pi * np.arange(256) / 256

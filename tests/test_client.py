@@ -2,7 +2,7 @@
 
 ``MiniServer`` is a test receiver, not the training server: a thread with a ROUTER (control)
 and a ROUTER (data) socket on 127.0.0.1 speaking :mod:`breed.protocol`, reassembling blocks with
-:class:`breed.assembly.Assembler` and answering each FINISH on the client's data connection
+:class:`breed.server.assembly.Assembler` and answering each FINISH on the client's data connection
 (PONG, or REJECT). Clients run as real subprocesses (``python -m breed.client``,
 ``python -m breed.problems.heat2d_client``, and under ``mpiexec -n 2``).
 """
@@ -24,10 +24,9 @@ import pytest
 import zmq
 from conftest import free_port
 
-from breed.assembly import Assembler
 from breed.client import Assignment, Client, ClientConfigError, ClientError, FieldInfo
-from breed.heatpde import solve
 from breed.problems.heat2d import heat2d
+from breed.problems.heat2d_solver import solve
 from breed.protocol import (
     AuthError,
     ControlMessage,
@@ -38,6 +37,7 @@ from breed.protocol import (
     decode,
     encode_control,
 )
+from breed.server.assembly import Assembler
 
 SMALL = {"grid": 16, "steps": 5, "dt": 0.01, "alpha": 1.0, "length": 2.0, "dtype": "float64"}
 LAM = [300.0, 100.0, 500.0, 200.0, 400.0]

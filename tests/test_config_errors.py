@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from breed import runner
 from breed.config import load_schema
+from breed.launcher import runner
 
 SCHEMA = load_schema()
 

@@ -25,7 +25,7 @@ from faultkit import (
     stop_mid_stream,
 )
 
-from breed.checkpoint import load as load_checkpoint
+from breed.server.checkpoint import load as load_checkpoint
 
 pytestmark = pytest.mark.faults
 S = 8

@@ -1,4 +1,4 @@
-"""breed.figures on SYNTHETIC run directories (tests/synthetic_rundir.py): the figures draw
+"""breed.study.figures on SYNTHETIC run directories (tests/synthetic_rundir.py): the figures draw
 what the tables say (annotations, means, correlations), in PNG and PDF."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 import yaml
 from synthetic_rundir import write_synthetic_study
 
-from breed import figures as F
 from breed import study as S
+from breed.study import figures as F
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ from faultkit import (
     samples_csv,
 )
 
-from breed import runner
+from breed.launcher import runner
 from breed.protocol import Kind, decode, encode_control, encode_finish, token_from_hex
 
 pytestmark = pytest.mark.faults
@@ -207,7 +207,7 @@ def test_an_existing_run_directory_is_never_reused(make_run) -> None:
     moved = [p for p in run.dir.parent.iterdir() if p.name.startswith("run.old-")]
     assert len(moved) == 1 and digests(moved[0]) == before
     assert f"moved the old {run.dir} aside to {moved[0]}" in done.stderr
-    from breed.validation import load_validation
+    from breed.learning.validation import load_validation
 
     vset = load_validation(run.dir / "validation.npz")
     assert (vset.size, vset.seed) == (3, 7)
@@ -552,7 +552,7 @@ def test_partial_files_of_killed_writes_are_removed(make_run) -> None:
 
 
 def test_the_fd_limit_is_raised_to_the_hard_limit() -> None:
-    code = ("import resource; from breed.guard import raise_fd_limit; "
+    code = ("import resource; from breed.server.guard import raise_fd_limit; "
             "print(*raise_fd_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE))")
     out = subprocess.run(["bash", "-c", f"ulimit -Sn 64; {sys.executable} -c '{code}'"],
                          capture_output=True, text=True, timeout=60, check=True).stdout.split()

@@ -8,7 +8,7 @@ import scipy.fft
 import scipy.sparse as sp
 import scipy.sparse.linalg as spl
 
-from breed.heatpde import HeatParameterError, HeatSolver, dst_eigenvalues, solve
+from breed.problems.heat2d_solver import HeatParameterError, HeatSolver, dst_eigenvalues, solve
 
 LAM = np.array([300.0, 100.0, 500.0, 200.0, 400.0])  # T0, T1, T2, T3, T4
 

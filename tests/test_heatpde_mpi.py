@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from breed.heatpde import HeatParameterError, solve
-from breed.heatpde_mpi import MPIHeatSolver, solve_mpi, split_rows
+from breed.problems.heat2d_mpi import MPIHeatSolver, solve_mpi, split_rows
+from breed.problems.heat2d_solver import HeatParameterError, solve
 
 SCRIPT = Path(__file__).parent / "mpi_scripts" / "solve_mpi.py"
 LAM = [300.0, 100.0, 500.0, 200.0, 400.0]

@@ -10,12 +10,12 @@ import pytest
 import zmq
 
 from breed.config import validate
-from breed.datapath import StepSpec
-from breed.ingest import IngestProcess, SampleRing, WorkerSpec
+from breed.learning.reservoir import buffer_from_config
+from breed.learning.trainer import Trainer
+from breed.learning.validation import heat_problem
 from breed.protocol import encode_step
-from breed.reservoir import buffer_from_config
-from breed.trainer import Trainer
-from breed.validation import heat_problem
+from breed.server.datapath import StepSpec
+from breed.server.ingest import IngestProcess, SampleRing, WorkerSpec
 
 CFG = validate({"solver": {"grid": 8, "steps": 4}, "buffer": {"capacity": 10, "watermark": 5}})
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from breed import runner
 from breed.config import ConfigError, validate
+from breed.launcher import runner
 from breed.problems import problem_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_a_users_solver_runs_end_to_end_with_breed_steering(tmp_path: Path) -> N
     assert any(",proposal," in r for r in rows[1:])  # Breed steered some simulations
     summary = json.loads((run / "summary.json").read_text())
     assert summary["problem"] == "toy" and summary["final_validation"]["val_mse"] < 1.0
-    from breed.validation import halton_params, load_validation
+    from breed.learning.validation import halton_params, load_validation
 
     problem = problem_of(yaml.safe_load((run / "config.resolved.yaml").read_text()))
     vset = load_validation(run / "validation.npz", expect_problem=problem.identity())

@@ -1,5 +1,5 @@
 """Checkpoint contents for restarts: received-steps ledger, buffer samples, table + sampler cut,
-run-log truncation, atomic writes under SIGKILL (breed.recovery, breed.simtable)."""
+run-log truncation, atomic writes under SIGKILL (breed.server.recovery, breed.server.simtable)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from breed.config import validate
-from breed.recovery import (
+from breed.learning.reservoir import FifoBuffer, Reservoir
+from breed.sampling import make_sampler
+from breed.server.recovery import (
     StepLedger,
     buffer_restore,
     buffer_snapshot,
@@ -25,9 +27,7 @@ from breed.recovery import (
     restore,
     truncate_logs,
 )
-from breed.reservoir import FifoBuffer, Reservoir
-from breed.sampling import make_sampler
-from breed.simtable import SimTable
+from breed.server.simtable import SimTable
 
 F = 4
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from breed.config import validate
-from breed.normalisation import Normalisation
-from breed.reservoir import (
+from breed.learning.normalisation import Normalisation
+from breed.learning.reservoir import (
     Batch,
     BufferClosedError,
     FifoBuffer,
@@ -21,7 +21,7 @@ from breed.reservoir import (
     buffer_from_config,
     make_buffer,
 )
-from breed.validation import heat_problem
+from breed.learning.validation import heat_problem
 
 F = 4  # field size of the tiny samples used here
 

@@ -14,14 +14,14 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from breed.checkpoint import load as load_checkpoint
 from breed.config import validate
+from breed.learning.reservoir import buffer_from_config
 from breed.problems import problem_of
 from breed.protocol import Kind, decode, encode_control, encode_finish, encode_step
-from breed.receiver import Receiver, ReceiverOptions
-from breed.reservoir import buffer_from_config
 from breed.sampling import make_sampler
-from breed.simtable import SimTable
+from breed.server.checkpoint import load as load_checkpoint
+from breed.server.receiver import Receiver, ReceiverOptions
+from breed.server.simtable import SimTable
 
 GRID, STEPS = 8, 4
 DATA_COUNTERS = ("rejected_token", "malformed", "oversized", "unknown_sim", "bad_step",
@@ -267,7 +267,7 @@ def test_fuzz_live_receiver(live: Live) -> None:
 
 
 def buffer_snapshot_fields(live: Live) -> np.ndarray:
-    from breed.recovery import buffer_snapshot
+    from breed.server.recovery import buffer_snapshot
 
     return buffer_snapshot(live.buffer)["arrays"]["_fields"]
 
@@ -348,7 +348,7 @@ def test_token_never_on_a_command_line_or_in_logs(fault_run) -> None:
         time.sleep(0.05)
     assert proc.returncode == 0, run.stderr()
     # not vacuous: the server and client processes were among those looked at
-    assert any("breed.server" in c for c in seen.values())
+    assert any("breed.server.server" in c for c in seen.values())
     assert sum("heat2d_client" in c for c in seen.values()) >= 2 and ps_snapshots > 3
     for path in run.dir.rglob("*"):
         if path.is_file() and path.name != "token" and path.suffix not in (".pt", ".npz"):
@@ -365,7 +365,7 @@ def test_stranger_with_a_wrong_token_is_rejected_and_changes_nothing(fault_run) 
 
     from faultkit import PACED, audit
 
-    from breed.heatpde import HeatSolver
+    from breed.problems.heat2d_solver import HeatSolver
 
     run = fault_run(PACED)
     proc = run.start()

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from breed.server import Server
+from breed.server.server import Server
 
 
 def test_silent_launcher_checkpoints_once_then_recovers() -> None:

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 
 from breed.sampling.base import Draw, Sampler
-from breed.simtable import SimTable
+from breed.server.simtable import SimTable
 
 
 class CountingSampler(Sampler):

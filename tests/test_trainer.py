@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from breed.config import validate
-from breed.heatpde import solve
-from breed.reservoir import Batch, Reservoir
-from breed.trainer import (
+from breed.learning.reservoir import Batch, Reservoir
+from breed.learning.trainer import (
     Normalisation,
     Trainer,
     load_model,
@@ -17,7 +16,8 @@ from breed.trainer import (
     time_ranges,
     validation_metrics,
 )
-from breed.validation import ValidationSet, heat_problem
+from breed.learning.validation import ValidationSet, heat_problem
+from breed.problems.heat2d_solver import solve
 
 GRID, STEPS = 6, 10
 
@@ -262,7 +262,7 @@ import sys
 import numpy as np, torch, torch.distributed as dist
 sys.path.insert(0, {tests!r})
 from test_trainer import GRID, STEPS, batch_of, config, trajectories
-from breed.trainer import Trainer
+from breed.learning.trainer import Trainer
 
 rank = int(sys.argv[1])
 torch.set_num_threads(1)

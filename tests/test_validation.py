@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from breed.heatpde import solve
-from breed.validation import (
+from breed.learning.validation import (
     ValidationFileError,
     halton_params,
     heat_problem,
@@ -19,6 +18,7 @@ from breed.validation import (
     main,
     make_validation,
 )
+from breed.problems.heat2d_solver import solve
 
 SMALL = {"grid": 5, "steps": 4, "dt": 0.01, "alpha": 1.0, "length": 10.0}
 

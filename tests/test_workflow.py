@@ -279,7 +279,7 @@ def test_a_study_of_another_problem_runs_end_to_end(workdir: Path) -> None:
     equal iterations, tables and figures in the problem's own parameters."""
     import pandas as pd
 
-    from breed.validation import load_validation
+    from breed.learning.validation import load_validation
 
     proc = snakemake(workdir, "--cores", "2", "--config", "study=burgers", timeout=540)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

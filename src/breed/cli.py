@@ -11,11 +11,11 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("breed.runner", "Run one on-line training study from a YAML config."),
-    "server": ("breed.server", "Start the training server (normally started by `breed run`)."),
+    "run": ("breed.launcher.runner", "Run one on-line training study from a YAML config."),
+    "server": ("breed.server.server", "Start the training server (normally started by `breed run`)."),
     "client": ("breed.problems.heat2d_client",
                "Run the heat-equation solver as a streaming client."),
-    "make-validation": ("breed.validation", "Compute the fixed Halton validation set."),
+    "make-validation": ("breed.learning.validation", "Compute the fixed Halton validation set."),
 }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from breed.client import DATA_SNDHWM
 from breed.config import ConfigError
-from breed.receiver import DATA_HWM, RING_SLOTS
+from breed.server.receiver import DATA_HWM, RING_SLOTS
 
 F32 = 4
 GIB = 1 << 30
@@ -52,8 +52,8 @@ def human(n: float) -> str:
 
 def estimate(cfg: dict[str, Any]) -> Estimate:
     """Peak bytes of memory and disk of the run described by a validated config."""
+    from breed.learning.trainer import EVAL_ELEMENTS  # torch: only when a run is checked
     from breed.problems import problem_of
-    from breed.trainer import EVAL_ELEMENTS  # torch: only when a run is checked
 
     mc, lc, bc, vc = (cfg[k] for k in ("model", "launcher", "buffer", "validation"))
     problem = problem_of(cfg)
@@ -69,7 +69,7 @@ def estimate(cfg: dict[str, Any]) -> Estimate:
     memory = {
         "server process": SERVER_BASE,
         "buffer": buffer,
-        # a checkpoint copies the samples, then serialises the copy (breed.recovery)
+        # a checkpoint copies the samples, then serialises the copy (breed.server.recovery)
         "checkpoint copies": 2 * buffer,
         # the validation set is held whole; made in-process, it is also being written
         "validation set": frames if vc["file"] else 2 * frames,

@@ -1,4 +1,4 @@
-"""Run breed.heatpde_mpi.solve_mpi under mpiexec; rank 0 saves the trajectory (tests, benchmark).
+"""Run breed.problems.heat2d_mpi.solve_mpi under mpiexec; rank 0 saves the trajectory (tests, benchmark).
 
 usage: mpiexec -n P python solve_mpi.py OUT.npy GRID STEPS LENGTH T0 T1 T2 T3 T4 [PRECONDITIONER]
 OUT.npy may be "-" (do not save).
@@ -14,7 +14,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from breed.heatpde_mpi import MPIHeatSolver, solve_mpi
+from breed.problems.heat2d_mpi import MPIHeatSolver, solve_mpi
 
 
 def main(argv: list[str]) -> int:

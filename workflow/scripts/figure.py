@@ -1,11 +1,11 @@
-"""Draw one figure (the rule's name: fig3a, fig3b, fig4, fig6) with breed.figures."""
+"""Draw one figure (the rule's name: fig3a, fig3b, fig4, fig6) with breed.study.figures."""
 
 import logging
 import sys
 
 import pandas as pd
 
-from breed import figures as F
+from breed.study import figures as F
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
 sys.stderr = open(snakemake.log[0], "w")  # noqa: SIM115  (tracebacks land in the rule's log)

@@ -6,7 +6,7 @@ reports FAILED (non-zero exit, killed, scheduler FAILED/TIMEOUT) are told to the
 hands their simulations out again with the same parameters (``launcher.max_retries``, then
 ``launcher.on_give_up``); jobs the server reports silent (``stale_jobs``: no step for
 ``simulation_timeout`` s) are cancelled. A server that exits or stops answering for
-``ping_timeout`` s raises :class:`ServerDied`; :mod:`breed.runner` restarts it from its checkpoint.
+``ping_timeout`` s raises :class:`ServerDied`; :mod:`breed.launcher.runner` restarts it from its checkpoint.
 
 ``DIR/jobs.csv`` is rewritten on every change of the job table, so a launcher that is killed
 leaves behind the jobs it had submitted: ``breed run --resume DIR`` cancels them

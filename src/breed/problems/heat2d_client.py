@@ -1,7 +1,7 @@
 """The heat preset's client: the paper's heat solver streamed through the public client API.
 
 ``python -m breed.problems.heat2d_client`` (or ``breed client``), serial or under ``mpiexec -n
-P`` (row blocks, :mod:`breed.heatpde_mpi`), persistent by default: simulation after simulation
+P`` (row blocks, :mod:`breed.problems.heat2d_mpi`), persistent by default: simulation after simulation
 until the server says ``STOP``, so one process (or one MPI job) amortises its start-up over
 many cheap simulations. It uses nothing a user's client could not: :mod:`breed.client`.
 """
@@ -31,13 +31,13 @@ def heat_blocks(job: Assignment, comm: Any = None) -> Iterator[tuple[int, np.nda
     """This rank's ``(step, block, row_offset, global_rows)`` of the heat solver, step by step."""
     s = job.solver
     if comm is None or comm.Get_size() == 1:
-        from breed.heatpde import HeatSolver
+        from breed.problems.heat2d_solver import HeatSolver
 
         solver = HeatSolver(job.params, s["grid"], s["dt"], s["alpha"], s["length"])
         for t, block in solver.blocks(s["steps"]):
             yield t, block, 0, solver.grid
     else:
-        from breed.heatpde_mpi import MPIHeatSolver
+        from breed.problems.heat2d_mpi import MPIHeatSolver
 
         mpi = MPIHeatSolver(comm, job.params, s["grid"], s["dt"], s["alpha"], s["length"])
         for t, block in mpi.blocks(s["steps"]):

@@ -49,7 +49,7 @@ class Parameter:
 @dataclass(frozen=True)
 class FieldSpec:
     """One field of a time step; ``range`` (physical) fixes its normalisation, else the server
-    estimates it from the first samples it receives (:mod:`breed.normalisation`)."""
+    estimates it from the first samples it receives (:mod:`breed.learning.normalisation`)."""
 
     name: str
     shape: tuple[int, ...]

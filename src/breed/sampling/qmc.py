@@ -95,7 +95,7 @@ class SobolSampler(QMCSampler):
 
 
 class ValidationDesign(QMCSampler):
-    """The validation set's design (:func:`breed.validation.halton_design`) in order: how a
+    """The validation set's design (:func:`breed.learning.validation.halton_design`) in order: how a
     problem's own client makes its validation set (``training.mode: collect``). Hand-out,
     checkpoint and resume are the QMC samplers'; the design never extends past its size."""
 
@@ -103,7 +103,7 @@ class ValidationDesign(QMCSampler):
 
     def __init__(self, budget: int, bounds: tuple[Any, Any], seed: int = 0,
                  dim: int | None = None) -> None:
-        from breed.validation import halton_design
+        from breed.learning.validation import halton_design
 
         check_sampler_args(budget, bounds, dim)
         Sampler.__init__(self, budget, bounds, seed, dim)  # no QMC engine: a fixed design

@@ -8,8 +8,8 @@ builds any ``torch.nn.Module`` instead, called as ``factory(n_inputs, output_sha
 per-sample losses (``reduction="none"``, mean over the S outputs of each sample) with their
 batch mean and standard deviation: the inputs of Breed's loss deviation (eq. 4).
 
-Units: model units of :mod:`breed.normalisation`. Every loss and validation metric is in these
-units; the buffer (:mod:`breed.reservoir`) stores samples already normalised, and
+Units: model units of :mod:`breed.learning.normalisation`. Every loss and validation metric is in these
+units; the buffer (:mod:`breed.learning.reservoir`) stores samples already normalised, and
 :meth:`Trainer.predict` and :func:`load_model` give fields back in physical units.
 
 Multi-rank training: :meth:`Trainer._build` is the one place that creates the model and the
@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from breed.normalisation import Normalisation
+from breed.learning.normalisation import Normalisation
+from breed.learning.reservoir import Batch
 from breed.problems import problem_of
-from breed.reservoir import Batch
 
 MODEL_FORMAT = "breed-surrogate-v2"
 EVAL_ELEMENTS = 1 << 22  # outputs per evaluation chunk (16 MiB of float32)
@@ -295,7 +295,7 @@ class Trainer:
     def evaluate(self, validation: Any, chunk_elements: int = EVAL_ELEMENTS
                  ) -> dict[str, float | None]:
         """Metrics of :func:`validation_metrics` on a validation set (``.params`` (n, d)
-        physical, ``.fields`` (n, T+1, *sample shape) physical, see :mod:`breed.validation`),
+        physical, ``.fields`` (n, T+1, *sample shape) physical, see :mod:`breed.learning.validation`),
         in model units.
 
         Rows of (trajectory, step) go through the model in chunks of about ``chunk_elements``

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from breed.simtable import SimRecord, SimTable
+from breed.server.simtable import SimRecord, SimTable
 
 
 class RankLink:

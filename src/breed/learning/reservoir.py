@@ -10,7 +10,7 @@ in ``send`` (backpressure). No sample is ever dropped before the model has train
 
 What is stored. A sample is one time step of one simulation: its fields (the problem's fields,
 flattened and concatenated), its parameters λ, its time step t and its simulation id. With a
-:class:`breed.normalisation.Normalisation` (always, in a run) the buffer stores the model's
+:class:`breed.learning.normalisation.Normalisation` (always, in a run) the buffer stores the model's
 inputs and targets in model units, converted once while copying into the preallocated float32
 slot: a batch goes to the model without per-batch arithmetic, and a sample reused k times is
 not normalised k times. Fields whose scale is estimated from the first samples are stored raw
@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from breed.normalisation import Normalisation
+from breed.learning.normalisation import Normalisation
 
 
 class BufferClosedError(RuntimeError):

@@ -4,9 +4,9 @@
 the study then reads the same file, so validation losses of different runs are comparable.
 λ comes from a scrambled Halton sequence over the problem's box in sampling space
 (``scipy.stats.qmc``, seeded). The heat preset solves its trajectories in-process
-(:func:`breed.heatpde.solve`, the very solver its clients run); any other problem's set is
+(:func:`breed.problems.heat2d_solver.solve`, the very solver its clients run); any other problem's set is
 made by running the problem's own client through the launcher on that design
-(:mod:`breed.collect`).
+(:mod:`breed.server.collect`).
 
 File format (``.npz``, no pickled objects): ``params`` float64 ``(n, d)`` physical, ``fields``
 float32 ``(n, T+1, *shape)`` for a one-field problem, else ``(n, T+1, S)`` with the fields
@@ -108,7 +108,7 @@ def heat_problem(grid: int = 64, steps: int = 100, dt: float = 0.01, alpha: floa
 
 def compute_validation(problem: Problem, size: int, seed: int) -> ValidationSet:
     """Solve every trajectory of the set in-process (the heat preset, eqs. 13-16)."""
-    from breed.heatpde import solve
+    from breed.problems.heat2d_solver import solve
 
     if problem.name != "heat2d":
         raise ValueError(f"problem {problem.name}: its validation set is made by its own "
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         if problem.name == "heat2d":
             vset = compute_validation(problem, vc["size"], vc["seed"])
         else:  # its own client, through the launcher
-            from breed.collect import collect_validation
+            from breed.server.collect import collect_validation
 
             vset = collect_validation(cfg, args.output)
         save_validation(vset, args.output, compress=not args.no_compress)

@@ -4,7 +4,7 @@ Fault tolerance (``launcher.on_server_death``): when the server process dies or 
 for ``launcher.ping_timeout`` s, the client jobs are cancelled and the server is restarted from
 its last checkpoint (``breed server --resume``), at most ``launcher.max_server_restarts`` times;
 the simulations in flight at that checkpoint run again with the same parameters, and steps
-already received are not taken twice (:mod:`breed.recovery`). Clients are cancelled rather than
+already received are not taken twice (:mod:`breed.server.recovery`). Clients are cancelled rather than
 kept: a kept client could stream a simulation id that the restarted server has handed out again
 with other parameters (ids follow the sampler's hand-out order, which rewinds to the checkpoint).
 
@@ -63,10 +63,10 @@ PYTHON = "{python}"  # in a client command: the interpreter breed runs in
 def check_runtime(cfg: dict[str, Any]) -> Backend:
     """Checks the schema cannot express, before anything starts (ConfigError naming the key);
     returns the run's backend."""
-    from breed.datapath import StepSpec
-    from breed.normalisation import Normalisation
+    from breed.learning.normalisation import Normalisation
     from breed.problems import check_command, problem_of
-    from breed.receiver import resolve_host
+    from breed.server.datapath import StepSpec
+    from breed.server.receiver import resolve_host
 
     lc, problem = cfg["launcher"], problem_of(cfg)
     check_command(problem)
@@ -83,7 +83,7 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
             raise ConfigError(f"training.iterations: {tc['iterations']} is more than "
                               f"training.max_iterations {tc['max_iterations']}")
     if cfg["model"]["factory"]:  # a user's model: built once here so a bad one stops the run
-        from breed.trainer import build_model
+        from breed.learning.trainer import build_model
 
         try:
             build_model({**cfg["model"], "n_inputs": problem.dim + 1,
@@ -107,7 +107,7 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
         raise ConfigError("training.tensorboard: needs the tensorboard package "
                           "(pip install 'breed[tensorboard]')")
     if cfg["validation"]["file"] is not None:
-        from breed.validation import ValidationFileError, check_validation_file
+        from breed.learning.validation import ValidationFileError, check_validation_file
 
         try:
             check_validation_file(cfg["validation"]["file"], cfg)
@@ -145,7 +145,7 @@ class ServerProcess:
 
     @classmethod
     def start(cls, cfg: dict[str, Any], run_dir: Path, resume: bool) -> ServerProcess:
-        cmd = [sys.executable, "-m", "breed.server", "--run-dir", str(run_dir)]
+        cmd = [sys.executable, "-m", "breed.server.server", "--run-dir", str(run_dir)]
         if resume:
             cmd.append("--resume")
         ranks = cfg["launcher"]["server_ranks"]
@@ -363,8 +363,8 @@ def ensure_validation(cfg: dict[str, Any], run_dir: Path) -> None:
     problem, path = problem_of(cfg), run_dir / rundir.VALIDATION
     if problem.name == "heat2d" or path.exists():
         return
-    from breed.collect import collect_validation
-    from breed.validation import save_validation
+    from breed.learning.validation import save_validation
+    from breed.server.collect import collect_validation
 
     print(f"breed run: collecting the validation set ({cfg['validation']['size']} "
           f"simulations of {problem.name}) in {path}.collect", file=sys.stderr)

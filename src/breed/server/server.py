@@ -22,17 +22,17 @@ import torch
 import yaml
 
 from breed import rundir
-from breed.checkpoint import Checkpointer
-from breed.checkpoint import load as load_checkpoint
 from breed.cli import OneLineParser
-from breed.collect import TRAJECTORIES, TrajectoryStore
-from breed.collective import Collective, mpi_world
-from breed.guard import raise_fd_limit
+from breed.learning.reservoir import buffer_from_config
+from breed.learning.trainer import Trainer, resolve_device
+from breed.learning.validation import (
+    ValidationSet,
+    compute_validation,
+    load_validation,
+    save_validation,
+)
 from breed.problems import problem_of
 from breed.protocol import token_from_hex
-from breed.receiver import Receiver, ReceiverOptions, resolve_host
-from breed.recovery import capture, restore, truncate_logs
-from breed.reservoir import buffer_from_config
 from breed.runlog import (
     PER_SAMPLE_COLUMNS,
     CsvLog,
@@ -43,15 +43,15 @@ from breed.runlog import (
 )
 from breed.sampling import make_sampler
 from breed.security import load_curve_secret
-from breed.shard import RankLink, RemoteTable, ShardedTable
-from breed.simtable import SimTable
-from breed.trainer import Trainer, resolve_device
-from breed.validation import (
-    ValidationSet,
-    compute_validation,
-    load_validation,
-    save_validation,
-)
+from breed.server.checkpoint import Checkpointer
+from breed.server.checkpoint import load as load_checkpoint
+from breed.server.collect import TRAJECTORIES, TrajectoryStore
+from breed.server.collective import Collective, mpi_world
+from breed.server.guard import raise_fd_limit
+from breed.server.receiver import Receiver, ReceiverOptions, resolve_host
+from breed.server.recovery import capture, restore, truncate_logs
+from breed.server.shard import RankLink, RemoteTable, ShardedTable
+from breed.server.simtable import SimTable
 
 log = logging.getLogger("breed.server")
 # files the server writes atomically (a kill mid-write leaves a partial file to clean up)
@@ -158,7 +158,7 @@ class Server:
             self.table = (ShardedTable(*table_args, problem=self.problem, link=self.link)
                           if self.root else RemoteTable(self.link))
         self.trainer = Trainer(cfg, seed=seed)  # wrapped in DDP when ranks > 1
-        # collect: whole trajectories for a validation set (breed.collect), no training
+        # collect: whole trajectories for a validation set (breed.server.collect), no training
         self.collecting = cfg["training"]["mode"] == "collect"
         self.buffer: Any = (TrajectoryStore(self.problem, cfg["study"]["simulations"])
                             if self.collecting else
@@ -444,7 +444,7 @@ class Server:
     # -- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self) -> bool:
         """Write a checkpoint now; False if the write failed (it is retried, see
-        :class:`~breed.checkpoint.Checkpointer`)."""
+        :class:`~breed.server.checkpoint.Checkpointer`)."""
         return self.checkpointer.write(lambda: {
             "iteration": self.iteration, "trainer": self.trainer.state_dict(),
             "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
@@ -466,7 +466,7 @@ class Server:
 
     def _receiver_state(self) -> dict[str, Any]:
         """Table, sampler, received-steps ledger and buffer samples in one consistent cut
-        (breed.recovery): what a restart needs to lose and duplicate nothing."""
+        (breed.server.recovery): what a restart needs to lose and duplicate nothing."""
         return capture(ingest_lock=self.receiver.ingest_lock, ledger=self.receiver.ledger,
                        table=self.table, sampler=self.sampler, sampler_lock=self.sampler_lock,
                        buffer=self.buffer, counts=self.receiver.counts)

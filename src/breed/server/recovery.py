@@ -92,7 +92,7 @@ class StepLedger:
 
 
 # -- the buffer's samples ---------------------------------------------------------------------
-# The buffer classes live in breed.reservoir; these two functions read and write their storage
+# The buffer classes live in breed.learning.reservoir; these two functions read and write their storage
 # under the buffer's own lock. They belong next to the classes (a `snapshot`/`restore` pair on
 # SampleBuffer) and should move there; the attribute names are the classes' own.
 _COMMON = ("received", "evicted", "batches", "samples_drawn", "refused", "put_waits",

@@ -1,7 +1,7 @@
 """The data path of one server rank: frames -> checked, reassembled samples.
 
 Shared by the receiver thread (``ingest: thread``) and the ingest process (``ingest: process``,
-:mod:`breed.ingest`), so both accept and reject exactly the same messages. Nothing here raises
+:mod:`breed.server.ingest`), so both accept and reject exactly the same messages. Nothing here raises
 on bad input: a rejected message is counted by reason. A step that breaks the problem (a wrong
 field shape, dtype, field index or step) is also answered with a ``REJECT`` to the connection
 it came from (the data socket is a ``ROUTER``: the client API raises it as a one-line error
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from breed.assembly import Assembler
 from breed.problems.problem import Problem
 from breed.protocol import (
     AuthError,
@@ -30,6 +29,7 @@ from breed.protocol import (
     decode,
     encode_control,
 )
+from breed.server.assembly import Assembler
 
 log = logging.getLogger("breed.server")
 

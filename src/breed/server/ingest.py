@@ -3,11 +3,11 @@
 Decoding, checking and reassembling a time step costs tens of microseconds of Python per
 message; in a thread of the training process that time is taken from the training loop (the
 GIL), which the on-line benchmark shows as lost trainer throughput. With ``ingest: process``
-a child process owns the data socket and does that work (:class:`~breed.datapath.DataPath`,
+a child process owns the data socket and does that work (:class:`~breed.server.datapath.DataPath`,
 the same code as the thread mode), then writes finished samples (normalised when the problem
 declares every field's range) into a shared-memory ring (:class:`SampleRing`, one producer, one consumer). The
 server's receiver thread moves them from the ring into the reservoir in bulk
-(:meth:`~breed.reservoir.SampleBuffer.offer_many`): a few microseconds per sample.
+(:meth:`~breed.learning.reservoir.SampleBuffer.offer_many`): a few microseconds per sample.
 
 Backpressure is preserved end to end: the receiver leaves samples in the ring while the
 reservoir cannot accept them, the worker stops reading the socket while the ring is full, and
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from breed.datapath import DataPath, StepSpec
-from breed.guard import DATA_PROOF_S, ActiveClock, ConnectionGuard, harden, source_fd
+from breed.server.datapath import DataPath, StepSpec
+from breed.server.guard import DATA_PROOF_S, ActiveClock, ConnectionGuard, harden, source_fd
 
 # sim_id, step, and for a FINISH record rank, nranks, steps sent; lambda stays with the server
 META = 5

@@ -3,7 +3,7 @@
 The ``M-2`` interior rows (index ``i``, along x1) are split into contiguous blocks, one per rank
 (rank 0 also owns wall row ``i=0``, the last rank wall row ``i=M-1``), so each rank streams its
 own block like Melissa's per-rank ``melissa_send``. Every implicit Euler step solves
-``(I - r Lap_h) u^{t+1} = u^t + r b`` (same system as :mod:`breed.heatpde`) with preconditioned
+``(I - r Lap_h) u^{t+1} = u^t + r b`` (same system as :mod:`breed.problems.heat2d_solver`) with preconditioned
 conjugate gradients:
 
 * matrix-vector products exchange one halo row with each neighbour (``Sendrecv``);
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
-from breed.heatpde import (
+from breed.problems.heat2d_solver import (
     HeatParameterError,
     check_settings,
     dirichlet_rhs,
@@ -224,7 +224,7 @@ class MPIHeatSolver:
 def solve_mpi(comm: Any, params: Sequence[float] | np.ndarray, grid: int = 64, steps: int = 100,
               dt: float = 0.01, alpha: float = 1.0, length: float = 10.0,
               rtol: float = 1e-13, preconditioner: str = "interface") -> np.ndarray | None:
-    """Collective: the full trajectory (as :func:`breed.heatpde.solve`) on rank 0, else None."""
+    """Collective: the full trajectory (as :func:`breed.problems.heat2d_solver.solve`) on rank 0, else None."""
     solver = MPIHeatSolver(comm, params, grid, dt, alpha, length, rtol,
                            preconditioner=preconditioner)
     counts = comm.gather(solver.rows, root=0)

@@ -1,21 +1,21 @@
 """The server's receiver thread: owns the ZeroMQ sockets, never trains.
 
-It answers the control socket (:class:`~breed.control.ControlHandler`: work requests by late
+It answers the control socket (:class:`~breed.server.control.ControlHandler`: work requests by late
 binding, launcher pings, aborts) and turns STEP messages into samples in the buffer, through
-the one data path both ingest modes share (:class:`~breed.datapath.DataPath`: in this thread,
+the one data path both ingest modes share (:class:`~breed.server.datapath.DataPath`: in this thread,
 or in a child process with ``ingest: process``). When the buffer cannot accept (reservoir full
 of unseen samples) it stops reading the data socket: the ZeroMQ high-water marks then make the
 clients' ``send`` block — backpressure, nothing dropped. Every bad message is counted and
 logged, never raised (paper Appendix A; Melissa's server).
 
 Fault tolerance: a step enters the buffer at most once per run, across client retries and server
-restarts (:class:`~breed.recovery.StepLedger`, checkpointed); a simulation whose every rank
+restarts (:class:`~breed.server.recovery.StepLedger`, checkpointed); a simulation whose every rank
 finished with steps missing, or whose client broke the problem (a REJECT on its data
 connection), is handed out again at once; clients silent for longer than
 ``simulation_timeout`` (counted only while this thread reads) are reported to the launcher
 (``stale_jobs`` in the pong) to be cancelled. Security: the run token on every message,
 optional CURVE encryption, a hard size limit per frame (``ZMQ_MAXMSGSIZE``: libzmq drops the
-sender's connection), connections that never prove the token are shed (:mod:`breed.guard`),
+sender's connection), connections that never prove the token are shed (:mod:`breed.server.guard`),
 and field checks (shape, dtype, range, finite values) before anything reaches the buffer.
 """
 
@@ -33,9 +33,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from breed.control import ControlHandler
-from breed.datapath import DataPath, StepSpec
-from breed.guard import (
+from breed.problems.problem import Problem
+from breed.protocol import FinishMessage, StepMessage
+from breed.server.control import ControlHandler
+from breed.server.datapath import DataPath, StepSpec
+from breed.server.guard import (
     CONTROL_PROOF_S,
     DATA_PROOF_S,
     ActiveClock,
@@ -43,10 +45,8 @@ from breed.guard import (
     harden,
     source_fd,
 )
-from breed.ingest import FINISH, REFUSED, IngestProcess, WorkerSpec
-from breed.problems.problem import Problem
-from breed.protocol import FinishMessage, StepMessage
-from breed.recovery import StepLedger
+from breed.server.ingest import FINISH, REFUSED, IngestProcess, WorkerSpec
+from breed.server.recovery import StepLedger
 
 log = logging.getLogger("breed.server")
 DATA_HWM = 64  # messages queued per client connection before the client blocks

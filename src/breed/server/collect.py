@@ -1,7 +1,7 @@
 """Validation sets of any problem, made by its own client through the launcher.
 
 A collection run is an ordinary ``breed run`` of the problem with ``training.mode: collect``
-and the ``validation`` sampler (the validation design, :func:`breed.validation.halton_params`,
+and the ``validation`` sampler (the validation design, :func:`breed.learning.validation.halton_params`,
 in order): the launcher starts the problem's clients as for training, the server receives and
 checks their steps through the same data path, but stores whole trajectories
 (:class:`TrajectoryStore`) instead of training, and writes them as a validation set
@@ -81,7 +81,7 @@ class TrajectoryStore:
 
     def validation_set(self, params: np.ndarray, seed: int) -> Any:
         """The collected trajectories as a validation set (one field: its own shape)."""
-        from breed.validation import ValidationSet
+        from breed.learning.validation import ValidationSet
 
         missing = np.argwhere(~self.have)
         if len(missing):
@@ -115,8 +115,9 @@ def collect_validation(cfg: dict[str, Any], output: str | Path) -> Any:
     """Run the problem's client on the validation design in ``OUTPUT.collect`` (removed once
     it succeeded); returns the validation set (the caller saves it). RuntimeError (one line)
     if the collection fails."""
-    from breed import rundir, runner
-    from breed.validation import load_validation
+    from breed import rundir
+    from breed.launcher import runner
+    from breed.learning.validation import load_validation
 
     output = Path(output)
     run_dir = output.with_name(output.name + ".collect")
