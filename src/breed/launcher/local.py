@@ -6,22 +6,13 @@ Each job runs in its own process group so a cancel reaches every MPI rank, not j
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from breed.launcher.backend import Backend, JobSpec, JobState, JobStatus
-
-
-def find_mpiexec(name: str = "mpiexec") -> str:
-    """``mpiexec`` on PATH, else next to the running interpreter (a venv's mpich wheel)."""
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if found is None:
-        raise FileNotFoundError(f"launcher.mpiexec: {name!r} not found on PATH")
-    return found
+from breed.launcher.mpi import find_mpiexec
 
 
 class LocalBackend(Backend):

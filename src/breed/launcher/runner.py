@@ -43,7 +43,7 @@ from breed.launcher.launcher import (
     ServerLink,
     read_jobs,
 )
-from breed.launcher.local import find_mpiexec
+from breed.launcher.mpi import find_mpiexec
 from breed.protocol import token_from_hex
 from breed.resources import check_resources
 from breed.runlog import atomic_write_json, provenance
@@ -64,9 +64,9 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
     """Checks the schema cannot express, before anything starts (ConfigError naming the key);
     returns the run's backend."""
     from breed.learning.normalisation import Normalisation
+    from breed.netaddr import resolve_host
     from breed.problems import check_command, problem_of
     from breed.server.datapath import StepSpec
-    from breed.server.receiver import resolve_host
 
     lc, problem = cfg["launcher"], problem_of(cfg)
     check_command(problem)

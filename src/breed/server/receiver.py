@@ -22,7 +22,6 @@ and field checks (shape, dtype, range, finite values) before anything reaches th
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from breed.netaddr import resolve_host
 from breed.problems.problem import Problem
 from breed.protocol import FinishMessage, StepMessage
 from breed.server.control import ControlHandler
@@ -51,23 +51,6 @@ from breed.server.recovery import StepLedger
 log = logging.getLogger("breed.server")
 DATA_HWM = 64  # messages queued per client connection before the client blocks
 RING_SLOTS = 512  # samples in flight between the ingest process and the buffer
-
-
-def resolve_host(host: str) -> str:
-    """An interface name (``eth0``, ``ib0``) or host name -> an address to bind; never guessed."""
-    try:
-        import fcntl
-        import struct
-
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", host.encode()[:15]))
-            return socket.inet_ntoa(packed[20:24])
-    except OSError:
-        pass
-    try:
-        return socket.gethostbyname(host)
-    except OSError as exc:
-        raise ValueError(f"launcher.host: cannot resolve {host!r} to an address") from exc
 
 
 @dataclass(frozen=True)

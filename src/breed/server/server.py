@@ -31,6 +31,7 @@ from breed.learning.validation import (
     load_validation,
     save_validation,
 )
+from breed.netaddr import resolve_host
 from breed.problems import problem_of
 from breed.protocol import token_from_hex
 from breed.runlog import (
@@ -48,7 +49,7 @@ from breed.server.checkpoint import load as load_checkpoint
 from breed.server.collect import TRAJECTORIES, TrajectoryStore
 from breed.server.collective import Collective, mpi_world
 from breed.server.guard import raise_fd_limit
-from breed.server.receiver import Receiver, ReceiverOptions, resolve_host
+from breed.server.receiver import Receiver, ReceiverOptions
 from breed.server.recovery import capture, restore, truncate_logs
 from breed.server.shard import RankLink, RemoteTable, ShardedTable
 from breed.server.simtable import SimTable
