@@ -40,7 +40,7 @@ import yaml
 from scipy.stats import wilcoxon
 
 from breed.config import load_config
-from breed.learning.reservoir import Batch
+from breed.learning.buffer import Batch
 from breed.learning.trainer import Trainer, load_model
 from breed.learning.validation import load_validation
 from breed.sampling.breed import BreedSampler

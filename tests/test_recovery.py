@@ -21,8 +21,6 @@ from breed.learning.reservoir import FifoBuffer, Reservoir
 from breed.sampling import make_sampler
 from breed.server.recovery import (
     StepLedger,
-    buffer_restore,
-    buffer_snapshot,
     capture,
     restore,
     truncate_logs,
@@ -64,16 +62,16 @@ def test_buffer_snapshot_restores_samples_seen_counters_and_rng(cls) -> None:
         a.sample_batch(3)
     for i in range(12, 14 if cls is Reservoir else 12):
         put(a, i)  # the reservoir replaces seen samples
-    snap = buffer_snapshot(a)
+    snap = a.snapshot()
     b = cls(capacity=12, watermark=4, field_size=F, seed=99)
-    buffer_restore(b, snap)
+    b.restore(snap)
     assert b.stats() == a.stats()
     for _ in range(2):  # same RNG, same samples, same bookkeeping -> same batches
         x, y = a.sample_batch(3, timeout=1), b.sample_batch(3, timeout=1)
         assert (x.sim_ids == y.sim_ids).all() and (x.targets == y.targets).all()
     assert b.stats() == a.stats()
     with pytest.raises(ValueError, match="capacity"):
-        buffer_restore(cls(capacity=13, watermark=4, field_size=F), snap)
+        cls(capacity=13, watermark=4, field_size=F).restore(snap)
 
 
 def test_restored_reservoir_never_evicts_an_unseen_sample() -> None:
@@ -82,7 +80,7 @@ def test_restored_reservoir_never_evicts_an_unseen_sample() -> None:
         put(a, i)
     a.sample_batch(2)
     b = Reservoir(capacity=6, watermark=2, field_size=F, seed=1)
-    buffer_restore(b, buffer_snapshot(a))
+    b.restore(a.snapshot())
     seen_before = b.stats()["fill"] - b.stats()["unseen"]
     for i in range(6, 6 + seen_before):
         assert b.offer(np.full(5, 1.0), 0, np.zeros(F, np.float32), 100 + i)
@@ -105,9 +103,9 @@ def test_capture_is_one_cut_and_restore_hands_in_flight_out_again() -> None:
         put(buf, step)
     table.complete(first.sim_id)
     led.add(second.sim_id, 0)
-    state = capture(ingest_lock=threading.Lock(), ledger=led, table=table, sampler=sampler,
-                    sampler_lock=lock, buffer=buf, counts=counts)
-    assert state["table"]["drawn"] == state["sampler"]["handed"] == 2
+    state = capture(ingest_lock=threading.Lock(), ledger=led, table=table, buffer=buf,
+                    counts=counts)
+    assert len(state["table"]["records"]) == state["sampler"]["handed"] == 2
 
     sampler2 = make_sampler(cfg)
     table2 = SimTable(4, sampler2, lock, max_retries=1)

@@ -11,13 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from breed.config import validate
+from breed.learning.buffer import Batch, BufferClosedError, SampleBuffer
 from breed.learning.normalisation import Normalisation
 from breed.learning.reservoir import (
-    Batch,
-    BufferClosedError,
     FifoBuffer,
     Reservoir,
-    SampleBuffer,
     buffer_from_config,
     make_buffer,
 )

@@ -267,9 +267,7 @@ def test_fuzz_live_receiver(live: Live) -> None:
 
 
 def buffer_snapshot_fields(live: Live) -> np.ndarray:
-    from breed.server.recovery import buffer_snapshot
-
-    return buffer_snapshot(live.buffer)["arrays"]["_fields"]
+    return live.buffer.snapshot()["arrays"]["_fields"]
 
 
 # -- a real run: token hygiene, a stranger with a wrong token, CURVE ----------------------------

@@ -17,7 +17,7 @@ class CountingSampler(Sampler):
         super().__init__(budget=0, bounds=(100.0, 500.0), dim=5)
         self.calls = 0
 
-    def next(self) -> Draw:
+    def _draw(self, sim_id: int) -> Draw:
         self.calls += 1
         return Draw(np.full(5, 100.0 + self.calls))
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from breed.config import validate
-from breed.learning.reservoir import Batch, Reservoir
+from breed.learning.buffer import Batch
+from breed.learning.reservoir import Reservoir
 from breed.learning.trainer import (
     Normalisation,
     Trainer,

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from breed.learning.buffer import Batch
 from breed.learning.normalisation import Normalisation
-from breed.learning.reservoir import Batch
 from breed.problems import problem_of
 
 MODEL_FORMAT = "breed-surrogate-v2"

@@ -69,10 +69,19 @@ class Sampler(ABC):
         self.budget = int(budget)
         self.lower, self.upper, self.dim = box(bounds, dim)
         self.seed = int(seed)
+        # the one hand-out count: simulation ids are its values (the table and the
+        # checkpoint ask it, none keeps its own)
+        self.handed = 0
+
+    def next(self) -> Draw:
+        """Parameters of simulation ``handed``, the next to start (called at hand-out time)."""
+        draw = self._draw(self.handed)
+        self.handed += 1
+        return draw
 
     @abstractmethod
-    def next(self) -> Draw:
-        """Parameters for the next simulation to start (called at hand-out time)."""
+    def _draw(self, sim_id: int) -> Draw:
+        """The parameters of simulation ``sim_id`` (= :attr:`handed`), now handed out."""
 
     def on_losses(self, iteration: int, sim_ids: np.ndarray, steps: np.ndarray,
                   losses: np.ndarray) -> np.ndarray | None:

@@ -120,7 +120,6 @@ class BreedSampler(Sampler):
         self._sigma = np.full(n, np.nan)  # sigma the row was drawn with
         self._member_sigma = np.full(n, self.sigma)  # its sigma when it serves as a parent
         self._logq = np.full(n, self._log_uniform)  # log density of the proposal that drew it
-        self.handed = 0
         self.generation = 0
         self.draws: list[Draw] = []  # handed-out draws, never modified
         self.history: list[dict[str, Any]] = []  # one entry per resampling
@@ -128,12 +127,11 @@ class BreedSampler(Sampler):
         self._proposal: tuple[np.ndarray, np.ndarray, float] | None = None  # ids, w, r
 
     # -- hand-out ---------------------------------------------------------------------------
-    def next(self) -> Draw:
-        if self.handed >= len(self._params):
+    def _draw(self, sim_id: int) -> Draw:
+        if sim_id >= len(self._params):
             self._append_extra()
-        draw = self._row(self.handed)
+        draw = self._row(sim_id)
         self.draws.append(draw)
-        self.handed += 1
         return draw
 
     def _row(self, j: int) -> Draw:

@@ -36,7 +36,6 @@ class QMCSampler(Sampler):
         super().__init__(budget, bounds, seed, dim)
         self._engine = _engine(self.engine_class, self.dim, self.seed)
         self._points = np.empty((0, self.dim))
-        self.handed = 0
         self._extend()
 
     def _block(self) -> np.ndarray:
@@ -49,12 +48,10 @@ class QMCSampler(Sampler):
         # Scaling can round a point a hair past the upper bound; the bounds are a hard contract.
         self._points = np.concatenate([self._points, np.clip(scaled, self.lower, self.upper)])
 
-    def next(self) -> Draw:
-        while self.handed >= len(self._points):
+    def _draw(self, sim_id: int) -> Draw:
+        while sim_id >= len(self._points):
             self._extend()
-        params = self._points[self.handed]
-        self.handed += 1
-        return Draw(params=params, source=self.name, generation=0)
+        return Draw(params=self._points[sim_id], source=self.name, generation=0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed, "budget": self.budget,
@@ -108,7 +105,6 @@ class ValidationDesign(QMCSampler):
         check_sampler_args(budget, bounds, dim)
         Sampler.__init__(self, budget, bounds, seed, dim)  # no QMC engine: a fixed design
         self._points = halton_design(self.budget, self.seed, self.lower, self.upper)
-        self.handed = 0
 
     def _extend(self) -> None:
         raise ValueError("validation design: every point was handed out (a simulation "

@@ -48,14 +48,12 @@ class UniformSampler(Sampler):
         super().__init__(budget, bounds, seed, dim)
         self._rng, self._design = initial_design(seed, budget, self.lower, self.upper,
                                                  self.dim)
-        self.handed = 0
 
-    def next(self) -> Draw:
-        if self.handed < self.budget:
-            params = self._design[self.handed]
+    def _draw(self, sim_id: int) -> Draw:
+        if sim_id < self.budget:
+            params = self._design[sim_id]
         else:
             params = self._rng.uniform(self.lower, self.upper, size=self.dim)
-        self.handed += 1
         return Draw(params=params, source="uniform", generation=0)
 
     def state_dict(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ a child process owns the data socket and does that work (:class:`~breed.server.d
 the same code as the thread mode), then writes finished samples (normalised when the problem
 declares every field's range) into a shared-memory ring (:class:`SampleRing`, one producer, one consumer). The
 server's receiver thread moves them from the ring into the reservoir in bulk
-(:meth:`~breed.learning.reservoir.SampleBuffer.offer_many`): a few microseconds per sample.
+(:meth:`~breed.learning.buffer.SampleBuffer.offer_many`): a few microseconds per sample.
 
 Backpressure is preserved end to end: the receiver leaves samples in the ring while the
 reservoir cannot accept them, the worker stops reading the socket while the ring is full, and

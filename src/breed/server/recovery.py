@@ -6,11 +6,11 @@ Why each piece is needed for "no simulation lost, none counted twice" after a se
   flight at the checkpoint is handed out again (same λ); its client re-sends every step, and the
   receiver drops the ones the ledger already holds, so a step never enters the buffer twice,
   across any number of restarts.
-* the buffer's samples (:func:`buffer_snapshot`): the reservoir never evicts a sample before it
+* the buffer's samples (``SampleBuffer.snapshot``): the reservoir never evicts a sample before it
   was trained on (paper App. A); samples received but not yet trained on at the checkpoint would
   otherwise be lost with the process, because their simulations are already counted done.
-* the simulation table together with the sampler, taken under both locks: Breed identifies
-  simulations by hand-out order, so ``table.drawn`` and ``sampler.handed`` must agree.
+* the simulation table together with the sampler, in one cut (``SimTable.snapshot``): Breed
+  identifies simulations by hand-out order, and the sampler's hand-out count is the only one.
 
 All three are captured under the receiver's ``ingest_lock`` (one consistent cut: a step is in the
 ledger iff it is in the buffer snapshot or was evicted after training).
@@ -91,70 +91,16 @@ class StepLedger:
         self._count = self._bits.sum(axis=1).astype(np.int64)
 
 
-# -- the buffer's samples ---------------------------------------------------------------------
-# The buffer classes live in breed.learning.reservoir; these two functions read and write their storage
-# under the buffer's own lock. They belong next to the classes (a `snapshot`/`restore` pair on
-# SampleBuffer) and should move there; the attribute names are the classes' own.
-_COMMON = ("received", "evicted", "batches", "samples_drawn", "refused", "put_waits",
-           "batch_waits", "put_wait_time", "batch_wait_time", "_started")
-_PER_KIND = {"reservoir": ("_size", "_unseen_count", "_n_seen"), "fifo": ("_head", "_size")}
-
-
-def buffer_snapshot(buf: Any) -> dict[str, Any]:
-    """Copy of the samples, seen counters, bookkeeping and RNG of a reservoir or FIFO buffer."""
-    kind = buf.kind
-    if kind not in _PER_KIND:
-        raise ValueError(f"cannot checkpoint a buffer of kind {kind!r}")
-    with buf._lock:
-        used = buf._size if kind == "reservoir" else buf.capacity
-        out: dict[str, Any] = {
-            "kind": kind, "capacity": buf.capacity, "field_size": buf.field_size, "used": used,
-            "scalars": {k: getattr(buf, k) for k in _COMMON + _PER_KIND[kind]},
-            "rng": buf._rng.bit_generator.state,
-            "arrays": {k: getattr(buf, k)[:used].copy()
-                       for k in ("_fields", "_inputs", "_sim_ids", "_steps", "_seen")}}
-        if kind == "reservoir":
-            out["arrays"]["_seen_slots"] = buf._seen_slots[:buf._n_seen].copy()
-    return out
-
-
-def buffer_restore(buf: Any, snap: dict[str, Any]) -> None:
-    """Inverse of :func:`buffer_snapshot` into a fresh buffer of the same kind and size."""
-    for key in ("kind", "capacity", "field_size"):
-        mine = buf.kind if key == "kind" else getattr(buf, key)
-        if snap[key] != mine:
-            raise ValueError(f"checkpoint buffer {key} is {snap[key]!r}, this run has {mine!r}")
-    used = int(snap["used"])
-    with buf._lock:
-        # lambda's dimension is the snapshot's (a buffer without a normalisation learns it from
-        # its first sample; a mismatch with a normalisation's is a one-line error)
-        buf._set_dim(int(np.shape(snap["arrays"]["_inputs"])[1]) - 1)
-        for name, arr in snap["arrays"].items():
-            if name != "_seen_slots":
-                getattr(buf, name)[:used] = arr
-        for name, value in snap["scalars"].items():
-            setattr(buf, name, value)
-        buf._rng.bit_generator.state = snap["rng"]
-        if buf.kind == "reservoir":
-            n = buf._n_seen
-            buf._seen_slots[:n] = snap["arrays"]["_seen_slots"]
-            buf._seen_pos[:] = -1
-            buf._seen_pos[buf._seen_slots[:n]] = np.arange(n)
-
-
 # -- the whole server state -------------------------------------------------------------------
-def capture(*, ingest_lock: threading.Lock, ledger: StepLedger, table: Any, sampler: Any,
-            sampler_lock: threading.Lock, buffer: Any, counts: dict[str, int]) -> dict[str, Any]:
+def capture(*, ingest_lock: threading.Lock, ledger: StepLedger, table: Any,
+            buffer: Any, counts: dict[str, int]) -> dict[str, Any]:
     """One consistent cut of what the receiver thread changes (see the module docstring).
 
     Lock order: ingest -> table -> sampler, the receiver's own order.
     """
     with ingest_lock:
-        with table._lock, sampler_lock:
-            table_state = table.state_dict()
-            sampler_state = sampler.state_dict()
-        return {"table": table_state, "sampler": sampler_state, "ledger": ledger.state_dict(),
-                "buffer_data": buffer_snapshot(buffer), "receiver_counts": dict(counts)}
+        return {**table.snapshot(), "ledger": ledger.state_dict(),
+                "buffer_data": buffer.snapshot(), "receiver_counts": dict(counts)}
 
 
 def restore(state: dict[str, Any], *, ledger: StepLedger, table: Any, sampler: Any,
@@ -165,7 +111,7 @@ def restore(state: dict[str, Any], *, ledger: StepLedger, table: Any, sampler: A
     if "ledger" in state:
         ledger.load_state_dict(state["ledger"])
     if "buffer_data" in state:
-        buffer_restore(buffer, state["buffer_data"])
+        buffer.restore(state["buffer_data"])
     elif "buffer" in state:  # statistics only (checkpoints from before the ledger)
         buffer.load_state_dict(state["buffer"])
     counts.update(state.get("receiver_counts", {}))

@@ -469,8 +469,7 @@ class Server:
         """Table, sampler, received-steps ledger and buffer samples in one consistent cut
         (breed.server.recovery): what a restart needs to lose and duplicate nothing."""
         return capture(ingest_lock=self.receiver.ingest_lock, ledger=self.receiver.ledger,
-                       table=self.table, sampler=self.sampler, sampler_lock=self.sampler_lock,
-                       buffer=self.buffer, counts=self.receiver.counts)
+                       table=self.table, buffer=self.buffer, counts=self.receiver.counts)
 
     def close(self, linger: float = 0.0) -> None:
         """Keep answering (STOP to clients, pongs) until the launcher releases us or

@@ -81,11 +81,10 @@ class SimTable:
         self.records: dict[int, SimRecord] = {}
         self.retry: deque[int] = deque()
         self.target = budget  # simulations that must finish; shrinks on "drop"
-        self.drawn = 0  # simulations drawn from the sampler
         # liveness clock: the receiver's, which stops while it does not read (back-pressure
         # is the server's doing, not the client's silence)
         self.clock: Callable[[], float] = time.monotonic
-        # re-entrant: a checkpoint holds it (with the sampler lock) around state_dict()
+        # re-entrant: snapshot() holds it (with the sampler lock) around state_dict()
         self._lock = threading.RLock()
 
     # -- hand-out -----------------------------------------------------------------------
@@ -97,17 +96,21 @@ class SimTable:
                 rec.status, rec.attempts = "assigned", rec.attempts + 1
             elif self.drawn < self._to_draw():
                 with self.sampler_lock:
-                    draw = self.sampler.next()
-                rec = SimRecord(self.drawn, [float(x) for x in self.to_params(draw.params)],
+                    sim_id, draw = self.sampler.handed, self.sampler.next()
+                rec = SimRecord(sim_id, [float(x) for x in self.to_params(draw.params)],
                                 draw.source, draw.generation, draw.parent, draw.sigma)
                 self.records[rec.sim_id] = rec
-                self.drawn += 1
             else:
                 return "stop" if self._finished() else "wait"
             rec.job_id, rec.client = job_id, client
             rec.assign_time, rec.last_seen = time.time(), self.clock()
             rec.start_time = rec.end_time = None
             return rec
+
+    @property
+    def drawn(self) -> int:
+        """Simulations drawn so far: the sampler's hand-out count, its one owner."""
+        return self.sampler.handed
 
     def _to_draw(self) -> int:
         lost = sum(r.status == "lost" for r in self.records.values())
@@ -217,14 +220,20 @@ class SimTable:
     def state_dict(self) -> dict[str, Any]:
         with self._lock:
             return {"records": [asdict(r) for r in self.records.values()],
-                    "retry": list(self.retry), "target": self.target, "drawn": self.drawn}
+                    "retry": list(self.retry), "target": self.target}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The table and its sampler in one cut (both locks, the hand-out order): every record
+        is a simulation the sampler's state has handed out, and no other."""
+        with self._lock, self.sampler_lock:
+            return {"table": self.state_dict(), "sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: simulations that were in flight when the checkpoint was taken run again."""
         with self._lock:
             self.records = {d["sim_id"]: SimRecord(**d) for d in state["records"]}
             self.retry = deque(state["retry"])
-            self.target, self.drawn = state["target"], state["drawn"]
+            self.target = state["target"]
             for rec in self.records.values():
                 if rec.status in IN_FLIGHT:
                     rec.status = "failed"
