@@ -145,7 +145,7 @@ def test_truncate_logs_drops_rows_past_the_checkpoint(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from pathlib import Path
-from breed.runlog import atomic_write_bytes
+from breed.fsio import atomic_write_bytes
 path, size = Path(sys.argv[1]), int(sys.argv[2])
 k = 0
 while True:

@@ -106,10 +106,7 @@ def test_per_sample_losses_match_a_manual_computation() -> None:
     result = tr.step(batch)
     assert result.losses.dtype == np.float64 and result.losses.shape == (len(batch),)
     np.testing.assert_allclose(result.losses, manual, rtol=1e-5)
-    assert result.mean == pytest.approx(manual.mean(), rel=1e-5)
     assert result.loss == pytest.approx(manual.mean(), rel=1e-5)
-    assert result.std == pytest.approx(manual.std(), rel=1e-4)
-    assert (result.sim_ids == batch.sim_ids).all() and (result.steps == batch.steps).all()
     assert any(not torch.equal(b, p) for b, p in zip(before, tr.model.parameters(), strict=True))
     assert tr.iteration == 1
 

@@ -18,9 +18,11 @@ import json
 import os
 import socket
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from breed.config import ConfigError
+from breed.fsio import atomic_write_json, partial_prefix
 
 CONFIG = "config.resolved.yaml"
 PROVENANCE = "provenance.json"
@@ -37,16 +39,40 @@ CHECKPOINTS = "checkpoints"
 CHECKPOINT = "checkpoint.pt"
 LAUNCHER_LOCK = "launcher.lock"
 SERVER_LOCK = "server.lock"
+SERVER_LOG = "server.log"  # in LOGS
+LAUNCHER_LOG = "launcher.log"  # in LOGS
+TENSORBOARD = "tensorboard"
+TRAJECTORIES = "trajectories.npz"  # a collection run's whole trajectories
+RESULTS = (SUMMARY, METRICS, SAMPLES, PER_SAMPLE)  # what a finished training run holds
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """``server.json``: where a running server listens. The server writes it once its sockets
+    are bound; the launcher (and a resumed launcher, and the fault tests) read it."""
+
+    control: str  # the control socket, tcp://host:port
+    data: list[str]  # one data socket per server rank
+    pid: int
+    ranks: int
+    host: str
+
+    def write(self, run_dir: Path) -> None:
+        atomic_write_json(Path(run_dir) / SERVER_INFO, asdict(self))
+
+    @classmethod
+    def read(cls, run_dir: Path) -> ServerInfo:
+        """The server's record; OSError if absent, ValueError if it is not one."""
+        raw = json.loads((Path(run_dir) / SERVER_INFO).read_text())
+        try:
+            return cls(control=str(raw["control"]), data=[str(a) for a in raw["data"]],
+                       pid=int(raw["pid"]), ranks=int(raw["ranks"]), host=str(raw["host"]))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{SERVER_INFO}: not a server record ({exc})") from None
 
 
 class RunDirError(ConfigError):
     """The run directory cannot be used as asked (exit 2, nothing changed)."""
-
-
-def partial_prefix(name: str) -> str:
-    """Prefix of the temporary files an atomic write of ``name`` goes through
-    (:func:`breed.runlog.atomic_write_bytes`); a write killed half-way leaves one behind."""
-    return f".{name}."
 
 
 def remove_partial_writes(folder: Path, names: tuple[str, ...]) -> list[Path]:

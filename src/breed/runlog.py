@@ -15,37 +15,17 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from breed.rundir import partial_prefix
+from breed.fsio import atomic_write_bytes
 
 log = logging.getLogger("breed.runlog")
 PER_SAMPLE_COLUMNS = ["iteration", "sim_id", "step", "sample_loss", "batch_loss", "delta", "Q",
                       "uniform"]
 PACKAGES = ["breed", "numpy", "scipy", "torch", "pyzmq", "mpi4py", "pandas", "snakemake"]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file + rename, so a kill mid-write never leaves a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=partial_prefix(path.name))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
 def git_revision(start: Path | None = None) -> str | None:

@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from breed import rundir
 from breed.cli import OneLineParser
 from breed.config import ConfigError, dump_config, load_config, parse_overrides
+from breed.fsio import atomic_write_json
 from breed.launcher import make_backend
 from breed.launcher.backend import Backend
 from breed.launcher.launcher import (
@@ -46,7 +45,7 @@ from breed.launcher.launcher import (
 from breed.launcher.mpi import find_mpiexec
 from breed.protocol import token_from_hex
 from breed.resources import check_resources
-from breed.runlog import atomic_write_json, provenance
+from breed.runlog import provenance
 from breed.security import (
     ENV_CURVE,
     TOKEN_FILE,
@@ -151,10 +150,10 @@ class ServerProcess:
         ranks = cfg["launcher"]["server_ranks"]
         if ranks > 1:
             cmd = [find_mpiexec(cfg["launcher"]["mpiexec"]), "-n", str(ranks), *cmd]
-        (run_dir / "server.json").unlink(missing_ok=True)
+        (run_dir / rundir.SERVER_INFO).unlink(missing_ok=True)
         env = {**os.environ, "BREED_RUN_DIR": str(run_dir.resolve())}
         env.pop("BREED_TOKEN", None)  # the server reads DIR/token
-        with open(run_dir / "logs" / "server.log", "ab") as out:
+        with open(run_dir / rundir.LOGS / rundir.SERVER_LOG, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         return cls(run_dir, proc, proc.pid)
@@ -164,15 +163,15 @@ class ServerProcess:
                timeout: float) -> ServerProcess | None:
         """The server of ``server.json`` if it is still this run's and answers a ping."""
         try:
-            info = yaml.safe_load((run_dir / "server.json").read_text())
-            pid = int(info["pid"])
+            info = rundir.ServerInfo.read(run_dir)
+            pid = info.pid
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if f"BREED_RUN_DIR={run_dir.resolve()}".encode() not in env:
             return None
         server = cls(run_dir, None, pid)
-        link = ServerLink(info["control"], token, timeout, curve)
+        link = ServerLink(info.control, token, timeout, curve)
         try:
             pong = link.ping({})
         finally:
@@ -192,14 +191,14 @@ class ServerProcess:
             return False
         return state != "Z"
 
-    def wait_ready(self, timeout: float = 600) -> dict[str, Any]:
-        path = self.run_dir / "server.json"
+    def wait_ready(self, timeout: float = 600) -> rundir.ServerInfo:
+        path = self.run_dir / rundir.SERVER_INFO
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if path.exists():
-                return yaml.safe_load(path.read_text())
+                return rundir.ServerInfo.read(self.run_dir)
             if not self.alive():
-                log_path = self.run_dir / rundir.LOGS / "server.log"
+                log_path = self.run_dir / rundir.LOGS / rundir.SERVER_LOG
                 reason = last_error_line(log_path, "breed server: ")
                 if reason and self.exit_code() == 2:  # refused: a bad input, nothing started
                     raise ConfigError(reason)
@@ -220,7 +219,7 @@ class ServerProcess:
             if time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(f"server {self.pid}", timeout)
             time.sleep(0.1)
-        return 0 if (self.run_dir / "summary.json").exists() else 1
+        return 0 if (self.run_dir / rundir.SUMMARY).exists() else 1
 
     def signal(self, sig: int) -> None:
         try:
@@ -297,10 +296,10 @@ def last_error_line(path: Path, prefix: str) -> str | None:
     return hits[-1] if hits else None
 
 
-def client_env(endpoints: dict[str, Any], token: str, curve: bytes | None,
+def client_env(endpoints: rundir.ServerInfo, token: str, curve: bytes | None,
                run_dir: Path) -> dict[str, str]:
     """What a client job needs, through its environment only (never its command line)."""
-    env = {"BREED_SERVER": endpoints["control"], "BREED_TOKEN": token,
+    env = {"BREED_SERVER": endpoints.control, "BREED_TOKEN": token,
            "BREED_RUN_DIR": str(run_dir.resolve())}
     if curve is not None:
         env[ENV_CURVE] = curve.decode()
@@ -327,7 +326,7 @@ def supervise(cfg: dict[str, Any], run_dir: Path, launcher: Launcher, server: Se
         endpoints = server.wait_ready()
         launcher.client_env = client_env(endpoints, token, curve, run_dir)
         launcher.server_alive = server.alive
-        link = ServerLink(endpoints["control"], token_from_hex(token), timeout=5.0,
+        link = ServerLink(endpoints.control, token_from_hex(token), timeout=5.0,
                           curve_serverkey=curve)
         try:
             status = launcher.run(link, progress)
@@ -404,7 +403,7 @@ def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = Fals
         print(f"breed run: cannot write the run directory {run_dir}: {exc.strerror or exc}",
               file=sys.stderr)
         return 2
-    handler = logging.FileHandler(run_dir / rundir.LOGS / "launcher.log")
+    handler = logging.FileHandler(run_dir / rundir.LOGS / rundir.LAUNCHER_LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.setLevel(logging.INFO)
@@ -441,7 +440,7 @@ def _launch(cfg: dict[str, Any], run_dir: Path, token: str, resume: bool,
             raise LauncherError(status["failed"])
         code = server.wait(timeout=120)
         if code != 0:
-            reason = last_error_line(run_dir / rundir.LOGS / "server.log", "breed server: ")
+            reason = last_error_line(run_dir / rundir.LOGS / rundir.SERVER_LOG, "breed server: ")
             raise LauncherError(f"the server exited with code {code}"
                                 f"{f': {reason}' if reason else ''}; see logs/server.log")
         if status.get("sims_done", 0) < status.get("target", 0):

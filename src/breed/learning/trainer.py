@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import importlib
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from breed.fsio import atomic_write
 from breed.learning.buffer import Batch
 from breed.learning.normalisation import Normalisation
 from breed.problems import problem_of
@@ -161,11 +161,8 @@ class StepResult:
     """One training iteration: what the sampler (eq. 4) and the run log need."""
 
     loss: float  # batch MSE that was minimised (normalised units)
-    losses: np.ndarray  # (B,) float64 per-sample MSE, mean over the M*M outputs
-    mean: float  # mean of ``losses`` (mu(l^(i)) of eq. 4; equals ``loss`` up to rounding)
-    std: float  # population standard deviation of ``losses`` (sigma(l^(i)) of eq. 4)
-    sim_ids: np.ndarray  # (B,) of the batch, for convenience
-    steps: np.ndarray  # (B,)
+    losses: np.ndarray  # (B,) float64 per-sample MSE, mean over the outputs; eq. 4's mu and
+    # sigma are taken over the whole (multi-rank) batch by breed.sampling.deviation
 
 
 class Surrogate:
@@ -276,8 +273,7 @@ class Trainer:
         self.optimizer.step()
         self.iteration += 1
         losses = per_sample.detach().to("cpu", torch.float64).numpy()
-        return StepResult(loss=float(loss.detach()), losses=losses, mean=float(losses.mean()),
-                          std=float(losses.std()), sim_ids=batch.sim_ids, steps=batch.steps)
+        return StepResult(loss=float(loss.detach()), losses=losses)
 
     def idle_step(self) -> None:
         """Take part in a DDP step without data: a zero-weight pass, so every rank joins the
@@ -390,6 +386,4 @@ class Trainer:
             "problem": self.problem.describe(), "lr": self.lr, "seed": self.seed,
             "iteration": self.iteration,
         }
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(data, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: torch.save(data, fh))

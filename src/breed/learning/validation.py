@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import qmc
 
+from breed.fsio import atomic_write
 from breed.problems.problem import Problem
 
 FORMAT = "breed-validation-v2"
@@ -130,13 +130,8 @@ def save_validation(vset: ValidationSet, path: str | Path, compress: bool = True
         "format": np.array(FORMAT), "params": vset.params, "fields": vset.fields,
         "seed": np.int64(vset.seed), "problem": np.array(json.dumps(vset.problem)),
         "fingerprint": np.array(vset.fingerprint)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:  # a file object: numpy must not append ".npz"
-            (np.savez_compressed if compress else np.savez)(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # a file object: numpy must not append ".npz"
+    atomic_write(path, lambda fh: (np.savez_compressed if compress else np.savez)(fh, **arrays))
 
 
 def make_validation(path: str | Path, *, size: int = 200, seed: int = 12345, grid: int = 64,

@@ -23,6 +23,17 @@ def as_numpy(values: Any) -> np.ndarray:
     return np.asarray(values).ravel()
 
 
+def batch_moments(losses: np.ndarray) -> tuple[float, float]:
+    """``(mu, sigma)`` of eq. 4 for one batch: mean and population standard deviation of its
+    finite per-sample losses (NaN if none is finite). The one place they are computed: the
+    deviations, the run log's ``batch_loss``/``batch_loss_std`` and the per-sample log."""
+    losses = np.asarray(losses, dtype=np.float64)
+    good = losses[np.isfinite(losses)]
+    if not good.size:
+        return float("nan"), float("nan")
+    return float(good.mean()), float(good.std())
+
+
 def batch_deviation(losses: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Eq. 4 for one batch: ``(delta, mu, sigma)``; non-finite losses get NaN and are ignored.
 
@@ -35,7 +46,7 @@ def batch_deviation(losses: np.ndarray) -> tuple[np.ndarray, float, float]:
     if not finite.any():
         return delta, float("nan"), float("nan")
     good = losses[finite]
-    mu, sigma = float(good.mean()), float(good.std())
+    mu, sigma = batch_moments(good)
     excess = np.maximum(good - mu, 0.0)
     delta[finite] = excess / sigma if sigma > 0 else 0.0
     return delta, mu, sigma

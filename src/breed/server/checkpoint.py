@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from breed.runlog import atomic_write_bytes
+from breed.fsio import atomic_write_bytes
 
 log = logging.getLogger("breed.server")
 NDARRAY = "__ndarray__"
@@ -83,7 +83,7 @@ def load(path: Path) -> dict[str, Any]:
     except (OSError, RuntimeError, EOFError, ValueError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"checkpoint {path}: unreadable ({reason})") from None
-    if not isinstance(state, dict) or "iteration" not in state:
+    if not isinstance(state, dict) or "trainer" not in state:
         raise CheckpointError(f"checkpoint {path}: not a breed server checkpoint")
     return from_plain(state)
 

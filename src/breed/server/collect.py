@@ -25,8 +25,6 @@ import numpy as np
 
 from breed.problems.problem import Problem
 
-TRAJECTORIES = "trajectories.npz"
-
 
 class TrajectoryStore:
     """Where a collection run's receiver puts samples: every (simulation, step), nothing
@@ -130,6 +128,6 @@ def collect_validation(cfg: dict[str, Any], output: str | Path) -> Any:
     if code != 0:
         raise RuntimeError(f"collecting the validation set failed (exit {code}); see "
                            f"{run_dir / rundir.LOGS}")
-    vset = load_validation(run_dir / TRAJECTORIES)
+    vset = load_validation(run_dir / rundir.TRAJECTORIES)
     shutil.rmtree(run_dir, ignore_errors=True)  # in memory now; a failed one stays, for its logs
     return vset

@@ -26,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from breed import rundir
+from breed.fsio import atomic_write_bytes
+
 log = logging.getLogger("breed.server")
 
 
@@ -124,10 +127,8 @@ def truncate_logs(run_dir: Path, iteration: int) -> dict[str, int]:
     The resumed server recomputes those iterations; keeping both would show each twice in
     ``metrics.jsonl`` and ``per_sample_loss.csv``. Returns the rows dropped per file.
     """
-    from breed.runlog import atomic_write_bytes
-
     dropped = {}
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / rundir.METRICS
     if path.exists():
         keep, n = [], 0
         for line in path.read_text().splitlines():
@@ -143,7 +144,7 @@ def truncate_logs(run_dir: Path, iteration: int) -> dict[str, int]:
         if n:
             atomic_write_bytes(path, "".join(x + "\n" for x in keep).encode())
         dropped[path.name] = n
-    path = run_dir / "per_sample_loss.csv"
+    path = run_dir / rundir.PER_SAMPLE
     if path.exists():
         lines = path.read_text().splitlines()
         keep, n = lines[:1], 0

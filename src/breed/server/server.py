@@ -23,6 +23,7 @@ import yaml
 
 from breed import rundir
 from breed.cli import OneLineParser
+from breed.fsio import atomic_write_json
 from breed.learning.reservoir import buffer_from_config
 from breed.learning.trainer import Trainer, resolve_device
 from breed.learning.validation import (
@@ -39,14 +40,14 @@ from breed.runlog import (
     CsvLog,
     JsonLines,
     MetricsLog,
-    atomic_write_json,
     write_table,
 )
 from breed.sampling import make_sampler
+from breed.sampling.deviation import batch_moments
 from breed.security import load_curve_secret
 from breed.server.checkpoint import Checkpointer
 from breed.server.checkpoint import load as load_checkpoint
-from breed.server.collect import TRAJECTORIES, TrajectoryStore
+from breed.server.collect import TrajectoryStore
 from breed.server.collective import Collective, mpi_world
 from breed.server.guard import raise_fd_limit
 from breed.server.receiver import Receiver, ReceiverOptions
@@ -166,7 +167,6 @@ class Server:
                             buffer_from_config(cfg, self.trainer.normalisation))
         self.validation = self._validation_set() if self.root and not self.collecting \
             else None
-        self.iteration = 0
         self.finished = threading.Event()
         self.failure: str | None = None  # why the run ended without its results
         self.released = threading.Event()  # the launcher saw the end: no need to linger
@@ -242,16 +242,16 @@ class Server:
     def run(self) -> dict[str, Any]:
         self.receiver.start()
         if self.root:
-            atomic_write_json(self.run_dir / "server.json", {
-                "control": self.receiver.control_address,
-                "data": self.receiver.data_addresses, "pid": os.getpid(),
-                "ranks": self.coll.size, "host": self.cfg["launcher"]["host"]})
+            rundir.ServerInfo(control=self.receiver.control_address,
+                              data=self.receiver.data_addresses, pid=os.getpid(),
+                              ranks=self.coll.size, host=self.cfg["launcher"]["host"]
+                              ).write(self.run_dir)
         if self.collecting:
             return self._collect()
         tc = self.cfg["training"]
-        tb_dir = self.run_dir / "tensorboard" if tc["tensorboard"] else None
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl", tb_dir) if self.root else None
-        per_sample = (CsvLog(self.run_dir / "per_sample_loss.csv", PER_SAMPLE_COLUMNS)
+        tb_dir = self.run_dir / rundir.TENSORBOARD if tc["tensorboard"] else None
+        metrics = MetricsLog(self.run_dir / rundir.METRICS, tb_dir) if self.root else None
+        per_sample = (CsvLog(self.run_dir / rundir.PER_SAMPLE, PER_SAMPLE_COLUMNS)
                       if tc["per_sample_log"] and self.root else None)
         clock = LoopClock()
         try:
@@ -304,7 +304,7 @@ class Server:
             self.failure = f"collection incomplete: {exc}"
             self.finished.set()
             raise ResultsNotWritten(self.failure, self.checkpointer) from None
-        save_validation(vset, self.run_dir / TRAJECTORIES)
+        save_validation(vset, self.run_dir / rundir.TRAJECTORIES)
         self.write_samples()
         summary["validation_fingerprint"] = vset.fingerprint
         atomic_write_json(self.run_dir / rundir.SUMMARY, summary)
@@ -372,7 +372,6 @@ class Server:
             result = self.trainer.step(batch, weight=weight) if batch is not None else \
                 self.trainer.idle_step()
             clock.trained(time.monotonic() - t1, ag.samples)
-            self.iteration += 1
             ids, steps, losses = self.coll.gather_losses(
                 np.empty(0) if batch is None else batch.sim_ids,
                 np.empty(0) if batch is None else batch.steps,
@@ -384,18 +383,23 @@ class Server:
                 self.sampler.on_iteration(self.iteration)
             if self.iteration % tc["log_interval"] == 0:
                 self._watch_launcher()
+                mu, sigma = batch_moments(losses)
                 metrics.write({"kind": "train", "iteration": self.iteration,
                                "time": time.time() - self.start,
-                               "batch_loss": float(losses.mean()),
-                               "batch_loss_std": float(losses.std()),
+                               "batch_loss": mu, "batch_loss_std": sigma,
                                **self._buffer_metrics(), **clock.metrics()})
                 if per_sample is not None:
-                    self._log_samples(per_sample, ids, steps, losses, deltas)
+                    self._log_samples(per_sample, ids, steps, losses, deltas, mu)
             if self.iteration % tc["validation_interval"] == 0:
                 self._validate(metrics)
                 clock.last_validated = self.iteration
             if self.checkpointer.due(self.iteration):
                 self.save_checkpoint()
+
+    @property
+    def iteration(self) -> int:
+        """Training iterations so far: the trainer counts its steps, the one counter."""
+        return self.trainer.iteration
 
     def _watch_launcher(self) -> None:
         """The other direction of the liveness pings: a launcher silent for ping_timeout is
@@ -425,11 +429,10 @@ class Server:
         log.info("iteration %d: validation MSE %.4g", self.iteration, vals["val_mse"])
 
     def _log_samples(self, out: CsvLog, ids: np.ndarray, steps: np.ndarray,
-                     losses: np.ndarray, deltas: np.ndarray | None) -> None:
+                     losses: np.ndarray, deltas: np.ndarray | None, batch_loss: float) -> None:
         with self.sampler_lock:
             qs = self.sampler.qualities(ids)
         uniform = [self.table.records[int(s)].source == "uniform" for s in ids]
-        batch_loss = float(losses.mean())
         out.write_rows([
             [self.iteration, int(ids[k]), int(steps[k]), float(losses[k]), batch_loss,
              None if deltas is None else float(deltas[k]),
@@ -447,14 +450,13 @@ class Server:
         """Write a checkpoint now; False if the write failed (it is retried, see
         :class:`~breed.server.checkpoint.Checkpointer`)."""
         return self.checkpointer.write(lambda: {
-            "iteration": self.iteration, "trainer": self.trainer.state_dict(),
+            "trainer": self.trainer.state_dict(),
             "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
             **self._receiver_state()}, self.iteration)
 
     def _load_checkpoint(self) -> None:
         state = load_checkpoint(self.checkpoint_path)
-        self.iteration = state["iteration"]
-        self.trainer.load_state_dict(state["trainer"])
+        self.trainer.load_state_dict(state["trainer"])  # the iteration is the trainer's
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         if self.root:  # multi-rank: the other ranks' ledgers and buffers are not saved yet
