@@ -156,8 +156,8 @@
         {
           default = pkgs.mkShell {
             packages = [ (python.withPackages everything.python) ] ++ everything.tools;
-            # The checkout itself is importable (like `pip install -e .`): `python -m breed`,
-            # which is how the Snakemake rules call it.
+            # The checkout itself is importable, as `pip install -e .` makes it in the README's
+            # venv: the Snakemake workflow needs `import breed` (workflow/rules/common.smk).
             shellHook = ''
               export PYTHONPATH="$PWD/src''${PYTHONPATH:+:$PYTHONPATH}"
             '';

@@ -144,3 +144,21 @@ def test_figures_need_a_reference_breed_run(config: dict, tmp_path: Path) -> Non
     t = tables(config, "quick", tmp_path)
     with pytest.raises(F.FigureError, match="no reference Breed run"):
         F.fig_deviation(t["runs"].query("method == 'random'"), t["inputs"])
+
+
+def test_the_registry_draws_each_figure_from_its_tables(config: dict, tmp_path: Path) -> None:
+    """FIGURES is what the workflow's figure rules call: each entry draws from the tables it
+    names (and Fig. 3b from the varied parameters too), as its function does when called."""
+    t = tables(config, "quick", tmp_path)
+    for name in ("fig3a", "fig4", "fig6"):
+        given = {table: t[table] for table in F.figure_tables(name)}
+        direct = F.FIGURES[name].draw(*given.values())
+        assert texts(F.draw(name, given)) == texts(direct), name
+    cfg = copy.deepcopy(config)
+    cfg["studies"]["sampling"]["vary"] = {"sampler.breed.sigma": [0.0025]}
+    t = tables(cfg, "sampling", tmp_path / "sampling")
+    fig = F.draw("fig3b", {"runs": t["runs"], "curves": t["curves"]}, varied=["sigma"])
+    assert [ax.get_title() for ax in fig.axes] == ["varying σ"]
+    with pytest.raises(F.FigureError, match="unknown figure 'fig9' \\(known: fig3a, fig3b"):
+        F.draw("fig9", t)
+    plt.close("all")

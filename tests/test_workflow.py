@@ -1,9 +1,10 @@
 """The Snakemake study pipeline: lint, dry runs of every profile, the OAR profile scripts, the
-Nix flake and the conda env against pyproject.toml, and (slow tier) the tiny DAG end to end.
+Nix flake and the conda env against pyproject.toml, the figure registry against the workflow,
+and (slow tier) the tiny DAG end to end.
 
 Snakemake runs in a temporary copy of the workflow (Snakefile, workflow/, config/, profiles/
-and the root links `slurm`, `oar`), so results/ of the working tree never change what a dry
-run lists.
+and the root links `slurm`, `oar`) without src/: the rules import breed as installed in the
+environment, and results/ of the working tree never change what a dry run lists.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ def workdir(tmp_path: Path) -> Path:
                         ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("slurm", "oar"):
         os.symlink(os.readlink(ROOT / name), tmp_path / name)
-    os.symlink(ROOT / "src", tmp_path / "src")
     return tmp_path
 
 
@@ -94,6 +94,39 @@ def test_invalid_config_is_one_clear_error(workdir: Path) -> None:
     proc = snakemake(workdir, "--dry-run", "--config", "study=nope")
     assert proc.returncode != 0
     assert "study: 'nope' is not one of" in proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_without_breed_installed_the_workflow_stops_with_the_set_up_command(
+        workdir: Path) -> None:
+    """The workflow never reaches into src/: an interpreter that cannot import breed (None in
+    sys.modules makes the import fail as an absent package does) gets one line naming the fix."""
+    run = ("import sys; sys.modules['breed'] = None; sys.argv[0] = 'snakemake'; "
+           "from snakemake.cli import main; main()")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("SNAKEMAKE_PROFILE", None)
+    proc = subprocess.run([sys.executable, "-c", run, "--dry-run"], cwd=workdir, text=True,
+                          capture_output=True, timeout=50, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "profile" not in line]
+    assert len(lines) == 1 and lines[0].startswith("cannot import breed ("), proc.stderr
+    assert '.venv/bin/pip install -e ".[dev]"' in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- figures
+def test_every_registered_figure_has_a_caption_tables_and_a_schema_name() -> None:
+    """Adding a figure is an entry of breed.study.figures.FIGURES (plus its caption): the
+    workflow makes its rule from it; the config schema's list of names must follow."""
+    from breed import study as S
+    from breed.study import figures as F
+
+    for name in F.FIGURES:
+        assert (ROOT / "workflow" / "report" / f"{name}.rst").is_file(), name
+        assert set(F.figure_tables(name)) <= set(S.TABLES), name
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    study = schema["properties"]["studies"]["additionalProperties"]["properties"]
+    assert study["figures"]["items"]["enum"] == list(F.FIGURES)
 
 
 # --------------------------------------------------------------------------- OAR profile
@@ -221,14 +254,57 @@ def test_flake_reports_a_new_unmapped_dependency(tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["unmapped"] == ["some-new-package"]
 
 
-def test_conda_env_lists_the_runtime_dependencies() -> None:
+CONDA_ONLY = {"python", "pip"}  # what pip cannot install: the interpreter and pip itself
+
+
+def conda_env_problems(env: dict, root: Path) -> list[str]:
+    """What breaks the conda env's contract: conda brings only python (as pyproject.toml's
+    requires-python) and pip; pip installs the checkout at ``root``, editable, with extras of
+    pyproject.toml, and nothing else. Conda runs pip in the folder of Snakemake's copy of the
+    env file, ``<working directory>/.snakemake/conda``."""
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    problems = []
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip = [d for d in env["dependencies"] if isinstance(d, dict)]
+    for spec in conda:
+        name, _, version = spec.partition(" ")
+        if name not in CONDA_ONLY:
+            problems.append(f"conda lists {name}: breed's dependencies belong in pyproject.toml")
+        if name == "python" and version.replace(" ", "") != project["requires-python"]:
+            problems.append(f"python {version} is not requires-python {project['requires-python']}")
+    if {spec.partition(" ")[0] for spec in conda} != CONDA_ONLY:
+        problems.append(f"conda must list exactly {sorted(CONDA_ONLY)}")
+    reqs = [r for d in pip for r in d.get("pip", [])]
+    match = re.fullmatch(r"-e\s+(\S+?)(?:\[([\w,-]+)\])?", reqs[0]) if len(reqs) == 1 else None
+    if match is None:
+        return [*problems, f"pip must install only the checkout, editable (-e PATH), not {reqs}"]
+    path, extras = match.group(1), (match.group(2) or "").split(",")
+    if (root / ".snakemake" / "conda" / path).resolve() != root.resolve():
+        problems.append(f"-e {path} from .snakemake/conda is not the repository root")
+    unknown = [e for e in extras if e and e not in project["optional-dependencies"]]
+    if unknown:
+        problems.append(f"extras {unknown} are not in pyproject.toml")
+    return problems
+
+
+def test_conda_env_installs_the_checkout_and_lists_no_dependency_of_its_own() -> None:
     env = yaml.safe_load((ROOT / "workflow" / "envs" / "breed.yaml").read_text())
-    names = {d.split()[0] for d in env["dependencies"] if isinstance(d, str)}
-    conda_names = {"torch": "pytorch", "matplotlib": "matplotlib-base"}
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for spec in project["dependencies"] + project["optional-dependencies"]["mpich"]:
-        name = re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0].lower()
-        assert conda_names.get(name, name) in names, name
+    assert conda_env_problems(env, ROOT) == []
+
+
+@pytest.mark.parametrize("dependencies, problem", [
+    (["python >=3.11", "pip", "numpy >=1.26", {"pip": ["-e ../..[mpich]"]}], "conda lists numpy"),
+    (["python >=3.10", "pip", {"pip": ["-e ../.."]}], "not requires-python"),
+    (["python >=3.11", {"pip": ["-e ../.."]}], "exactly ['pip', 'python']"),
+    (["python >=3.11", "pip", {"pip": ["-e .."]}], "is not the repository root"),
+    (["python >=3.11", "pip", {"pip": ["-e ../..[gpu]"]}], "extras ['gpu']"),
+    (["python >=3.11", "pip", {"pip": ["-e ../..", "torch"]}], "only the checkout"),
+    (["python >=3.11", "pip"], "only the checkout"),
+])
+def test_conda_env_contract_catches_a_second_dependency_list(dependencies: list,
+                                                             problem: str) -> None:
+    problems = conda_env_problems({"dependencies": dependencies}, ROOT)
+    assert any(problem in p for p in problems), problems
 
 
 # --------------------------------------------------------------------------- end to end

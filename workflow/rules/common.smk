@@ -1,24 +1,26 @@
-# Helpers shared by the rules: study expansion comes from the breed package (breed.study).
+# Helpers shared by the rules. Study expansion, run-directory names, tables and figures come
+# from the breed package, installed in the environment that runs Snakemake (the README's venv,
+# `pip install -e ".[dev]"`, or `nix develop`); jobs run by the same interpreter, or under
+# --sdm conda in workflow/envs/breed.yaml, which installs this checkout too.
 import os
 import sys
 from functools import cache
 
-# Workflow and package come from the same checkout: its src/ goes first on the path of this
-# process and of every job (venv, Nix shell or a conda env of workflow/envs/).
-SRC = os.path.join(workflow.basedir, "src")
-sys.path.insert(0, SRC)
-os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])))
-
-from breed import study as S  # noqa: E402
+try:
+    from breed import study as S
+    from breed.rundir import RESULTS
+    from breed.study import figures as F
+except ImportError as exc:  # one line, no traceback: the fix is a set-up command
+    sys.exit(
+        f"cannot import breed ({exc}): run Snakemake where breed is installed: "
+        'python3 -m venv .venv && .venv/bin/pip install -e ".[dev]" && . .venv/bin/activate '
+        "(or: nix develop; see README.md)"
+    )
 
 
 wildcard_constraints:
     study=r"[A-Za-z0-9_]+",
     run=r"[a-z]+-H[0-9]+-L[0-9]+[A-Za-z0-9._\-]*",
-
-
-RUN_FILES = ["summary.json", "metrics.jsonl", "samples.csv", "per_sample_loss.csv"]
-TABLES = ["runs", "curves", "inputs", "correlations"]
 
 
 @cache
@@ -35,7 +37,7 @@ def run_files(wildcards):
         "results/{study}/{run}/{file}",
         study=wildcards.study,
         run=run_ids(wildcards.study),
-        file=RUN_FILES,
+        file=RESULTS,
     )
 
 

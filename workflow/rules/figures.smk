@@ -1,89 +1,34 @@
-# Figures 3a, 3b, 4 and 6 of the paper, drawn from the tables only (never re-trains).
+# The paper's figures, drawn from the tables only (never re-trains): one rule per entry of
+# breed.study.figures.FIGURES (its tables, report label; caption: ../report/<name>.rst).
 
 
-rule fig3a:
-    input:
-        runs="results/{study}/tables/runs.csv",
-        curves="results/{study}/tables/curves.csv",
-    output:
-        png=report(
-            "results/{study}/figures/fig3a.png",
-            caption="../report/fig3a.rst",
-            category="{study}",
-            labels={"figure": "3a models"},
-        ),
-        pdf="results/{study}/figures/fig3a.pdf",
-    log:
-        "results/{study}/logs/fig3a.log",
-    conda:
-        "../envs/breed.yaml"
-    localrule: True
-    script:
-        "../scripts/figure.py"
+def varied_columns(wildcards):
+    """The table columns of the parameters a study varies one at a time (Fig. 3b panels)."""
+    return [S.PARAMS.get(key, key) for key in config["studies"][wildcards.study]["vary"]]
 
 
-rule fig3b:
-    input:
-        runs="results/{study}/tables/runs.csv",
-        curves="results/{study}/tables/curves.csv",
-    output:
-        png=report(
-            "results/{study}/figures/fig3b.png",
-            caption="../report/fig3b.rst",
-            category="{study}",
-            labels={"figure": "3b Breed hyperparameters"},
-        ),
-        pdf="results/{study}/figures/fig3b.pdf",
-    params:
-        varied=lambda wildcards: [
-            S.PARAMS.get(key, key) for key in config["studies"][wildcards.study]["vary"]
-        ],
-    log:
-        "results/{study}/logs/fig3b.log",
-    conda:
-        "../envs/breed.yaml"
-    localrule: True
-    script:
-        "../scripts/figure.py"
+for _name, _figure in F.FIGURES.items():
 
-
-rule fig4:
-    input:
-        runs="results/{study}/tables/runs.csv",
-        inputs="results/{study}/tables/inputs.csv",
-    output:
-        png=report(
-            "results/{study}/figures/fig4.png",
-            caption="../report/fig4.rst",
-            category="{study}",
-            labels={"figure": "4 input deviation"},
-        ),
-        pdf="results/{study}/figures/fig4.pdf",
-    log:
-        "results/{study}/logs/fig4.log",
-    conda:
-        "../envs/breed.yaml"
-    localrule: True
-    script:
-        "../scripts/figure.py"
-
-
-rule fig6:
-    input:
-        runs="results/{study}/tables/runs.csv",
-        correlations="results/{study}/tables/correlations.csv",
-    output:
-        png=report(
-            "results/{study}/figures/fig6.png",
-            caption="../report/fig6.rst",
-            category="{study}",
-            labels={"figure": "6 correlations"},
-        ),
-        pdf="results/{study}/figures/fig6.pdf",
-    log:
-        "results/{study}/logs/fig6.log",
-    conda:
-        "../envs/breed.yaml"
-    localrule: True
-    script:
-        "../scripts/figure.py"
+    rule:
+        name:
+            _name
+        input:
+            **{t: f"results/{{study}}/tables/{t}.csv" for t in F.figure_tables(_name)},
+        output:
+            png=report(
+                f"results/{{study}}/figures/{_name}.png",
+                caption=f"../report/{_name}.rst",
+                category="{study}",
+                labels={"figure": _figure.label},
+            ),
+            pdf=f"results/{{study}}/figures/{_name}.pdf",
+        params:
+            figure=_name,
+            **({"varied": varied_columns} if _figure.varied else {}),
+        log:
+            f"results/{{study}}/logs/{_name}.log",
+        conda:
+            "../envs/breed.yaml"
+        localrule: True
+        script:
+            "../scripts/figure.py"

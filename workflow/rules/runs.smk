@@ -61,7 +61,7 @@ rule breed_run:
         config="results/{study}/configs/{run}.yaml",
         validation="results/{study}/validation.npz",
     output:
-        expand("results/{{study}}/{{run}}/{file}", file=RUN_FILES),
+        expand("results/{{study}}/{{run}}/{file}", file=RESULTS),
     params:
         args=lambda wildcards, input, output: [
             "run", input.config, "--output", os.path.dirname(output[0]), "--overwrite"

@@ -5,7 +5,7 @@ rule tables:
     input:
         run_files,
     output:
-        expand("results/{{study}}/tables/{table}.csv", table=TABLES),
+        expand("results/{{study}}/tables/{table}.csv", table=S.TABLES),
     log:
         "results/{study}/logs/tables.log",
     conda:

@@ -1,4 +1,4 @@
-"""Tidy tables of one study's runs (breed.study): runs, curves, inputs, correlations."""
+"""Tidy tables of one study's runs (breed.study.TABLES): runs, curves, inputs, correlations."""
 
 import logging
 import sys
@@ -12,13 +12,8 @@ logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True)
 study = snakemake.wildcards.study
 specs = S.expand_study(snakemake.config, study)
 root = Path("results", study)
-tables = {
-    "runs": S.runs_table(specs, root),
-    "curves": S.curves_table(specs, root),
-    "inputs": S.inputs_table(specs, root),
-    "correlations": S.correlations_table(specs, root),
-}
 for path in snakemake.output:
     name = Path(path).stem
-    tables[name].to_csv(path, index=False)
-    logging.info("%s: %d rows -> %s", name, len(tables[name]), path)
+    table = S.TABLES[name](specs, root)
+    table.to_csv(path, index=False)
+    logging.info("%s: %d rows -> %s", name, len(table), path)

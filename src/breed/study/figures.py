@@ -1,4 +1,5 @@
-"""The paper's figures (3a, 3b, 4, 6) drawn from the tidy tables of :mod:`breed.study`.
+"""The paper's figures (3a, 3b, 4, 6) drawn from the tidy tables of :mod:`breed.study`, and
+the registry (``FIGURES``) the workflow makes its figure rules from.
 
 Pure functions of stored results: redrawing never re-trains. Every curve is a median over seeds
 with a min-max band (seed noise is 25-50 % of the final error on this problem).
@@ -6,6 +7,8 @@ with a min-max band (seed noise is 25-50 % of the final error on this problem).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -174,7 +177,7 @@ def reference_pair(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _histograms(ax: plt.Axes, groups: list[tuple[str, pd.Series, str]], xlabel: str) -> None:
     data = pd.concat([g for _, g, _ in groups])
-    bins = np.histogram_bin_edges(data, bins=30) if len(data) else 10
+    bins = np.histogram_bin_edges(data, bins=30).tolist() if len(data) else 10
     unit = " K" if xlabel.endswith("(K)") else ""
     for label, values, color in groups:
         if len(values) == 0:
@@ -245,3 +248,43 @@ def fig_correlation(runs: pd.DataFrame, correlations: pd.DataFrame) -> plt.Figur
                  fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class Figure:
+    """One figure of the workflow: what draws it, from which tables, and its report label.
+
+    The workflow makes one rule per entry (workflow/rules/figures.smk); its report caption is
+    ``workflow/report/<name>.rst``. Adding a figure is one entry here and its caption file.
+    """
+
+    draw: Callable[..., plt.Figure]
+    tables: tuple[str, ...]  # after ``runs``, in the order ``draw`` takes them
+    label: str  # the report's "figure" label
+    varied: bool = False  # ``draw`` also takes the study's varied parameters (Fig. 3b)
+
+
+FIGURES: dict[str, Figure] = {
+    "fig3a": Figure(fig_model_grid, ("curves",), "3a models"),
+    "fig3b": Figure(fig_hyperparameters, ("curves",), "3b Breed hyperparameters", varied=True),
+    "fig4": Figure(fig_deviation, ("inputs",), "4 input deviation"),
+    "fig6": Figure(fig_correlation, ("correlations",), "6 correlations"),
+}
+
+
+def figure_tables(name: str) -> tuple[str, ...]:
+    """Every table figure ``name`` reads, ``runs`` first."""
+    return ("runs", *FIGURES[name].tables)
+
+
+def draw(name: str, tables: dict[str, pd.DataFrame], varied: Sequence[str] = ()) -> plt.Figure:
+    """Draw figure ``name`` from its tables (keyed by table name) and the study's varied
+    parameter columns (used by the figures that vary a parameter)."""
+    if name not in FIGURES:
+        raise FigureError(f"unknown figure {name!r} (known: {', '.join(FIGURES)})")
+    entry = FIGURES[name]
+    args = [tables[t] for t in figure_tables(name)]
+    if entry.varied:
+        args.append(list(varied))
+    return entry.draw(*args)

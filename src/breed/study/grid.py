@@ -13,10 +13,12 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from breed.config import ConfigError, load_schema, set_dotted, validate
+from breed.rundir import PER_SAMPLE
 
 # Parameter columns of the tables, named as in the paper (Table 1).
 PARAMS: dict[str, str] = {
@@ -87,7 +89,7 @@ def method_of(config: dict[str, Any]) -> str:
     return METHODS.get(name, name)
 
 
-def make_run_id(config: dict[str, Any], extra_keys: list[str] = ()) -> str:
+def make_run_id(config: dict[str, Any], extra_keys: Sequence[str] = ()) -> str:
     """``breed-H16-L1-s5-P200-N200-r0.5-0.9-3-seed0``: readable from the parameters."""
     parts = [method_of(config), f"H{config['model']['hidden']}", f"L{config['model']['layers']}"]
     if config["sampler"]["name"] == "breed":
@@ -101,7 +103,7 @@ def make_run_id(config: dict[str, Any], extra_keys: list[str] = ()) -> str:
     return "-".join(parts).replace("/", "_").replace(" ", "")
 
 
-def pair_id(config: dict[str, Any], extra_keys: list[str] = ()) -> str:
+def pair_id(config: dict[str, Any], extra_keys: Sequence[str] = ()) -> str:
     """What a Random and a Breed run must share to be paired (besides the seed): the model."""
     parts = [f"H{config['model']['hidden']}", f"L{config['model']['layers']}"]
     parts += [f"{k.rsplit('.', 1)[-1].replace('_', '')}{_fmt(get_dotted(config, k))}"
@@ -141,7 +143,7 @@ def _resolve(study: str, raw: dict[str, Any]) -> dict[str, Any]:
         raise StudyError(f"studies.{study}: {exc}") from None
     if not cfg["training"]["per_sample_log"]:
         raise StudyError(f"studies.{study}: training.per_sample_log must stay true "
-                         "(the pipeline reads per_sample_loss.csv for Fig. 6)")
+                         f"(the pipeline reads {PER_SAMPLE} for Fig. 6)")
     if cfg["sampler"]["name"] != "breed":  # Breed settings do not apply: do not split runs
         cfg["sampler"]["breed"] = validate({}, _run_schema())["sampler"]["breed"]
     return cfg

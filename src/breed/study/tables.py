@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from breed.problems import problem_of
+from breed.rundir import METRICS, PER_SAMPLE, SAMPLES, SUMMARY
 from breed.study.grid import PARAMS, RunSpec
 
 VALIDATION_METRICS = ["val_mse", "traj_err_mean", "traj_err_p99", "traj_err_max"]
@@ -21,7 +23,7 @@ CORRELATION_COLUMNS = ["iteration", "sample_loss", "batch_loss", "Q", "uniform"]
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
     """``metrics.jsonl`` as one frame (train and validation rows, ``kind`` column)."""
-    rows = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in Path(run_dir, METRICS).read_text().splitlines()
             if line.strip()]
     return pd.DataFrame(rows)
 
@@ -34,7 +36,7 @@ def final_metrics(run_dir: Path) -> dict[str, Any]:
     if len(val):
         last = val.iloc[-1]
         out.update({m: float(last[m]) for m in VALIDATION_METRICS if m in last})
-    summary_path = Path(run_dir, "summary.json")
+    summary_path = Path(run_dir, SUMMARY)
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     out["iterations"] = summary.get("iterations", int(metrics["iteration"].max()))
     out["wall_time"] = summary.get("wall_time", float("nan"))
@@ -101,7 +103,7 @@ def inputs_table(specs: list[RunSpec], root: Path) -> pd.DataFrame:
     """Parameters of the simulations run to completion, with their deviation (Fig. 4)."""
     frames = []
     for s in specs:
-        sm = pd.read_csv(root / s.run_id / "samples.csv")
+        sm = pd.read_csv(root / s.run_id / SAMPLES)
         if "status" in sm and (sm["status"] == "done").any():
             sm = sm[sm["status"] == "done"]
         problem = problem_of(s.config)
@@ -116,7 +118,7 @@ def correlations_table(specs: list[RunSpec], root: Path) -> pd.DataFrame:
     """Pearson correlations of the per-sample log (Fig. 6), long form, Breed runs only."""
     rows = []
     for s in specs:
-        path = root / s.run_id / "per_sample_loss.csv"
+        path = root / s.run_id / PER_SAMPLE
         if s.params["method"] != "breed" or not path.exists():
             continue
         frame = pd.read_csv(path, usecols=CORRELATION_COLUMNS).astype(float)
@@ -125,6 +127,15 @@ def correlations_table(specs: list[RunSpec], root: Path) -> pd.DataFrame:
             rows.append({"run_id": s.run_id, "a": a, "b": b, "r": corr.loc[a, b],
                          "n": len(frame)})
     return pd.DataFrame(rows, columns=["run_id", "a", "b", "r", "n"])
+
+
+# The tables of a study the workflow writes (results/<study>/tables/<name>.csv), by name.
+TABLES: dict[str, Callable[[list[RunSpec], Path], pd.DataFrame]] = {
+    "runs": runs_table,
+    "curves": curves_table,
+    "inputs": inputs_table,
+    "correlations": correlations_table,
+}
 
 
 # --------------------------------------------------------------------------- summaries
@@ -177,6 +188,7 @@ __all__ = [
     "curves_table",
     "inputs_table",
     "correlations_table",
+    "TABLES",
     "summary_by_config",
     "geometric_mean",
     "paired_ratios",
