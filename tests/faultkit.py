@@ -283,7 +283,7 @@ def audit(run_dir: Path) -> dict[str, Any]:
     received = int(snap["scalars"]["received"])
     evicted = int(snap["scalars"]["evicted"])
     out = {
-        "iteration": int(state["iteration"]), "done": len(done), "records": table,
+        "iteration": int(state["trainer"]["iteration"]), "done": len(done), "records": table,
         "lost": len(expected - put), "extra": len(put - expected),
         "duplicated_rows": len(rows) - len(held),
         "duplicated_puts": received - len(put),

@@ -121,7 +121,7 @@ def test_server_killed_restarts_from_its_checkpoint(make_run) -> None:
                           lambda p: p["iteration"] >= start + 2 * interval and p)
     assert pong["sims_done"] < S and str(sim) in pong["in_flight_steps"]
     os.kill(old_server, signal.SIGSTOP)  # hold the checkpoint still while we read it
-    at = load_checkpoint(run.dir / "checkpoints" / "checkpoint.pt")["iteration"]
+    at = load_checkpoint(run.dir / "checkpoints" / "checkpoint.pt")["trainer"]["iteration"]
     assert at >= start + interval
     os.killpg(old_server, signal.SIGKILL)
     assert run.finish(proc) == 0, run.stderr()

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
+from breed.launcher.make_validation import main
 from breed.learning.validation import (
     ValidationFileError,
     halton_params,
     heat_problem,
     load_validation,
-    main,
     make_validation,
 )
 from breed.problems.heat2d_solver import solve

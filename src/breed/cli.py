@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "server": ("breed.server.server", "Start the training server (normally started by `breed run`)."),
     "client": ("breed.problems.heat2d_client",
                "Run the heat-equation solver as a streaming client."),
-    "make-validation": ("breed.learning.validation", "Compute the fixed Halton validation set."),
+    "make-validation": ("breed.launcher.make_validation", "Compute the fixed Halton validation set."),
 }
 
 

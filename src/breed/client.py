@@ -267,19 +267,18 @@ class Client:
             raise ClientError(f"sim {self.assignment.sim_id} is still open: finish or abort it")
         if self.once and self.finished:
             return None
-        outcome: tuple[str, Any]
+        error: str | None = None
+        got: Assignment | None = None
         if self.rank == 0:
             try:
-                outcome = ("ok", self._request_root())
+                got = self._request_root()
             except ClientError as exc:
-                outcome = ("error", str(exc))
-        else:
-            outcome = ("ok", None)
+                error = str(exc)
         if self.comm is not None and self.nranks > 1:
-            outcome = self.comm.bcast(outcome, root=0)
-        if outcome[0] == "error":
-            raise ClientError(outcome[1], collective=True)
-        self.assignment = outcome[1]
+            error, got = self.comm.bcast((error, got), root=0)
+        if error is not None:
+            raise ClientError(error, collective=True)
+        self.assignment = got
         self._steps_sent = 0
         return self.assignment
 

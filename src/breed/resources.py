@@ -135,6 +135,7 @@ def check_resources(cfg: dict[str, Any], run_dir: Path | None = None) -> Estimat
     """Raise :class:`ConfigError` when the run cannot fit; returns the estimate."""
     est = estimate(cfg)
     rc = cfg["resources"]
+    limit: int | None
     if rc["memory_limit_gib"] is not None:
         limit, source = int(rc["memory_limit_gib"] * GIB), "resources.memory_limit_gib"
     else:

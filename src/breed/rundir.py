@@ -78,7 +78,7 @@ class RunDirError(ConfigError):
 def remove_partial_writes(folder: Path, names: tuple[str, ...]) -> list[Path]:
     """Delete what killed atomic writes of ``names`` left in ``folder`` (the caller holds the
     lock that makes it the only writer); returns the files removed."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(folder.iterdir())
     except OSError:

@@ -42,7 +42,7 @@ def git_revision(start: Path | None = None) -> str | None:
 
 
 def provenance(seed: int, argv: list[str] | None = None) -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)

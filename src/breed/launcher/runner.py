@@ -363,7 +363,7 @@ def ensure_validation(cfg: dict[str, Any], run_dir: Path) -> None:
     if problem.name == "heat2d" or path.exists():
         return
     from breed.learning.validation import save_validation
-    from breed.server.collect import collect_validation
+    from breed.launcher.collection import collect_validation
 
     print(f"breed run: collecting the validation set ({cfg['validation']['size']} "
           f"simulations of {problem.name}) in {path}.collect", file=sys.stderr)

@@ -151,8 +151,8 @@ class SampleBuffer:
         One lock and vectorised copies for the whole group (the ingest process hands samples
         over in bulk). ``normalised``: ``fields`` are already in model units, float32."""
         params = np.asarray(params, dtype=np.float64)
-        self._set_dim(params.shape[-1] if params.ndim > 1 else params.size)
-        params = params.reshape(-1, self.dim)
+        dim = self._set_dim(params.shape[-1] if params.ndim > 1 else params.size)
+        params = params.reshape(-1, dim)
         fields = np.asarray(fields).reshape(len(params), -1)
         if fields.shape[1] != self.field_size:
             raise ValueError(f"sample fields have {fields.shape[1]} values, the buffer "
@@ -160,7 +160,7 @@ class SampleBuffer:
         steps = np.asarray(steps, dtype=np.int64)
         with self._lock:
             self._raise_if_closed()
-            slots = []
+            slots: list[int] = []
             while len(slots) < len(params) and self._can_accept():
                 slots.append(self._store())
             n = len(slots)
@@ -357,13 +357,14 @@ class SampleBuffer:
             self._set_dim(params.size)
         return params.reshape(-1), field.reshape(-1)
 
-    def _set_dim(self, d: int) -> None:
+    def _set_dim(self, d: int) -> int:
         """Lambda's dimension, fixed by the normalisation or the first sample (lock held)."""
         if self.dim is None:
             self.dim = int(d)
             self._inputs = np.empty((self.capacity, self.dim + 1), dtype=np.float32)
         elif d != self.dim:
             raise ValueError(f"sample parameters have {d} values, expected {self.dim}")
+        return self.dim
 
     def _raise_if_closed(self) -> None:
         if self._closed:

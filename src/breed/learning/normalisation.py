@@ -48,9 +48,10 @@ class Normalisation:
     def from_problem(cls, problem: Problem) -> Normalisation:
         ranges = [f.range for f in problem.fields]
         center = half = None
-        if all(r is not None for r in ranges):
-            center = np.array([0.5 * (lo + hi) for lo, hi in ranges])
-            half = np.array([0.5 * (hi - lo) for lo, hi in ranges])
+        bounded = [r for r in ranges if r is not None]
+        if len(bounded) == len(ranges):
+            center = np.array([0.5 * (lo + hi) for lo, hi in bounded])
+            half = np.array([0.5 * (hi - lo) for lo, hi in bounded])
         return cls(problem.lower, problem.upper, problem.log_mask, problem.steps,
                    [f.size for f in problem.fields], center, half)
 
@@ -138,8 +139,8 @@ class Normalisation:
     def single(self) -> tuple[float, float] | None:
         """``(c, h)`` when one affine map serves the whole sample (one field, or all fields
         alike), for code that applies it as two scalars (the ingest process)."""
-        if not self.frozen or not (np.all(self.center == self.center[0])
-                                   and np.all(self.half == self.half[0])):
+        if self.center is None or self.half is None or not (
+                np.all(self.center == self.center[0]) and np.all(self.half == self.half[0])):
             return None
         return float(self.center[0]), float(self.half[0])
 

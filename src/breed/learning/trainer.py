@@ -25,7 +25,7 @@ import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from breed.fsio import atomic_write
 from breed.learning.buffer import Batch
 from breed.learning.normalisation import Normalisation
 from breed.problems import problem_of
+
+if TYPE_CHECKING:
+    from breed.learning.validation import ValidationSet
 
 MODEL_FORMAT = "breed-surrogate-v2"
 EVAL_ELEMENTS = 1 << 22  # outputs per evaluation chunk (16 MiB of float32)
@@ -57,7 +60,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
         if index and int(index) >= torch.cuda.device_count():
             raise ValueError(f"model.device: {spec!r} but only {torch.cuda.device_count()} "
                              "CUDA device(s) exist")
-        return torch.device(spec if index else "cuda", int(index) if index else None)
+        return torch.device(spec) if index else torch.device("cuda")
     raise ValueError(f"model.device: {spec!r} is not auto, cpu, cuda or cuda:N")
 
 
@@ -288,7 +291,7 @@ class Trainer:
 
     # -- validation and inference ---------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, validation: Any, chunk_elements: int = EVAL_ELEMENTS
+    def evaluate(self, validation: ValidationSet, chunk_elements: int = EVAL_ELEMENTS
                  ) -> dict[str, float | None]:
         """Metrics of :func:`validation_metrics` on a validation set (``.params`` (n, d)
         physical, ``.fields`` (n, T+1, *sample shape) physical, see :mod:`breed.learning.validation`),
@@ -316,11 +319,14 @@ class Trainer:
         targets = fields.reshape(n * t1, size)
         center, half = norm.vectors()
         one = norm.single()
-        fold = isinstance(self.model, nn.Sequential) and isinstance(self.model[-1], nn.Linear)
+        model = self.model
+        fold = isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear)
         if fold:
-            body, last = self.model[:-1], self.model[-1]
+            assert isinstance(model, nn.Sequential)
+            body, last = model[:-1], model[-1]
             h = torch.as_tensor(half, dtype=torch.float32, device=self.device)
             c = torch.as_tensor(center, dtype=torch.float32, device=self.device)
+            assert isinstance(last, nn.Linear)
             if one is not None:  # one scale for every value: scalars (the paper's case)
                 weight_k = (last.weight * one[1]).t()
                 bias_k = last.bias * one[1] + one[0]

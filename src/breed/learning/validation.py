@@ -6,7 +6,7 @@ the study then reads the same file, so validation losses of different runs are c
 (``scipy.stats.qmc``, seeded). The heat preset solves its trajectories in-process
 (:func:`breed.problems.heat2d_solver.solve`, the very solver its clients run); any other problem's set is
 made by running the problem's own client through the launcher on that design
-(:mod:`breed.server.collect`).
+(:mod:`breed.launcher.collection`).
 
 File format (``.npz``, no pickled objects): ``params`` float64 ``(n, d)`` physical, ``fields``
 float32 ``(n, T+1, *shape)`` for a one-field problem, else ``(n, T+1, S)`` with the fields
@@ -18,11 +18,8 @@ naming the first difference, since its losses would be meaningless.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,6 +248,9 @@ def check_solver(stored: dict[str, Any], expected: dict[str, Any], path: str | P
         if key not in expected:
             continue
         have, want = stored.get(key), expected[key]
+        if have is None:
+            raise ValidationFileError(f"{path}: made without the heat setting {key!r}; "
+                                      "make it again with breed make-validation")
         if key == "bounds":
             same = len(want) == 2 and all(math.isclose(float(a), float(b), rel_tol=1e-12)
                                           for a, b in zip(have, want, strict=True))
@@ -262,99 +262,3 @@ def check_solver(stored: dict[str, Any], expected: dict[str, Any], path: str | P
             raise ValidationFileError(
                 f"validation file {path}: solver.{key} is {have} but the run has {want}; "
                 "remake it with `breed make-validation --config RUN.yaml`")
-
-
-# -- command line -------------------------------------------------------------------------
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(message)
-
-
-SOLVER_FLAGS = ("grid", "steps", "dt", "alpha", "length", "bounds")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="breed make-validation", description=__doc__.splitlines()[0])
-    p.add_argument("--output", "-o", required=True, type=Path, help="file to write (.npz)")
-    p.add_argument("--config", type=Path, help="take the solver settings (and validation.size "
-                   "and .seed unless given) from this run config")
-    p.add_argument("--size", type=int, help="trajectories (default 200)")
-    p.add_argument("--seed", type=int, help="seed of the scrambled Halton sequence (12345)")
-    p.add_argument("--grid", type=int, help="M, nodes per side (64)")
-    p.add_argument("--steps", type=int, help="T, steps after the initial field (100)")
-    p.add_argument("--dt", type=float, help="time step in s (0.01)")
-    p.add_argument("--alpha", type=float, help="thermal diffusivity (1.0)")
-    p.add_argument("--length", type=float, help="side of the domain in m (10.0)")
-    p.add_argument("--bounds", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="bounds of T0..T4 in K (100 500)")
-    p.add_argument("--no-compress", action="store_true", help="write an uncompressed .npz")
-    return p
-
-
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """A validated run config carrying the requested solver and validation settings."""
-    from breed.config import load_config, validate
-
-    given = [f for f in SOLVER_FLAGS if getattr(args, f) is not None]
-    if args.config is not None:
-        if given:
-            raise _UsageError(f"--{given[0]} cannot be combined with --config (the solver "
-                              "settings come from the config)")
-        cfg = load_config(args.config)
-    else:
-        solver = {f: getattr(args, f) for f in given}
-        if "bounds" in solver:
-            solver["bounds"] = list(solver["bounds"])
-        cfg = validate({"solver": solver})
-    overrides = {k: getattr(args, k) for k in ("size", "seed") if getattr(args, k) is not None}
-    if overrides:
-        cfg = validate({**cfg, "validation": {**cfg["validation"], **overrides}})
-    return cfg
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``breed make-validation``: 0 on success, 2 with a one-line error on bad arguments."""
-    from breed.config import ConfigError
-
-    try:
-        args = _parser().parse_args(argv)
-        cfg = _settings(args)
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
-    except (_UsageError, ConfigError) as exc:
-        print(f"breed make-validation: error: {exc}", file=sys.stderr)
-        return 2
-    from breed.problems import problem_of
-
-    vc, problem = cfg["validation"], problem_of(cfg)
-    t0 = time.perf_counter()
-    try:
-        if problem.name == "heat2d":
-            vset = compute_validation(problem, vc["size"], vc["seed"])
-        else:  # its own client, through the launcher
-            from breed.server.collect import collect_validation
-
-            vset = collect_validation(cfg, args.output)
-        save_validation(vset, args.output, compress=not args.no_compress)
-    except ValueError as exc:
-        print(f"breed make-validation: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        print(f"breed make-validation: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"breed make-validation: cannot write {args.output}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return 1
-    print(f"wrote {vset.size} trajectories of {problem.name} ({problem.steps} steps, seed "
-          f"{vc['seed']}, fingerprint {vset.fingerprint}) to {args.output} in "
-          f"{time.perf_counter() - t0:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

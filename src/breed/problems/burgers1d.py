@@ -25,11 +25,12 @@ from scipy.special import logsumexp
 
 from breed.problems.problem import ClientCommand, FieldSpec, Parameter, Problem
 
-SETTINGS = {"grid": 256, "steps": 50, "t_end": 2.0}
+GRID, STEPS, T_END = 256, 50, 2.0
+SETTINGS: dict[str, float] = {"grid": GRID, "steps": STEPS, "t_end": T_END}
 
 
-def burgers1d(grid: int = SETTINGS["grid"], steps: int = SETTINGS["steps"],
-              t_end: float = SETTINGS["t_end"], ranks: int = 1) -> Problem:
+def burgers1d(grid: int = GRID, steps: int = STEPS, t_end: float = T_END,
+              ranks: int = 1) -> Problem:
     return Problem(
         name="burgers1d",
         parameters=(Parameter("nu", 0.02, 0.3, "log"), Parameter("a", 0.5, 1.5),

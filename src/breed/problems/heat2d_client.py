@@ -102,7 +102,8 @@ class Terminated(SystemExit):
     """SIGTERM (scheduler kill, launcher stop): exit 128+15 after telling the server."""
 
     def __str__(self) -> str:
-        return f"terminated by signal {int(self.code) - 128}"
+        code = self.code if isinstance(self.code, int) else 128
+        return f"terminated by signal {code - 128}"
 
 
 def _terminate(signum: int, frame: object) -> None:

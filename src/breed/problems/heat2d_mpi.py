@@ -186,7 +186,8 @@ class MPIHeatSolver:
         res = rhs - self.apply(x)
         rr, rhs2 = self._dots((res, res), (rhs, rhs))
         target = (self.rtol**2) * rhs2
-        p = rz = None
+        p: np.ndarray | None = None
+        rz = 1.0
         for it in range(self.maxiter + 1):
             if rr <= target:  # tested before preconditioning: the last one would be wasted
                 self.iterations.append(it)

@@ -241,6 +241,7 @@ class BreedSampler(Sampler):
         logq = np.full(k, self._log_uniform)
         redraws = kept = 0
         if n:
+            assert ids is not None and w is not None, "proposal points need a proposal"
             picks = ids[self._rng.choice(len(ids), size=n, p=w)]  # multinomial, eq. 10
             children, used, kept_mask, redraws = gaussian_children(
                 self._rng, self._params[picks], self._member_sigma[picks], self.lower,

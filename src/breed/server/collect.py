@@ -15,10 +15,7 @@ checks their steps through the same data path, but stores whole trajectories
 
 from __future__ import annotations
 
-import copy
-import shutil
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,42 +89,3 @@ class TrajectoryStore:
                                     *self.problem.fields[0].shape)
         return ValidationSet(np.asarray(params, dtype=np.float64), fields,
                              self.problem.identity(), int(seed))
-
-
-def collection_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """The run config of the collection of ``cfg``'s validation set."""
-    from breed.config import validate
-
-    out = copy.deepcopy(cfg)
-    out["output"] = str(run_dir)
-    out["study"] = {**out["study"], "simulations": cfg["validation"]["size"]}
-    out["sampler"] = {**out["sampler"], "name": "validation"}
-    out["training"] = {**out["training"], "mode": "collect", "progress": False,
-                       "tensorboard": False, "per_sample_log": False}
-    out["launcher"] = {**out["launcher"], "on_give_up": "drop", "server_ranks": 1}
-    out["validation"] = {**out["validation"], "file": None}
-    return validate(out)
-
-
-def collect_validation(cfg: dict[str, Any], output: str | Path) -> Any:
-    """Run the problem's client on the validation design in ``OUTPUT.collect`` (removed once
-    it succeeded); returns the validation set (the caller saves it). RuntimeError (one line)
-    if the collection fails."""
-    from breed import rundir
-    from breed.launcher import runner
-    from breed.learning.validation import load_validation
-
-    output = Path(output)
-    run_dir = output.with_name(output.name + ".collect")
-    ccfg = collection_config(cfg, run_dir)
-    backend = runner.check_runtime(ccfg)
-    rundir.create(run_dir, overwrite=True)  # a failed earlier attempt is moved aside
-    with rundir.RunLock(run_dir, rundir.LAUNCHER_LOCK, "breed run (validation)"):
-        code = runner.run(ccfg, run_dir, ["make-validation", "--output", str(output)],
-                          backend=backend)
-    if code != 0:
-        raise RuntimeError(f"collecting the validation set failed (exit {code}); see "
-                           f"{run_dir / rundir.LOGS}")
-    vset = load_validation(run_dir / rundir.TRAJECTORIES)
-    shutil.rmtree(run_dir, ignore_errors=True)  # in memory now; a failed one stays, for its logs
-    return vset

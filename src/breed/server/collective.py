@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from breed.client import mpi_world  # noqa: F401 (one owner: what starts MPI)
-
 
 @dataclass(frozen=True)
 class Agreement:
@@ -77,10 +75,6 @@ class Collective:
 
     def allgather(self, obj: Any) -> list[Any]:
         return [obj] if self.comm is None else self.comm.allgather(obj)
-
-    def barrier(self) -> None:
-        if self.comm is not None:
-            self.comm.Barrier()
 
     def close(self) -> None:
         if self.size > 1 and torch.distributed.is_initialized():

@@ -18,6 +18,7 @@ from typing import Any
 from breed.problems.problem import Problem
 from breed.protocol import AuthError, ControlMessage, Kind, ProtocolError, decode, encode_control
 from breed.security import JobKeys
+from breed.server.simtable import SimTable
 
 log = logging.getLogger("breed.server")
 WAIT_S = 0.5  # retry_after of a WAIT
@@ -26,8 +27,8 @@ WAIT_S = 0.5  # retry_after of a WAIT
 class ControlHandler:
     """Answers one control message at a time; the receiver thread owns the socket."""
 
-    def __init__(self, token: bytes, table: Any, problem: Problem, counts: Counter[str],
-                 send: Callable[[list[bytes]], None], status: Callable[[], dict[str, Any]],
+    def __init__(self, token: bytes, table: SimTable, problem: Problem, counts: Counter[str],
+                 send: Callable[[list[bytes]], object], status: Callable[[], dict[str, Any]],
                  on_launcher: Callable[[dict[str, Any]], None],
                  on_assign: Callable[[int], None], on_abort: Callable[[int], None],
                  data_address: Callable[[int], str]) -> None:
@@ -79,10 +80,11 @@ class ControlHandler:
         job_id = body.get("job_id")
         job_id = str(job_id) if job_id is not None else None
         got = self.table.request(job_id, str(body.get("client", "?")))
-        if got == "stop":
-            self.reply(ident, Kind.STOP, {})
-        elif got == "wait":
-            self.reply(ident, Kind.WAIT, {"retry_after": WAIT_S})
+        if isinstance(got, str):  # nothing to hand out now: "stop" or "wait"
+            if got == "stop":
+                self.reply(ident, Kind.STOP, {})
+            else:
+                self.reply(ident, Kind.WAIT, {"retry_after": WAIT_S})
         else:
             self.counts["assigned"] += 1
             self.on_assign(got.sim_id)  # before the reply: its data path must know the sim

@@ -23,7 +23,6 @@ from breed.protocol import (
     AuthError,
     FinishMessage,
     Kind,
-    Message,
     ProtocolError,
     StepMessage,
     decode,
@@ -40,13 +39,15 @@ class DataPath:
 
     def __init__(self, token: bytes, spec: StepSpec, max_payload: int,
                  known: Callable[[int], bool], *,
-                 on_finish: Callable[[FinishMessage], None] | None = None,
+                 on_finish: Callable[[FinishMessage, bool], None] | None = None,
                  reply: Callable[[bytes, list[bytes]], None] | None = None,
                  on_refused: Callable[[int, str], None] | None = None,
+                 on_seen: Callable[[int], None] | None = None,
                  counts: Counter[str] | None = None) -> None:
         self.token, self.spec, self.max_payload = token, spec, max_payload
         self.known = known
         self.on_finish, self.reply, self.on_refused = on_finish, reply, on_refused
+        self.on_seen = on_seen  # a valid step of a known simulation arrived (liveness)
         self.assembler = Assembler(nfields=len(spec.shapes))
         self.counts: Counter[str] = Counter() if counts is None else counts
         self.authentic = False  # the last message handled carried the run token
@@ -55,45 +56,63 @@ class DataPath:
         self.refused: dict[tuple[int, bytes], str] = {}
 
     def decode(self, ident: bytes, frames: list[bytes],
-               wait_for: Callable[[int], object] | None = None) -> Message | None:
+               wait_for: Callable[[int], object] | None = None) -> StepMessage | FinishMessage | None:
         """A checked STEP or FINISH, or None (rejected and counted). ``wait_for(sim_id)`` may
         fetch an assignment that trails the client's first step (process mode)."""
         self.authentic = False
         if len(frames) > 2 and len(frames[2]) > self.max_payload:
-            return self.reject(f"frame of {len(frames[2])} bytes, at most {self.max_payload}",
-                               "oversized")
+            self.reject(f"frame of {len(frames[2])} bytes, at most {self.max_payload}",
+                        "oversized")
+            return None
         try:
             msg = decode(frames, self.token, max_payload=self.max_payload)
         except AuthError:
-            return self.reject("data message with a wrong or missing token", "rejected_token")
+            self.reject("data message with a wrong or missing token", "rejected_token")
+            return None
         except ProtocolError as exc:
-            return self.reject(f"malformed data message: {exc}", "malformed")
+            self.reject(f"malformed data message: {exc}", "malformed")
+            return None
         self.authentic = True
         if isinstance(msg, FinishMessage):
             self._acknowledge(ident, msg)
+            if not self.known(msg.sim_id) and wait_for is not None:
+                wait_for(msg.sim_id)  # a rank that failed at once: FINISH before any step
+            if not self.known(msg.sim_id):
+                self.reject(f"FINISH for unknown simulation {msg.sim_id}",
+                            "unknown_sim")
+                return None
             return msg
         if not isinstance(msg, StepMessage):
-            return self.reject(f"{type(msg).__name__} on the data socket", "malformed")
+            self.reject(f"{type(msg).__name__} on the data socket", "malformed")
+            return None
         if not self.known(msg.sim_id) and wait_for is not None:
             wait_for(msg.sim_id)
         if not self.known(msg.sim_id):
-            return self.reject(f"step for unknown simulation {msg.sim_id}", "unknown_sim")
+            self.reject(f"step for unknown simulation {msg.sim_id}", "unknown_sim")
+            return None
         problem = check_step(msg, self.spec)
         if problem is not None:
             text, counter = problem
             if counter in REFUSALS:
                 self.refuse(ident, msg.sim_id, text)
-            return self.reject(text, counter)
+            self.reject(text, counter)
+            return None
         return msg
 
     def assemble(self, ident: bytes, msg: StepMessage
                  ) -> tuple[int, int, np.ndarray] | None:
-        """The sample ``(sim_id, step, values)`` this block completes, or None."""
+        """The sample ``(sim_id, step, values)`` this block completes, or None. A block of a
+        step already completed (a retried client re-sending) is counted and dropped."""
+        before = self.assembler.duplicates
         try:
             out = self.assembler.add(msg)
         except ProtocolError as exc:
             self.refuse(ident, msg.sim_id, str(exc))
-            return self.reject(f"inconsistent block: {exc}", "malformed")
+            self.reject(f"inconsistent block: {exc}", "malformed")
+            return None
+        if self.assembler.duplicates > before:
+            self.counts["duplicate_steps"] += 1
+            return None
         self.counts["blocks"] += 1
         if out is None:
             return None
@@ -103,15 +122,22 @@ class DataPath:
     def handle(self, ident: bytes, frames: list[bytes],
                wait_for: Callable[[int], object] | None = None
                ) -> tuple[int, int, np.ndarray] | None:
-        """Decode and assemble (the ingest process's whole path); FINISH to ``on_finish``."""
+        """Decode and assemble one message (both ingest modes' whole path): a completed
+        sample is returned; a FINISH goes to ``on_finish(msg, every_rank)``."""
         msg = self.decode(ident, frames, wait_for)
         if isinstance(msg, FinishMessage):
+            try:
+                every_rank = self.assembler.finish(msg)
+            except ProtocolError as exc:  # an inconsistent rank count
+                self.reject(f"inconsistent FINISH: {exc}", "malformed")
+                return None
             if self.on_finish is not None:
-                self.on_finish(msg)
-            self.counts["finish"] += 1
+                self.on_finish(msg, every_rank)
             return None
         if msg is None:
             return None
+        if self.on_seen is not None:
+            self.on_seen(msg.sim_id)
         return self.assemble(ident, msg)
 
     def refuse(self, ident: bytes, sim_id: int, reason: str) -> None:

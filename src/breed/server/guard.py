@@ -185,6 +185,15 @@ class ConnectionGuard:
         self.monitor.close(0)
 
 
+def receive(sock: zmq.Socket, watch: bool) -> tuple[list[bytes], int | None]:
+    """One message without blocking (``zmq.Again`` if none); with ``watch`` (an unproven
+    connection is pending) also the descriptor it came in on, for :meth:`ConnectionGuard.prove`."""
+    if not watch:
+        return sock.recv_multipart(zmq.NOBLOCK), None
+    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+    return [p.bytes for p in parts], source_fd(parts[-1])
+
+
 def source_fd(frame: zmq.Frame) -> int | None:
     """The descriptor of the connection a message came in on (``ZMQ_SRCFD``)."""
     try:

@@ -28,10 +28,11 @@ import numpy as np
 import zmq
 
 from breed.server.datapath import DataPath, StepSpec
-from breed.server.guard import DATA_PROOF_S, ActiveClock, ConnectionGuard, harden, source_fd
+from breed.server.guard import DATA_PROOF_S, ActiveClock, ConnectionGuard, harden, receive
 
-# sim_id, step, and for a FINISH record rank, nranks, steps sent; lambda stays with the server
-META = 5
+# sim_id, step, and for a FINISH record whether it was the last rank's; lambda stays with
+# the server (the receiver's table has it)
+META = 3
 FINISH = -1.0  # in the step column: "every step before this record in the ring was sent"
 REFUSED = -2.0  # in the step column: the client broke the problem; its simulation fails now
 
@@ -162,10 +163,12 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
         except zmq.ZMQError:
             pass  # the client is gone or its queue full: it learns at its next call
 
+    seen: set[int] = set()  # simulations streamed since the last report (liveness)
     path = DataPath(spec.token, spec.spec, spec.max_payload, known.__contains__,
-                    on_finish=lambda m: marks.append((m.sim_id, FINISH,
-                                                      (m.rank, m.nranks, m.steps_sent))),
-                    reply=reply, on_refused=lambda s, _: marks.append((s, REFUSED, ())))
+                    on_finish=lambda m, every: marks.append((m.sim_id, FINISH,
+                                                             (float(every),))),
+                    reply=reply, on_refused=lambda s, _: marks.append((s, REFUSED, ())),
+                    on_seen=seen.add)
     center = None if spec.center is None else np.float32(spec.center)
     inv = None if spec.scale is None else np.float32(1.0 / spec.scale)
     last_report = time.monotonic()
@@ -182,13 +185,9 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
                 for _ in range(min(free, 256)):
                     watch = guard.pending  # read the descriptor of an unproven connection
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=not watch)
+                        frames, fd = receive(sock, watch)
                     except zmq.Again:
                         break
-                    fd = None
-                    if watch:
-                        fd = source_fd(frames[-1])
-                        frames = [f.bytes for f in frames]
                     out = path.handle(frames[0], frames[1:], lambda s: _apply(
                         inbox, path, known, wait=2.0, sim=s))
                     if fd is not None and path.authentic:
@@ -207,6 +206,9 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
                 last_report = now
                 guard.sweep()
                 outbox.put(("counts", dict(path.counts)))
+                if seen:
+                    outbox.put(("seen", sorted(seen)))
+                    seen.clear()
     finally:
         outbox.put(("counts", dict(path.counts)))
         guard.close()
@@ -248,6 +250,7 @@ class IngestProcess:
                                 daemon=True)
         self.proc.start()
         self.counts: Counter[str] = Counter()
+        self._seen: set[int] = set()
         self.address = self._wait_address()
 
     def _wait_address(self, timeout: float = 60.0) -> str:
@@ -274,6 +277,13 @@ class IngestProcess:
                 return self.counts
             if kind == "counts":
                 self.counts = Counter(value)
+            elif kind == "seen":
+                self._seen.update(value)
+
+    def take_seen(self) -> list[int]:
+        """Simulations the worker saw streaming since the last call (read by poll_counts)."""
+        out, self._seen = sorted(self._seen), set()
+        return out
 
     def alive(self) -> bool:
         return self.proc.is_alive()

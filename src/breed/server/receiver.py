@@ -34,7 +34,7 @@ import zmq
 
 from breed.netaddr import resolve_host
 from breed.problems.problem import Problem
-from breed.protocol import FinishMessage, StepMessage
+from breed.security import JobKeys
 from breed.server.control import ControlHandler
 from breed.server.datapath import DataPath, StepSpec
 from breed.server.guard import (
@@ -43,10 +43,12 @@ from breed.server.guard import (
     ActiveClock,
     ConnectionGuard,
     harden,
-    source_fd,
+    receive,
 )
 from breed.server.ingest import FINISH, REFUSED, IngestProcess, WorkerSpec
 from breed.server.recovery import StepLedger
+from breed.server.simtable import SimTable, StepTable
+from breed.server.sink import Buffer, SampleSink
 
 log = logging.getLogger("breed.server")
 DATA_HWM = 64  # messages queued per client connection before the client blocks
@@ -68,7 +70,8 @@ class ReceiverOptions:
 class Receiver(threading.Thread):
     """Receives time steps and control messages for one server rank."""
 
-    def __init__(self, *, token: bytes, host: str, table: Any, buffer: Any, problem: Problem,
+    def __init__(self, *, token: bytes, host: str, table: StepTable, buffer: Buffer,
+                 problem: Problem,
                  status: Callable[[], dict[str, Any]], on_sim_done: Callable[[int], None],
                  on_launcher: Callable[[dict], None],
                  options: ReceiverOptions = ReceiverOptions(),
@@ -82,22 +85,25 @@ class Receiver(threading.Thread):
         # a block is at most one whole field: anything larger is refused by decode (counted)
         self.max_payload = self.spec.max_block_bytes
         self.max_message = options.max_message or (self.max_payload + (64 << 10))
-        self.ledger = ledger or StepLedger(self.steps + 1)
-        self.ingest_lock = threading.Lock()  # ledger + buffer + table move together (checkpoint)
         self.counts: Counter[str] = Counter()
+        # the one stage after the data path, both ingest modes (ledger, buffer, table)
+        self.sink = SampleSink(table, buffer, self.steps, self.counts, on_sim_done, ledger)
+        self.ledger = self.sink.ledger
+        self.ingest_lock = self.sink.lock  # a checkpoint's cut (breed.server.recovery)
+        self._worker_counts: Counter[str] = Counter()  # process mode: merged so far
         self.stale_jobs: set[str] = set()
-        self._finished_ranks: dict[int, set[int]] = {}  # process mode: FINISH seen per rank
         self.stop_event = threading.Event()
         self.paused_s = 0.0
         self.active = ActiveClock()  # runs while the data socket is read
         if options.control:
             self.table.clock = self.active  # silence is not counted while we do not read
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         addr = resolve_host(host)
         self.guards: dict[zmq.Socket, ConnectionGuard] = {}
         self.path = DataPath(token, self.spec, self.max_payload, self.table.known,
-                             on_finish=self._on_finish, reply=self._reply_data,
-                             on_refused=self._refused, counts=self.counts)
+                             on_finish=lambda msg, every: self.sink.finish(msg.sim_id, every),
+                             reply=self._reply_data, on_refused=self.sink.refused,
+                             on_seen=self.sink.seen, counts=self.counts)
         self.ingest: IngestProcess | None = None
         self.data: zmq.Socket | None = None
         if options.ingest == "process":  # the data socket lives in a child process
@@ -130,6 +136,7 @@ class Receiver(threading.Thread):
             self.guards[self.control] = ConnectionGuard(self.control, "control",
                                                         CONTROL_PROOF_S,
                                                         options.connection_limit)
+            assert isinstance(table, SimTable), "the control rank owns the simulation table"
             self.controller = ControlHandler(
                 token, table, problem, self.counts, self.control.send_multipart,
                 lambda: {**status(), **self.fault_status()}, on_launcher, self._assigned,
@@ -148,7 +155,7 @@ class Receiver(threading.Thread):
         return sock
 
     @property
-    def job_keys(self) -> Any:
+    def job_keys(self) -> JobKeys | None:
         return self.controller.job_keys if self.controller is not None else None
 
     # -- loop ---------------------------------------------------------------------------
@@ -179,7 +186,8 @@ class Receiver(threading.Thread):
                 for mon, guard in monitors.items():
                     if mon in events:
                         guard.events()
-                if self.controller is not None and self.control in events:
+                if self.controller is not None and self.control is not None \
+                        and self.control in events:
                     self._drain(self.control, self.controller.handle, limit=64)
                 if self.data is not None and self.data in events:
                     self._drain(self.data, self._on_data, limit=256)
@@ -205,9 +213,11 @@ class Receiver(threading.Thread):
         if self.ingest is not None:
             self.ingest.poll_counts()
             self.merge_worker_counts()
+            for sim_id in self.ingest.take_seen():  # re-sent steps the worker dropped
+                self.sink.seen(sim_id)
         for sim_id in self.table.expire(self.simulation_timeout):
             self.counts["sims_timed_out"] += 1
-            job = self.table.job_of(sim_id)
+            job = self._sims().job_of(sim_id)
             if job is not None:
                 self.stale_jobs.add(job)
             log.warning("simulation %d (job %s) silent for more than %g s; handed out again "
@@ -219,17 +229,12 @@ class Receiver(threading.Thread):
             if sock is self.data and not self.buffer.can_accept():
                 return
             # a connection awaits its first authentic message: read its descriptor too
-            watch = guard is not None and guard.pending
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=not watch)
+                frames, fd = receive(sock, guard is not None and guard.pending)
             except zmq.Again:
                 return
-            fd = None
-            if watch:
-                fd = source_fd(frames[-1])
-                frames = [f.bytes for f in frames]
             try:
-                if handler(frames) and fd is not None:
+                if handler(frames) and fd is not None and guard is not None:
                     guard.prove(fd)
             except Exception:  # a bug must cost one message, not the receiver thread
                 self.counts["internal_error"] += 1
@@ -238,32 +243,14 @@ class Receiver(threading.Thread):
 
     # -- data (thread mode) -------------------------------------------------------------
     def _on_data(self, frames: list[bytes]) -> bool:
-        """Handle one data message (``[identity, *message]``); True if it had the token."""
-        msg = self.path.decode(frames[0], frames[1:])
-        if isinstance(msg, FinishMessage):
-            self._on_finish(msg)
-        elif isinstance(msg, StepMessage):
-            with self.ingest_lock:
-                self._ingest(frames[0], msg)
+        """Handle one data message (``[identity, *message]``); True if it had the token. The
+        data path and the sink are the ingest process's own, in this thread."""
+        with self.sink.lock:
+            out = self.path.handle(frames[0], frames[1:])
+            if out is not None:
+                sim_id, step, values = out
+                self.sink.store(np.array([sim_id]), np.array([step]), values[None, :])
         return self.path.authentic
-
-    def _ingest(self, ident: bytes, msg: StepMessage) -> None:
-        sim_id = msg.sim_id
-        if self.ledger.has(sim_id, msg.step):  # a retried client re-sending: keep the first
-            self.counts["duplicate_steps"] += 1
-            self.table.on_step(sim_id)
-            return
-        out = self.path.assemble(ident, msg)
-        self.table.on_step(sim_id)
-        if out is None:
-            return
-        _, step, values = out
-        # the buffer normalises while copying into its float32 slot: no intermediate copy
-        self.buffer.put(self.table.params_of(sim_id), step, values, sim_id)
-        self.ledger.add(sim_id, step)
-        self.counts["samples"] += 1
-        if self.ledger.count(sim_id) == self.steps + 1 and self.table.complete(sim_id):
-            self.on_sim_done(sim_id)
 
     def _reply_data(self, ident: bytes, frames: list[bytes]) -> None:
         assert self.data is not None
@@ -272,25 +259,17 @@ class Receiver(threading.Thread):
         except zmq.ZMQError:
             pass  # the client is gone, or its queue is full: it learns at its next call
 
-    def _refused(self, sim_id: int, reason: str) -> None:
-        """The client broke the problem: its simulation is handed out again now."""
-        self.counts["refused_sims"] += 1
-        fail = getattr(self.table, "fail", None)  # rank r > 0: rank 0's timeout retries it
-        if fail is not None and self.table.known(sim_id):
-            outcome = fail(sim_id, f"client refused: {reason}")
-            log.warning("simulation %d: client refused (%s) -> %s", sim_id, reason, outcome)
-
     def _assigned(self, sim_id: int) -> None:
         self.path.assigned(sim_id)
         if self.ingest is not None:
             self.ingest.assign(sim_id)
-            self._finished_ranks.pop(sim_id, None)
 
     # -- data (process mode) ------------------------------------------------------------
     def _drain_ring(self, limit: int = RING_SLOTS) -> int:
         """Move samples the ingest process finished from its ring into the buffer, in order
         and in bulk; stop where the buffer is full (they wait in the ring, the worker stops
         reading, the clients block). Returns the records consumed."""
+        assert self.ingest is not None
         ring = self.ingest.ring
         meta, fields = ring.peek(limit)
         if len(meta) == 0:
@@ -298,105 +277,44 @@ class Receiver(threading.Thread):
         sims, steps = meta[:, 0].astype(np.int64), meta[:, 1].astype(np.int64)
         marks = np.flatnonzero(meta[:, 1] < 0)  # FINISH and REFUSED records
         consumed, start = 0, 0
-        with self.ingest_lock:
+        with self.sink.lock:
             for end in [*marks.tolist(), len(meta)]:
-                stored = self._store_run(sims[start:end], steps[start:end], fields[start:end])
+                stored = self.sink.store(sims[start:end], steps[start:end], fields[start:end],
+                                         normalised=self.ring_normalised)
                 consumed += stored
                 if stored < end - start:
                     break
                 if end < len(meta):  # a mark, after all the steps sent before it
                     sim_id = int(sims[end])
                     if meta[end, 1] == FINISH:
-                        rank, nranks, sent = (int(v) for v in meta[end, 2:5])
-                        self._finish_checked(FinishMessage(sim_id, rank, nranks, sent))
+                        self.sink.finish(sim_id, every_rank=bool(meta[end, 2]))
                     elif meta[end, 1] == REFUSED:
-                        self._refused(sim_id, "refused by the ingest process")
+                        self.sink.refused(sim_id, "refused by the ingest process")
                     consumed += 1
                 start = end + 1
         ring.release(consumed)
         return consumed
 
-    def _store_run(self, sims: np.ndarray, steps: np.ndarray, fields: np.ndarray) -> int:
-        """Store a run of sample records; returns how many were consumed (stored or dropped)."""
-        known = np.array([self.table.known(int(s)) for s in sims], dtype=bool)
-        keep = known & ~np.array([self.ledger.has(int(s), int(t))
-                                  for s, t in zip(sims, steps, strict=True)], dtype=bool)
-        idx = np.flatnonzero(keep)
-        params = {int(s): self.table.params_of(int(s)) for s in np.unique(sims[idx])}
-        stored = self.buffer.offer_many(
-            np.array([params[int(s)] for s in sims[idx]]).reshape(len(idx), -1), steps[idx],
-            fields[idx], sims[idx], normalised=self.ring_normalised) if len(idx) else 0
-        # the buffer is full at the first kept record it refused: the rest stays in the ring
-        consumed = int(idx[stored]) if stored < len(idx) else len(sims)
-        self.counts["unknown_sim"] += int((~known[:consumed]).sum())  # given up meanwhile
-        self.counts["duplicate_steps"] += int((known & ~keep)[:consumed].sum())
-        for k in idx[:stored]:
-            sim_id = int(sims[k])
-            self.ledger.add(sim_id, int(steps[k]))
-            self.counts["samples"] += 1
-        for sim_id in {int(s) for s in sims[:consumed]}:
-            if self.table.known(sim_id):
-                self.table.on_step(sim_id)
-                if self.ledger.count(sim_id) == self.steps + 1 and self.table.complete(sim_id):
-                    self.on_sim_done(sim_id)
-        return consumed
-
     def merge_worker_counts(self) -> None:
-        """The worker's counters (cumulative) under the same names the thread mode uses."""
+        """Add what the worker counted since the last merge (its counters are cumulative; the
+        sink counts on this side under the same names)."""
+        assert self.ingest is not None
         for key, value in self.ingest.counts.items():
-            if key != "finish":  # the server counts FINISH when it takes the record
-                self.counts[key] = value
+            self.counts[key] += value - self._worker_counts[key]
+            self._worker_counts[key] = value
 
-    def _finish_checked(self, msg: FinishMessage) -> None:
-        """Process mode: a FINISH record from the ring, after every step the rank sent before
-        it was stored (the ingest lock is held). Same policy as :meth:`_on_finish`."""
-        if not self.table.known(msg.sim_id):
-            return
-        self.counts["finish"] += 1
-        have = self.ledger.count(msg.sim_id)
-        ranks = self._finished_ranks.setdefault(msg.sim_id, set())
-        ranks.add(msg.rank)
-        if have == self.steps + 1 or len(ranks) < msg.nranks:
-            return
-        self._incomplete(msg.sim_id, have)
-
-    # -- FINISH (both modes) ------------------------------------------------------------
-    def _on_finish(self, msg: FinishMessage) -> None:
-        """Every rank finished: a simulation still missing steps (lost in a dead server's queue,
-        or rejected) is handed out again now rather than after ``simulation_timeout``."""
-        if not self.table.known(msg.sim_id):
-            self.path.reject(f"FINISH for unknown simulation {msg.sim_id}", "unknown_sim")
-            return
-        with self.ingest_lock:
-            have = self.ledger.count(msg.sim_id)
-            if have == self.steps + 1:  # complete (or a retry's FINISH, its steps dropped)
-                self.counts["finish"] += 1
-                return
-            try:
-                every_rank = self.path.assembler.finish(msg)
-            except ValueError as exc:  # ProtocolError: an inconsistent rank count
-                self.path.reject(f"inconsistent FINISH: {exc}", "malformed")
-                return
-            self.counts["finish"] += 1
-            if every_rank:
-                self._incomplete(msg.sim_id, have)
-                self.path.assembler.discard(msg.sim_id)
-
-    def _incomplete(self, sim_id: int, have: int) -> None:
-        fail = getattr(self.table, "fail", None)  # rank r > 0: rank 0's timeout retries it
-        if fail is None:
-            return
-        outcome = fail(sim_id, f"client finished with {self.steps + 1 - have} steps missing")
-        self.counts["incomplete_sims"] += 1
-        log.warning("simulation %d finished with %d of %d steps -> %s", sim_id, have,
-                    self.steps + 1, outcome)
+    def _sims(self) -> SimTable:
+        """The simulation table itself: the control rank (rank 0) has it."""
+        assert isinstance(self.table, SimTable), "control rank only"
+        return self.table
 
     # -- status -------------------------------------------------------------------------
     def fault_status(self) -> dict[str, Any]:
         """Pong fields for the launcher: jobs to cancel, and per in-flight simulation its job
         and the steps received (operators, fault-injection tests)."""
         with self.ingest_lock:
-            steps = {str(s): [self.table.job_of(s), self.ledger.count(s)]
-                     for s in self.table.in_flight_ids()}
+            sims = self._sims()
+            steps = {str(s): [sims.job_of(s), self.ledger.count(s)]
+                     for s in sims.in_flight_ids()}
         return {"stale_jobs": sorted(self.stale_jobs), "in_flight_steps": steps,
                 "unique_steps": self.ledger.total()}

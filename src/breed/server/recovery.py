@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from breed import rundir
 from breed.fsio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from breed.learning.buffer import SampleBuffer
+    from breed.sampling.base import Sampler
+    from breed.server.simtable import SimTable
 
 log = logging.getLogger("breed.server")
 
@@ -95,8 +100,8 @@ class StepLedger:
 
 
 # -- the whole server state -------------------------------------------------------------------
-def capture(*, ingest_lock: threading.Lock, ledger: StepLedger, table: Any,
-            buffer: Any, counts: dict[str, int]) -> dict[str, Any]:
+def capture(*, ingest_lock: AbstractContextManager[Any], ledger: StepLedger, table: SimTable,
+            buffer: SampleBuffer, counts: dict[str, int]) -> dict[str, Any]:
     """One consistent cut of what the receiver thread changes (see the module docstring).
 
     Lock order: ingest -> table -> sampler, the receiver's own order.
@@ -106,8 +111,8 @@ def capture(*, ingest_lock: threading.Lock, ledger: StepLedger, table: Any,
                 "buffer_data": buffer.snapshot(), "receiver_counts": dict(counts)}
 
 
-def restore(state: dict[str, Any], *, ledger: StepLedger, table: Any, sampler: Any,
-            buffer: Any, counts: dict[str, int]) -> None:
+def restore(state: dict[str, Any], *, ledger: StepLedger, table: SimTable, sampler: Sampler,
+            buffer: SampleBuffer, counts: dict[str, int]) -> None:
     """Inverse of :func:`capture`, before the receiver thread starts."""
     sampler.load_state_dict(state["sampler"])
     table.load_state_dict(state["table"])

@@ -23,7 +23,9 @@ import yaml
 
 from breed import rundir
 from breed.cli import OneLineParser
+from breed.client import mpi_world
 from breed.fsio import atomic_write_json
+from breed.learning.buffer import SampleBuffer
 from breed.learning.reservoir import buffer_from_config
 from breed.learning.trainer import Trainer, resolve_device
 from breed.learning.validation import (
@@ -43,17 +45,19 @@ from breed.runlog import (
     write_table,
 )
 from breed.sampling import make_sampler
+from breed.sampling.base import Sampler
 from breed.sampling.deviation import batch_moments
 from breed.security import load_curve_secret
 from breed.server.checkpoint import Checkpointer
 from breed.server.checkpoint import load as load_checkpoint
 from breed.server.collect import TrajectoryStore
-from breed.server.collective import Collective, mpi_world
+from breed.server.collective import Collective
 from breed.server.guard import raise_fd_limit
 from breed.server.receiver import Receiver, ReceiverOptions
 from breed.server.recovery import capture, restore, truncate_logs
 from breed.server.shard import RankLink, RemoteTable, ShardedTable
-from breed.server.simtable import SimTable
+from breed.server.simtable import SimTable, StepTable
+from breed.server.sink import Buffer
 
 log = logging.getLogger("breed.server")
 # files the server writes atomically (a kill mid-write leaves a partial file to clean up)
@@ -150,21 +154,26 @@ class Server:
         # one sampler and one simulation table, on rank 0 (Breed needs every rank's losses)
         self.sampler = make_sampler(cfg) if self.root else None
         self.link = None
-        table_args = (cfg["study"]["simulations"], self.sampler, self.sampler_lock,
-                      lc["max_retries"], lc["on_give_up"])
-        if self.coll.size == 1:
-            self.table: Any = SimTable(*table_args, problem=self.problem)
-        else:
+        if self.coll.size > 1:
             self.link = RankLink(self.coll.rank, self.coll.size, resolve_host(lc["host"]))
             self.link.connect(self.coll.allgather(self.link.address))
-            self.table = (ShardedTable(*table_args, problem=self.problem, link=self.link)
-                          if self.root else RemoteTable(self.link))
+        self.table: StepTable
+        if self.sampler is None:
+            assert self.link is not None
+            self.table = RemoteTable(self.link)
+        else:
+            table_args = (cfg["study"]["simulations"], self.sampler, self.sampler_lock,
+                          lc["max_retries"], lc["on_give_up"])
+            self.table = (SimTable(*table_args, problem=self.problem) if self.link is None else
+                          ShardedTable(*table_args, problem=self.problem, link=self.link))
         self.trainer = Trainer(cfg, seed=seed)  # wrapped in DDP when ranks > 1
         # collect: whole trajectories for a validation set (breed.server.collect), no training
         self.collecting = cfg["training"]["mode"] == "collect"
-        self.buffer: Any = (TrajectoryStore(self.problem, cfg["study"]["simulations"])
-                            if self.collecting else
-                            buffer_from_config(cfg, self.trainer.normalisation))
+        self.store = (TrajectoryStore(self.problem, cfg["study"]["simulations"])
+                      if self.collecting else None)
+        self._buffer = (None if self.collecting else
+                        buffer_from_config(cfg, self.trainer.normalisation))
+        self.intake: Buffer = self.store or self.buffer  # where the receiver puts samples
         self.validation = self._validation_set() if self.root and not self.collecting \
             else None
         self.finished = threading.Event()
@@ -177,7 +186,7 @@ class Server:
         self.job_map: dict[str, str] = {}  # launcher job name -> scheduler job id
         self.last_validation: dict[str, Any] | None = None
         self.receiver = Receiver(
-            token=self.token, host=lc["host"], table=self.table, buffer=self.buffer,
+            token=self.token, host=lc["host"], table=self.table, buffer=self.intake,
             problem=self.problem, status=self.status, on_sim_done=self._on_sim_done,
             on_launcher=self._on_launcher, options=ReceiverOptions(
                 simulation_timeout=lc["simulation_timeout"], control=self.root,
@@ -212,11 +221,11 @@ class Server:
     def status(self) -> dict[str, Any]:
         return {"finished": self.finished.is_set(), "failed": self.failure,
                 "iteration": self.iteration,
-                "sims_done": self.table.done_count(), "sims_assigned": self.table.drawn,
-                "in_flight": self.table.in_flight(), "target": self.table.target,
-                "wanted_clients": self.table.wanted_clients(
+                "sims_done": self.sims.done_count(), "sims_assigned": self.sims.drawn,
+                "in_flight": self.sims.in_flight(), "target": self.sims.target,
+                "wanted_clients": self.sims.wanted_clients(
                     self.cfg["launcher"]["max_jobs"]),
-                "buffer": self.buffer.stats(), "rejected": dict(self.receiver.counts),
+                "buffer": self.intake.stats(), "rejected": dict(self.receiver.counts),
                 "warnings": {k: w for k, w in (("checkpoint", self.checkpointer.warning()),)
                              if w}}
 
@@ -234,7 +243,7 @@ class Server:
         for job_id in body.get("failed_jobs", []):
             if job_id not in self.failed_jobs_seen:
                 self.failed_jobs_seen.add(job_id)
-                ids = self.table.fail_job(str(job_id), "client job failed")
+                ids = self.sims.fail_job(str(job_id), "client job failed")
                 if ids:
                     log.warning("job %s failed; simulations %s handed out again", job_id, ids)
 
@@ -242,6 +251,7 @@ class Server:
     def run(self) -> dict[str, Any]:
         self.receiver.start()
         if self.root:
+            assert self.receiver.control_address is not None  # rank 0 answers control
             rundir.ServerInfo(control=self.receiver.control_address,
                               data=self.receiver.data_addresses, pid=os.getpid(),
                               ranks=self.coll.size, host=self.cfg["launcher"]["host"]
@@ -256,7 +266,8 @@ class Server:
         clock = LoopClock()
         try:
             self._loop(metrics, per_sample, clock)
-            if self.root and self.iteration and self.iteration != clock.last_validated:
+            if metrics is not None and self.iteration and \
+                    self.iteration != clock.last_validated:
                 self._validate(metrics)
         finally:
             if metrics is not None:
@@ -272,8 +283,8 @@ class Server:
                    "iteration_budget": budget,  # over it: the data outlasted the budget
                    "budget_exceeded": budget is not None and self.iteration > budget,
                    "ranks": self.coll.size, **clock.summary(self.iteration),
-                   "sims_done": self.table.done_count() if self.root else None,
-                   "target": self.table.target if self.root else None,
+                   "sims_done": self.sims.done_count() if self.root else None,
+                   "target": self.sims.target if self.root else None,
                    "rejected": dict(self.receiver.counts), "buffer": buffers[0],
                    "buffers": buffers, "final_validation": self.last_validation,
                    "validation_fingerprint": self.validation.fingerprint if self.validation
@@ -290,16 +301,17 @@ class Server:
 
     def _collect(self) -> dict[str, Any]:
         """Collection run: wait for every simulation, write them as a validation set."""
-        while not self.table.finished():
+        while not self.sims.finished():
             self.finished.wait(0.05)
         seed = self.cfg["validation"]["seed"]
-        rows = {r.sim_id: r for r in self.table.records.values() if r.status == "done"}
+        rows = {r.sim_id: r for r in self.sims.records.values() if r.status == "done"}
         summary = {"mode": "collect", "wall_time": time.time() - self.start,
                    "sims_done": len(rows), "target": self.cfg["study"]["simulations"],
                    "rejected": dict(self.receiver.counts), "problem": self.problem.name}
         try:
-            params = [rows[j].params for j in range(self.buffer.size)]
-            vset = self.buffer.validation_set(params, seed)
+            assert self.store is not None
+            params = np.array([rows[j].params for j in range(self.store.size)])
+            vset = self.store.validation_set(params, seed)
         except (KeyError, RuntimeError) as exc:
             self.failure = f"collection incomplete: {exc}"
             self.finished.set()
@@ -343,7 +355,7 @@ class Server:
         max_it, budget = tc["max_iterations"], tc["iterations"]
         while True:
             if self.root and self.link is not None:
-                for sim_id in self.table.collect_completions():
+                for sim_id in self._sharded().collect_completions():
                     self._on_sim_done(sim_id)
             t0 = time.monotonic()
             # with a budget the reservoir recycles after the stream: "all seen" is read before
@@ -354,7 +366,7 @@ class Server:
                 samples=0 if batch is None else len(batch),
                 all_seen=seen_before if budget is not None else
                 batch is None and self.buffer.finished(),  # a drawn batch is trained
-                data_finished=self.root and self.table.finished(),
+                data_finished=self.root and self.sims.finished(),
                 stop=max_it is not None and self.iteration >= max_it)
             if ag.data_finished and not self.buffer.closed:
                 self.buffer.close()  # end of stream: the reservoir stops recycling samples
@@ -369,18 +381,20 @@ class Server:
             # DDP averages gradients over ranks: weight each rank by its share of the global
             # batch so the step is the global batch's MSE; a rank without data steps with 0
             weight = size * (0 if batch is None else len(batch)) / ag.samples
-            result = self.trainer.step(batch, weight=weight) if batch is not None else \
+            if batch is not None:
+                mine = (batch.sim_ids, batch.steps, self.trainer.step(batch, weight=weight).losses)
+            else:
                 self.trainer.idle_step()
+                mine = (np.empty(0), np.empty(0), np.empty(0))
             clock.trained(time.monotonic() - t1, ag.samples)
-            ids, steps, losses = self.coll.gather_losses(
-                np.empty(0) if batch is None else batch.sim_ids,
-                np.empty(0) if batch is None else batch.steps,
-                np.empty(0) if batch is None else result.losses, batch_size)
+            ids, steps, losses = self.coll.gather_losses(*mine, batch_size)
             if not self.root:
                 continue
+            assert metrics is not None  # rank 0 logs
             with self.sampler_lock:
-                deltas = self.sampler.on_losses(self.iteration, ids, steps, losses)
-                self.sampler.on_iteration(self.iteration)
+                sampler = self._root_sampler()
+                deltas = sampler.on_losses(self.iteration, ids, steps, losses)
+                sampler.on_iteration(self.iteration)
             if self.iteration % tc["log_interval"] == 0:
                 self._watch_launcher()
                 mu, sigma = batch_moments(losses)
@@ -395,6 +409,26 @@ class Server:
                 clock.last_validated = self.iteration
             if self.checkpointer.due(self.iteration):
                 self.save_checkpoint()
+
+    @property
+    def buffer(self) -> SampleBuffer:
+        """The training buffer (a collection run has a TrajectoryStore instead)."""
+        assert self._buffer is not None, "training runs only"
+        return self._buffer
+
+    @property
+    def sims(self) -> SimTable:
+        """Rank 0's simulation table (the other ranks hold a RemoteTable view of it)."""
+        assert isinstance(self.table, SimTable), "rank 0 only"
+        return self.table
+
+    def _sharded(self) -> ShardedTable:
+        assert isinstance(self.table, ShardedTable), "multi-rank rank 0 only"
+        return self.table
+
+    def _root_sampler(self) -> Sampler:
+        assert self.sampler is not None, "rank 0 only"
+        return self.sampler
 
     @property
     def iteration(self) -> int:
@@ -422,6 +456,7 @@ class Server:
                 "receiver_longest_pause_s": self.receiver.active.longest_stop}
 
     def _validate(self, metrics: JsonLines) -> None:
+        assert self.validation is not None  # rank 0 of a training run
         vals = self.trainer.evaluate(self.validation)
         self.last_validation = {"iteration": self.iteration, **vals}
         metrics.write({"kind": "validation", "iteration": self.iteration,
@@ -431,8 +466,8 @@ class Server:
     def _log_samples(self, out: CsvLog, ids: np.ndarray, steps: np.ndarray,
                      losses: np.ndarray, deltas: np.ndarray | None, batch_loss: float) -> None:
         with self.sampler_lock:
-            qs = self.sampler.qualities(ids)
-        uniform = [self.table.records[int(s)].source == "uniform" for s in ids]
+            qs = self._root_sampler().qualities(ids)
+        uniform = [self.sims.records[int(s)].source == "uniform" for s in ids]
         out.write_rows([
             [self.iteration, int(ids[k]), int(steps[k]), float(losses[k]), batch_loss,
              None if deltas is None else float(deltas[k]),
@@ -440,10 +475,10 @@ class Server:
             for k in range(len(ids))])
 
     def write_samples(self) -> None:
-        rows = self.table.rows()
+        rows = self.sims.rows()
         for row in rows:  # scheduler ids, so users can find a simulation's job and its log
             row["job_id"] = self.job_map.get(row["job_id"], row["job_id"])
-        write_table(self.run_dir / rundir.SAMPLES, rows, self.table.columns)
+        write_table(self.run_dir / rundir.SAMPLES, rows, self.sims.columns)
 
     # -- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self) -> bool:
@@ -460,18 +495,19 @@ class Server:
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         if self.root:  # multi-rank: the other ranks' ledgers and buffers are not saved yet
-            restore(state, ledger=self.receiver.ledger, table=self.table, sampler=self.sampler,
+            restore(state, ledger=self.receiver.ledger, table=self.sims,
+                    sampler=self._root_sampler(),
                     buffer=self.buffer, counts=self.receiver.counts)
             truncate_logs(self.run_dir, self.iteration)
             log.info("resumed from %s at iteration %d (%d simulations done, %d steps "
                      "received)", self.checkpoint_path, self.iteration,
-                     self.table.done_count(), self.receiver.ledger.total())
+                     self.sims.done_count(), self.receiver.ledger.total())
 
     def _receiver_state(self) -> dict[str, Any]:
         """Table, sampler, received-steps ledger and buffer samples in one consistent cut
         (breed.server.recovery): what a restart needs to lose and duplicate nothing."""
         return capture(ingest_lock=self.receiver.ingest_lock, ledger=self.receiver.ledger,
-                       table=self.table, buffer=self.buffer, counts=self.receiver.counts)
+                       table=self.sims, buffer=self.buffer, counts=self.receiver.counts)
 
     def close(self, linger: float = 0.0) -> None:
         """Keep answering (STOP to clients, pongs) until the launcher releases us or

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ class RankLink:
 
     def __init__(self, rank: int, size: int, addr: str) -> None:
         self.rank, self.size = rank, size
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         self.inbox = self._ctx.socket(zmq.PULL)
         self.inbox.setsockopt(zmq.LINGER, 0)
         port = self.inbox.bind_to_random_port(f"tcp://{addr}")
@@ -48,7 +49,7 @@ class RankLink:
         self.outboxes[rank].send(json.dumps(obj).encode())
 
     def receive(self, timeout_ms: int = 0) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         with self._lock:
             if not self.inbox.poll(timeout_ms):
                 return out
@@ -100,6 +101,7 @@ class RemoteTable:
         self.wait_unknown = wait_unknown
         self.heartbeat = 2.0  # s between "still receiving" notes to rank 0, per simulation
         self._last_note: dict[int, float] = {}
+        self.clock: Callable[[], float] = time.monotonic  # liveness is rank 0's
 
     def _pull(self, timeout_ms: int = 0) -> None:
         for msg in self.link.receive(timeout_ms):
@@ -132,6 +134,10 @@ class RemoteTable:
         self._last_note.pop(sim_id, None)
         self.link.send(0, {"done": sim_id})
         return True
+
+    def fail(self, sim_id: int, reason: str) -> None:
+        """Not failed here: rank 0's liveness timeout hands the simulation out again."""
+        return None
 
     def expire(self, timeout: float) -> list[int]:
         return []

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -61,6 +61,25 @@ class SimRecord:
                    job_id=self.job_id, assign_time=self.assign_time,
                    start_time=self.start_time, end_time=self.end_time)
         return out
+
+
+class StepTable(Protocol):
+    """What the data path needs of a simulation table: rank 0's :class:`SimTable`, or a
+    :class:`~breed.server.shard.RemoteTable` on the other ranks."""
+
+    clock: Callable[[], float]
+
+    def known(self, sim_id: int) -> bool: ...
+
+    def on_step(self, sim_id: int) -> None: ...
+
+    def params_of(self, sim_id: int) -> np.ndarray: ...
+
+    def complete(self, sim_id: int) -> bool: ...
+
+    def fail(self, sim_id: int, reason: str) -> str | None: ...
+
+    def expire(self, timeout: float) -> list[int]: ...
 
 
 class SimTable:
