@@ -31,9 +31,12 @@ def config() -> dict:
 def tables(config: dict, name: str, root: Path) -> dict[str, pd.DataFrame]:
     specs = S.expand_study(config, name)
     write_synthetic_study(root, specs)
-    out = {"runs": S.runs_table(specs, root), "curves": S.curves_table(specs, root),
-           "inputs": S.inputs_table(specs, root),
-           "correlations": S.correlations_table(specs, root)}
+    out = {
+        "runs": S.runs_table(specs, root),
+        "curves": S.curves_table(specs, root),
+        "inputs": S.inputs_table(specs, root),
+        "correlations": S.correlations_table(specs, root),
+    }
     # the workflow passes tables through CSV: test what the figure rules really read
     for key, frame in out.items():
         frame.to_csv(root / f"{key}.csv", index=False)
@@ -53,10 +56,13 @@ def test_moving_average_spans_40_iterations() -> None:
 
 
 def test_seed_band_median_and_range_within_each_run() -> None:
-    curves = pd.DataFrame({
-        "run_id": ["a"] * 3 + ["b"] * 3 + ["c"] * 2,
-        "iteration": [10, 20, 30, 10, 20, 30, 10, 20],
-        "loss": [1.0, 1.0, 1.0, 4.0, 4.0, 4.0, 2.0, 2.0]})
+    curves = pd.DataFrame(
+        {
+            "run_id": ["a"] * 3 + ["b"] * 3 + ["c"] * 2,
+            "iteration": [10, 20, 30, 10, 20, 30, 10, 20],
+            "loss": [1.0, 1.0, 1.0, 4.0, 4.0, 4.0, 2.0, 2.0],
+        }
+    )
     band = F.seed_band(curves).set_index("iteration")
     assert band.loc[10, "median"] == pytest.approx(2.0)
     assert (band.loc[10, "lo"], band.loc[10, "hi"]) == pytest.approx((1.0, 4.0))
@@ -67,8 +73,12 @@ def test_fig3a_grid_annotates_median_final_validation(config: dict, tmp_path: Pa
     t = tables(config, "models", tmp_path)
     fig = F.fig_model_grid(t["runs"], t["curves"])
     assert len(fig.axes) == 4
-    assert [ax.get_title() for ax in fig.axes] == ["H=16, L=1", "H=16, L=2", "H=32, L=1",
-                                                 "H=32, L=2"]
+    assert [ax.get_title() for ax in fig.axes] == [
+        "H=16, L=1",
+        "H=16, L=2",
+        "H=32, L=1",
+        "H=32, L=2",
+    ]
     assert all(ax.get_yscale() == "log" for ax in fig.axes)
     cell = t["runs"].query("H == 32 and L == 2 and method == 'breed'")
     assert f"{cell['val_mse'].median():.2e}" in texts(fig)
@@ -85,8 +95,10 @@ def test_fig3a_grid_annotates_median_final_validation(config: dict, tmp_path: Pa
 
 def test_fig3b_one_panel_per_varied_parameter(config: dict, tmp_path: Path) -> None:
     cfg = copy.deepcopy(config)
-    cfg["studies"]["sampling"]["vary"] = {"sampler.breed.sigma": [0.0025, 0.0625],
-                                          "sampler.breed.period": [10]}
+    cfg["studies"]["sampling"]["vary"] = {
+        "sampler.breed.sigma": [0.0025, 0.0625],
+        "sampler.breed.period": [10],
+    }
     t = tables(cfg, "sampling", tmp_path)
     fig = F.fig_hyperparameters(t["runs"], t["curves"], ["sigma", "P"])
     assert [ax.get_title() for ax in fig.axes] == ["varying σ", "varying P"]
@@ -100,8 +112,7 @@ def test_fig3b_one_panel_per_varied_parameter(config: dict, tmp_path: Path) -> N
         F.fig_hyperparameters(t["runs"].query("method == 'random'"), t["curves"], ["sigma"])
 
 
-def test_fig4_marks_means_of_uniform_proposal_random_breed(config: dict,
-                                                           tmp_path: Path) -> None:
+def test_fig4_marks_means_of_uniform_proposal_random_breed(config: dict, tmp_path: Path) -> None:
     t = tables(config, "quick", tmp_path)
     fig = F.fig_deviation(t["runs"], t["inputs"])
     a, b = fig.axes
@@ -109,15 +120,20 @@ def test_fig4_marks_means_of_uniform_proposal_random_breed(config: dict,
     b_in = t["inputs"][t["inputs"]["run_id"].isin(breed_ids)]
     r_in = t["inputs"][~t["inputs"]["run_id"].isin(breed_ids)]
     means_a = sorted(line.get_xdata()[0] for line in a.lines)
-    expected_a = sorted([b_in.query("source != 'proposal'")["deviation"].mean(),
-                         b_in.query("source == 'proposal'")["deviation"].mean()])
+    expected_a = sorted(
+        [
+            b_in.query("source != 'proposal'")["deviation"].mean(),
+            b_in.query("source == 'proposal'")["deviation"].mean(),
+        ]
+    )
     assert means_a == pytest.approx(expected_a)
     means_b = sorted(line.get_xdata()[0] for line in b.lines)
-    assert means_b == pytest.approx(sorted([r_in["deviation"].mean(),
-                                            b_in["deviation"].mean()]))
+    assert means_b == pytest.approx(sorted([r_in["deviation"].mean(), b_in["deviation"].mean()]))
     # synthetic proposal draws have a larger spread: the figure shows the shift
-    assert b_in.query("source == 'proposal'")["deviation"].mean() > \
-        b_in.query("source != 'proposal'")["deviation"].mean()
+    assert (
+        b_in.query("source == 'proposal'")["deviation"].mean()
+        > b_in.query("source != 'proposal'")["deviation"].mean()
+    )
     assert a.get_xlabel() == "deviation std(T0..T4) (K)"  # the heat problem's statistic
 
 

@@ -61,8 +61,11 @@ def test_models_study_is_h_by_l_by_method_per_seed(config: dict) -> None:
     assert breed.config["launcher"]["max_jobs"] == 10
     assert breed.config["validation"]["size"] == 200
     ref = {s.run_id for s in specs if s.reference}
-    assert ref == {f"{m}-seed{k}" for k in config["seeds"]
-                   for m in ("random-H16-L1", "breed-H16-L1-s0.025-P300-N200-r0.5-0.7-3")}
+    assert ref == {
+        f"{m}-seed{k}"
+        for k in config["seeds"]
+        for m in ("random-H16-L1", "breed-H16-L1-s0.025-P300-N200-r0.5-0.7-3")
+    }
 
 
 def test_sampling_study_varies_one_parameter_at_a_time(config: dict) -> None:
@@ -95,8 +98,11 @@ def test_mixing_study_uses_table1_centre(config: dict) -> None:
 def test_random_and_breed_of_one_seed_are_paired(config: dict) -> None:
     specs = S.expand_study(config, "quick")
     assert sorted(s.run_id for s in specs) == [
-        "breed-H16-L1-s0.025-P25-N40-r0.5-0.9-3-seed0", "breed-H16-L1-s0.025-P25-N40-r0.5-0.9-3-seed1",
-        "random-H16-L1-seed0", "random-H16-L1-seed1"]
+        "breed-H16-L1-s0.025-P25-N40-r0.5-0.9-3-seed0",
+        "breed-H16-L1-s0.025-P25-N40-r0.5-0.9-3-seed1",
+        "random-H16-L1-seed0",
+        "random-H16-L1-seed1",
+    ]
     by_seed: dict[int, set[str]] = {}
     for s in specs:
         by_seed.setdefault(s.seed, set()).add(s.params["pair_id"])
@@ -114,8 +120,7 @@ def test_backend_and_validation_file_reach_the_run_config(config: dict) -> None:
     assert spec.config["validation"]["file"] is None  # the spec itself is not modified
 
 
-def test_a_study_of_another_problem_makes_its_validation_set_for_that_problem(
-        config: dict) -> None:
+def test_a_study_of_another_problem_makes_its_validation_set_for_that_problem(config: dict) -> None:
     from breed.problems import problem_of
 
     val = S.validation_config({**config, "launcher_backend": "slurm"}, "burgers")
@@ -132,14 +137,17 @@ def test_selected_studies_expands_sets(config: dict) -> None:
         S.selected_studies(config, "nope")
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"grid": {"model.hiden": [16]}}, r"studies\.bad: model\.hiden: unknown key"),
-    ({"grid": {"model.hidden": [0]}}, r"studies\.bad: model\.hidden: 0 is less than"),
-    ({"vary": {"solver.grid": [16, 32]}}, r"solver\.grid cannot vary"),
-    ({"grid": {"problem": ["heat2d", "burgers1d"]}}, r"problem cannot vary"),
-    ({"base": {"training": {"per_sample_log": False}}}, r"per_sample_log must stay true"),
-    ({"reference": {"model.hiddn": 16}}, r"reference: model\.hiddn is not a run-config key"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"grid": {"model.hiden": [16]}}, r"studies\.bad: model\.hiden: unknown key"),
+        ({"grid": {"model.hidden": [0]}}, r"studies\.bad: model\.hidden: 0 is less than"),
+        ({"vary": {"solver.grid": [16, 32]}}, r"solver\.grid cannot vary"),
+        ({"grid": {"problem": ["heat2d", "burgers1d"]}}, r"problem cannot vary"),
+        ({"base": {"training": {"per_sample_log": False}}}, r"per_sample_log must stay true"),
+        ({"reference": {"model.hiddn": 16}}, r"reference: model\.hiddn is not a run-config key"),
+    ],
+)
 def test_bad_studies_fail_with_one_line(config: dict, change: dict, message: str) -> None:
     cfg = copy.deepcopy(config)
     cfg["studies"]["bad"] = {**copy.deepcopy(cfg["studies"]["tiny"]), **change}
@@ -150,11 +158,14 @@ def test_bad_studies_fail_with_one_line(config: dict, change: dict, message: str
 
 def test_extra_varied_keys_enter_the_run_id(config: dict) -> None:
     cfg = copy.deepcopy(config)
-    cfg["studies"]["buf"] = {**copy.deepcopy(cfg["studies"]["tiny"]),
-                             "grid": {"buffer.kind": ["reservoir", "fifo"],
-                                      "sampler.name": ["uniform"]}}
-    assert ids(S.expand_study(cfg, "buf")) == {"random-H16-L1-kindreservoir-seed0",
-                                               "random-H16-L1-kindfifo-seed0"}
+    cfg["studies"]["buf"] = {
+        **copy.deepcopy(cfg["studies"]["tiny"]),
+        "grid": {"buffer.kind": ["reservoir", "fifo"], "sampler.name": ["uniform"]},
+    }
+    assert ids(S.expand_study(cfg, "buf")) == {
+        "random-H16-L1-kindreservoir-seed0",
+        "random-H16-L1-kindfifo-seed0",
+    }
 
 
 def test_study_figures_and_resources(config: dict) -> None:
@@ -173,15 +184,42 @@ def test_geometric_mean() -> None:
 
 
 def test_paired_ratios_divide_by_the_same_seed() -> None:
-    runs = pd.DataFrame([
-        {"study": "s", "config_id": "breed-a", "pair_id": "H16-L1", "seed": 0,
-         "method": "breed", "val_mse": 1.0},
-        {"study": "s", "config_id": "breed-a", "pair_id": "H16-L1", "seed": 1,
-         "method": "breed", "val_mse": 4.0},
-        {"study": "s", "config_id": "random", "pair_id": "H16-L1", "seed": 0,
-         "method": "random", "val_mse": 4.0},
-        {"study": "s", "config_id": "random", "pair_id": "H16-L1", "seed": 1,
-         "method": "random", "val_mse": 4.0}])
+    runs = pd.DataFrame(
+        [
+            {
+                "study": "s",
+                "config_id": "breed-a",
+                "pair_id": "H16-L1",
+                "seed": 0,
+                "method": "breed",
+                "val_mse": 1.0,
+            },
+            {
+                "study": "s",
+                "config_id": "breed-a",
+                "pair_id": "H16-L1",
+                "seed": 1,
+                "method": "breed",
+                "val_mse": 4.0,
+            },
+            {
+                "study": "s",
+                "config_id": "random",
+                "pair_id": "H16-L1",
+                "seed": 0,
+                "method": "random",
+                "val_mse": 4.0,
+            },
+            {
+                "study": "s",
+                "config_id": "random",
+                "pair_id": "H16-L1",
+                "seed": 1,
+                "method": "random",
+                "val_mse": 4.0,
+            },
+        ]
+    )
     for m in S.VALIDATION_METRICS[1:]:
         runs[m] = runs["val_mse"]
     ratios = S.paired_ratios(runs)
@@ -200,8 +238,11 @@ def test_tables_from_synthetic_runs(config: dict, tmp_path: Path) -> None:
     last_val = S.read_metrics(tmp_path / "random-H16-L1-seed0").query("kind == 'validation'")
     assert r0["val_mse"] == pytest.approx(last_val["val_mse"].iloc[-1])
     assert r0["iterations"] == 200 and r0["sims_done"] == 39
-    assert math.isnan(r0["sigma"]) and runs.set_index("run_id").loc[
-        "breed-H16-L1-s0.025-P25-N40-r0.5-0.9-3-seed1", "sigma"] == 0.025
+    assert (
+        math.isnan(r0["sigma"])
+        and runs.set_index("run_id").loc["breed-H16-L1-s0.025-P25-N40-r0.5-0.9-3-seed1", "sigma"]
+        == 0.025
+    )
 
     curves = S.curves_table(specs, tmp_path)
     assert set(curves["kind"]) == {"train", "validation"}
@@ -223,4 +264,5 @@ def test_tables_from_synthetic_runs(config: dict, tmp_path: Path) -> None:
     assert list(summary["seeds"]) == [2, 2]
     rnd = summary.set_index("config_id").loc["random-H16-L1"]
     assert rnd["val_mse_median"] == pytest.approx(
-        runs.query("method == 'random'")["val_mse"].median())
+        runs.query("method == 'random'")["val_mse"].median()
+    )

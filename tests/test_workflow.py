@@ -24,8 +24,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-QUICK_JOBS = {"validation_config": 1, "make_validation": 1, "run_config": 4, "breed_run": 4,
-              "tables": 1, "summary": 1, "fig3a": 1, "fig4": 1, "fig6": 1, "all": 1}
+QUICK_JOBS = {
+    "validation_config": 1,
+    "make_validation": 1,
+    "run_config": 4,
+    "breed_run": 4,
+    "tables": 1,
+    "summary": 1,
+    "fig3a": 1,
+    "fig4": 1,
+    "fig6": 1,
+    "all": 1,
+}
 
 
 @pytest.fixture
@@ -34,8 +44,12 @@ def workdir(tmp_path: Path) -> Path:
     for name in ("Snakefile",):
         shutil.copy2(ROOT / name, tmp_path / name)
     for name in ("workflow", "config", "profiles"):
-        shutil.copytree(ROOT / name, tmp_path / name, symlinks=True,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / name,
+            tmp_path / name,
+            symlinks=True,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
     for name in ("slurm", "oar"):
         os.symlink(os.readlink(ROOT / name), tmp_path / name)
     return tmp_path
@@ -44,8 +58,9 @@ def workdir(tmp_path: Path) -> Path:
 def snakemake(workdir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("SNAKEMAKE_PROFILE", None)
-    return subprocess.run([*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -84,8 +99,18 @@ def test_dry_run_of_the_paper_lists_every_grid_point(workdir: Path) -> None:
     assert proc.returncode == 0, out
     # models 9 x 2 x 3 seeds; sampling (12 Breed + 1 Random) x 3; mixing (8 + 1) x 3
     assert job_counts(out) == {
-        "validation_config": 3, "make_validation": 3, "run_config": 120, "breed_run": 120,
-        "tables": 3, "summary": 3, "fig3a": 1, "fig3b": 2, "fig4": 3, "fig6": 3, "all": 1}
+        "validation_config": 3,
+        "make_validation": 3,
+        "run_config": 120,
+        "breed_run": 120,
+        "tables": 3,
+        "summary": 3,
+        "fig3a": 1,
+        "fig3b": 2,
+        "fig4": 3,
+        "fig6": 3,
+        "all": 1,
+    }
     assert "results/sampling/configs/breed-H16-L1-s0.0125-P10-N200-r0.5-0.9-3-seed2.yaml" in out
 
 
@@ -97,16 +122,23 @@ def test_invalid_config_is_one_clear_error(workdir: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_without_breed_installed_the_workflow_stops_with_the_set_up_command(
-        workdir: Path) -> None:
+def test_without_breed_installed_the_workflow_stops_with_the_set_up_command(workdir: Path) -> None:
     """The workflow never reaches into src/: an interpreter that cannot import breed (None in
     sys.modules makes the import fail as an absent package does) gets one line naming the fix."""
-    run = ("import sys; sys.modules['breed'] = None; sys.argv[0] = 'snakemake'; "
-           "from snakemake.cli import main; main()")
+    run = (
+        "import sys; sys.modules['breed'] = None; sys.argv[0] = 'snakemake'; "
+        "from snakemake.cli import main; main()"
+    )
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("SNAKEMAKE_PROFILE", None)
-    proc = subprocess.run([sys.executable, "-c", run, "--dry-run"], cwd=workdir, text=True,
-                          capture_output=True, timeout=50, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", run, "--dry-run"],
+        cwd=workdir,
+        text=True,
+        capture_output=True,
+        timeout=50,
+        env=env,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "profile" not in line]
     assert len(lines) == 1 and lines[0].startswith("cannot import breed ("), proc.stderr
@@ -131,8 +163,9 @@ def test_every_registered_figure_has_a_caption_tables_and_a_schema_name() -> Non
 
 # --------------------------------------------------------------------------- OAR profile
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name.replace("-", "_"),
-                                                  ROOT / "profiles" / "oar" / name)
+    spec = importlib.util.spec_from_file_location(
+        name.replace("-", "_"), ROOT / "profiles" / "oar" / name
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -154,9 +187,16 @@ def test_oarsub_output_is_parsed_after_admission_rules() -> None:
 
 def test_oarsub_command_from_job_properties() -> None:
     submit = load_script("oar-submit.py")
-    props = {"rule": "breed_run", "threads": 3,
-             "resources": {"runtime": 90, "mem_mb": 2000, "oar_queue": "besteffort",
-                           "oar_extra": "-t idempotent"}}
+    props = {
+        "rule": "breed_run",
+        "threads": 3,
+        "resources": {
+            "runtime": 90,
+            "mem_mb": 2000,
+            "oar_queue": "besteffort",
+            "oar_extra": "-t idempotent",
+        },
+    }
     argv = submit.oarsub_argv(props, "/w/.snakemake/tmp/job.sh", "/w", "/w/logs")
     assert argv[0] == "oarsub" and argv[-1] == "/w/.snakemake/tmp/job.sh"
     assert "/nodes=1/core=3,walltime=1:30:00" in argv
@@ -166,16 +206,19 @@ def test_oarsub_command_from_job_properties() -> None:
     assert submit.walltime(5) == "0:05:00"
 
 
-@pytest.mark.parametrize("text, status", [
-    ('{"4242": {"state": "Running", "exit_code": null}}', "running"),
-    ('{"4242": {"state": "Waiting"}}', "running"),
-    ('{"4242": {"state": "Terminated", "exit_code": 0}}', "success"),
-    ('{"4242": {"state": "Terminated", "exit_code": 256}}', "failed"),
-    ('{"4242": {"state": "Error", "exit_code": null}}', "failed"),
-    ("Job_Id: 4242\n    state = Terminated\n    exit_code = 0 (0,0,0)\n", "success"),
-    ("Job_Id: 4242\n    state = Terminated\n    exit_code = 256 (1,0,0)\n", "failed"),
-    ("Job_Id: 4242\n    state = Finishing\n", "running"),
-])
+@pytest.mark.parametrize(
+    "text, status",
+    [
+        ('{"4242": {"state": "Running", "exit_code": null}}', "running"),
+        ('{"4242": {"state": "Waiting"}}', "running"),
+        ('{"4242": {"state": "Terminated", "exit_code": 0}}', "success"),
+        ('{"4242": {"state": "Terminated", "exit_code": 256}}', "failed"),
+        ('{"4242": {"state": "Error", "exit_code": null}}', "failed"),
+        ("Job_Id: 4242\n    state = Terminated\n    exit_code = 0 (0,0,0)\n", "success"),
+        ("Job_Id: 4242\n    state = Terminated\n    exit_code = 256 (1,0,0)\n", "failed"),
+        ("Job_Id: 4242\n    state = Finishing\n", "running"),
+    ],
+)
 def test_oarstat_states(text: str, status: str) -> None:
     assert load_script("oar-status.py").parse_status(text) == status
 
@@ -198,12 +241,19 @@ def test_submit_and_status_scripts_against_fake_oar_commands(tmp_path: Path) -> 
     jobscript.write_text(f"#!/bin/sh\n# properties = {json.dumps(props)}\necho hi\n")
     env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     oar = ROOT / "profiles" / "oar"
-    out = subprocess.run([oar / "oar-submit.py", jobscript], capture_output=True, text=True,
-                         env=env, cwd=tmp_path, timeout=20)
+    out = subprocess.run(
+        [oar / "oar-submit.py", jobscript],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=20,
+    )
     assert (out.returncode, out.stdout.strip()) == (0, "4242"), out.stderr
     assert "/nodes=1/core=1,walltime=0:30:00" in (tmp_path / "oarsub.argv").read_text()
-    out = subprocess.run([oar / "oar-status.py", "4242"], capture_output=True, text=True,
-                         env=env, timeout=20)
+    out = subprocess.run(
+        [oar / "oar-status.py", "4242"], capture_output=True, text=True, env=env, timeout=20
+    )
     assert (out.returncode, out.stdout.strip()) == (0, "success"), out.stderr
 
 
@@ -238,8 +288,9 @@ def test_flake_maps_every_pyproject_dependency() -> None:
     assert lib["unmapped"] == []
     assert set(lib["pypiNames"]) == pyproject_names()
     assert set(lib["groups"]["runtime"]) == {
-        re.split(r"[<>=!~;\[ ]", s, maxsplit=1)[0].lower() for s in
-        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+        re.split(r"[<>=!~;\[ ]", s, maxsplit=1)[0].lower()
+        for s in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
 
 
 @pytest.mark.timeout(60)
@@ -247,7 +298,8 @@ def test_flake_reports_a_new_unmapped_dependency(tmp_path: Path) -> None:
     shutil.copy2(ROOT / "flake.nix", tmp_path / "flake.nix")
     text = (ROOT / "pyproject.toml").read_text()
     (tmp_path / "pyproject.toml").write_text(
-        text.replace('dependencies = [\n', 'dependencies = [\n  "Some_New.Package>=1",\n', 1))
+        text.replace("dependencies = [\n", 'dependencies = [\n  "Some_New.Package>=1",\n', 1)
+    )
     expr = f"((import {tmp_path}/flake.nix).outputs {{ self = {{}}; nixpkgs = {{}}; }}).lib"
     proc = nix("--eval", "--strict", "--json", "-E", expr)
     assert proc.returncode == 0, proc.stderr
@@ -292,17 +344,24 @@ def test_conda_env_installs_the_checkout_and_lists_no_dependency_of_its_own() ->
     assert conda_env_problems(env, ROOT) == []
 
 
-@pytest.mark.parametrize("dependencies, problem", [
-    (["python >=3.11", "pip", "numpy >=1.26", {"pip": ["-e ../..[mpich]"]}], "conda lists numpy"),
-    (["python >=3.10", "pip", {"pip": ["-e ../.."]}], "not requires-python"),
-    (["python >=3.11", {"pip": ["-e ../.."]}], "exactly ['pip', 'python']"),
-    (["python >=3.11", "pip", {"pip": ["-e .."]}], "is not the repository root"),
-    (["python >=3.11", "pip", {"pip": ["-e ../..[gpu]"]}], "extras ['gpu']"),
-    (["python >=3.11", "pip", {"pip": ["-e ../..", "torch"]}], "only the checkout"),
-    (["python >=3.11", "pip"], "only the checkout"),
-])
-def test_conda_env_contract_catches_a_second_dependency_list(dependencies: list,
-                                                             problem: str) -> None:
+@pytest.mark.parametrize(
+    "dependencies, problem",
+    [
+        (
+            ["python >=3.11", "pip", "numpy >=1.26", {"pip": ["-e ../..[mpich]"]}],
+            "conda lists numpy",
+        ),
+        (["python >=3.10", "pip", {"pip": ["-e ../.."]}], "not requires-python"),
+        (["python >=3.11", {"pip": ["-e ../.."]}], "exactly ['pip', 'python']"),
+        (["python >=3.11", "pip", {"pip": ["-e .."]}], "is not the repository root"),
+        (["python >=3.11", "pip", {"pip": ["-e ../..[gpu]"]}], "extras ['gpu']"),
+        (["python >=3.11", "pip", {"pip": ["-e ../..", "torch"]}], "only the checkout"),
+        (["python >=3.11", "pip"], "only the checkout"),
+    ],
+)
+def test_conda_env_contract_catches_a_second_dependency_list(
+    dependencies: list, problem: str
+) -> None:
     problems = conda_env_problems({"dependencies": dependencies}, ROOT)
     assert any(problem in p for p in problems), problems
 
@@ -335,8 +394,17 @@ def test_tiny_dag_end_to_end_then_figures_alone(workdir: Path) -> None:
 
     # redraw: only the figure and table rules run, no training
     (res / "figures" / "fig4.png").unlink()
-    proc = snakemake(workdir, "--cores", "2", "--config", "study=tiny",
-                     "--forcerun", "fig3a", "summary", timeout=120)
+    proc = snakemake(
+        workdir,
+        "--cores",
+        "2",
+        "--config",
+        "study=tiny",
+        "--forcerun",
+        "fig3a",
+        "summary",
+        timeout=120,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     ran = set(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", out))
@@ -379,8 +447,9 @@ def test_a_study_of_another_problem_runs_end_to_end(workdir: Path) -> None:
 def test_oar_profile_backend_reaches_the_run_configs(workdir: Path) -> None:
     """A local rule under the oar profile: the profile's backend merges with --config."""
     target = "results/tiny/configs/random-H16-L1-seed0.yaml"
-    proc = snakemake(workdir, "--profile", "oar", "--config", "study=tiny", "--", target,
-                     timeout=100)
+    proc = snakemake(
+        workdir, "--profile", "oar", "--config", "study=tiny", "--", target, timeout=100
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run_cfg = yaml.safe_load((workdir / target).read_text())
     assert run_cfg["launcher"]["backend"] == "oar"

@@ -17,5 +17,7 @@ summary.to_csv(snakemake.output.summary, index=False, float_format="%.6g")
 ratios.to_csv(snakemake.output.ratios, index=False, float_format="%.4g")
 logging.info("%d configurations, %d Breed configurations paired", len(summary), len(ratios))
 if len(ratios):
-    logging.info("val_mse Breed/Random (geometric mean over seeds):\n%s",
-                 ratios[["config_id", "pairs", "val_mse_ratio_gmean"]].to_string(index=False))
+    logging.info(
+        "val_mse Breed/Random (geometric mean over seeds):\n%s",
+        ratios[["config_id", "pairs", "val_mse_ratio_gmean"]].to_string(index=False),
+    )

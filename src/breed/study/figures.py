@@ -21,10 +21,23 @@ import pandas as pd  # noqa: E402
 
 COLORS = {"random": "tab:blue", "breed": "tab:orange"}
 LABELS = {"random": "Random", "breed": "Breed"}
-SYMBOLS = {"sigma": "σ", "P": "P", "N": "N", "r_s": "$r_s$", "r_e": "$r_e$", "r_c": "$r_c$",
-           "H": "H", "L": "L"}
-CORR_LABELS = {"iteration": "NN iteration", "sample_loss": "per-sample loss",
-               "batch_loss": "batch loss", "Q": "loss deviation Q", "uniform": "uniform"}
+SYMBOLS = {
+    "sigma": "σ",
+    "P": "P",
+    "N": "N",
+    "r_s": "$r_s$",
+    "r_e": "$r_e$",
+    "r_c": "$r_c$",
+    "H": "H",
+    "L": "L",
+}
+CORR_LABELS = {
+    "iteration": "NN iteration",
+    "sample_loss": "per-sample loss",
+    "batch_loss": "batch loss",
+    "Q": "loss deviation Q",
+    "uniform": "uniform",
+}
 MA_ITERATIONS = 40  # paper Fig. 3: training curve averaged over a window of 40 iterations
 
 
@@ -65,14 +78,20 @@ def seed_band(curves: pd.DataFrame) -> pd.DataFrame:
     logs = np.vstack(stack)
     valid = np.isfinite(logs).any(axis=0)
     with np.errstate(all="ignore"):
-        out = pd.DataFrame({"iteration": grid, "median": np.exp(np.nanmedian(logs, axis=0)),
-                            "lo": np.exp(np.nanmin(logs, axis=0)),
-                            "hi": np.exp(np.nanmax(logs, axis=0))})
+        out = pd.DataFrame(
+            {
+                "iteration": grid,
+                "median": np.exp(np.nanmedian(logs, axis=0)),
+                "lo": np.exp(np.nanmin(logs, axis=0)),
+                "hi": np.exp(np.nanmax(logs, axis=0)),
+            }
+        )
     return out[valid]
 
 
-def _plot_config(ax: plt.Axes, curves: pd.DataFrame, runs: pd.DataFrame, color: str,
-                 label: str, dy: float = 0.0) -> None:
+def _plot_config(
+    ax: plt.Axes, curves: pd.DataFrame, runs: pd.DataFrame, color: str, label: str, dy: float = 0.0
+) -> None:
     """Validation (solid, band over seeds) and moving-average training (dotted) of one
     configuration; dots: each seed's last validation loss, labelled with their median."""
     mine = curves[curves["run_id"].isin(runs["run_id"])]
@@ -86,15 +105,21 @@ def _plot_config(ax: plt.Axes, curves: pd.DataFrame, runs: pd.DataFrame, color: 
         band = seed_band(val)
         ax.plot(band["iteration"], band["median"], "-", color=color, lw=1.5, label=label)
         if runs["run_id"].nunique() > 1:
-            ax.fill_between(band["iteration"], band["lo"], band["hi"], color=color, alpha=0.2,
-                            lw=0)
+            ax.fill_between(band["iteration"], band["lo"], band["hi"], color=color, alpha=0.2, lw=0)
         # Seeds stop at different iterations: mark each seed's last validation loss, and
         # write the median of those at the median stopping point.
         ax.plot(runs["iterations"], runs["val_mse"], "o", ms=2.5, color=color)
         final = float(np.nanmedian(runs["val_mse"]))
         where = float(np.nanmedian(runs["iterations"]))
-        ax.annotate(f"{final:.2e}", (where, final), xytext=(4, dy), textcoords="offset points",
-                    fontsize=7, color=color, va="center")
+        ax.annotate(
+            f"{final:.2e}",
+            (where, final),
+            xytext=(4, dy),
+            textcoords="offset points",
+            fontsize=7,
+            color=color,
+            va="center",
+        )
 
 
 def _finish(fig: plt.Figure, axes: np.ndarray, title: str) -> None:
@@ -111,29 +136,40 @@ def fig_model_grid(runs: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure:
     """Fig. 3a: rows H, columns L; Random vs Breed training and validation curves."""
     runs = runs[runs["centre"].astype(bool)]
     hs, ls = sorted(runs["H"].unique()), sorted(runs["L"].unique())
-    fig, axes = plt.subplots(len(hs), len(ls),
-                             figsize=(max(3.4 * len(ls), 5.5), max(2.6 * len(hs), 3.6)),
-                             sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        len(hs),
+        len(ls),
+        figsize=(max(3.4 * len(ls), 5.5), max(2.6 * len(hs), 3.6)),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
     for i, h in enumerate(hs):
         for j, layers in enumerate(ls):
             ax = axes[i, j]
             cell = runs[(runs["H"] == h) & (runs["L"] == layers)]
             for method, group in cell.groupby("method", sort=True):
-                _plot_config(ax, curves, group, COLORS.get(method, "k"),
-                             LABELS.get(method, method), dy=4 if method == "random" else -4)
+                _plot_config(
+                    ax,
+                    curves,
+                    group,
+                    COLORS.get(method, "k"),
+                    LABELS.get(method, method),
+                    dy=4 if method == "random" else -4,
+                )
             ax.set_title(f"H={h}, L={layers}", fontsize=9)
             if i == len(hs) - 1:
                 ax.set_xlabel("NN iteration")
             if j == 0:
                 ax.set_ylabel("loss (normalised MSE)")
-    axes[0, 0].legend(fontsize=7, title="validation (solid)\ntraining MA-40 (dotted)",
-                      title_fontsize=7)
+    axes[0, 0].legend(
+        fontsize=7, title="validation (solid)\ntraining MA-40 (dotted)", title_fontsize=7
+    )
     _finish(fig, axes, "Models: Random vs Breed (median over seeds, band: min-max)")
     return fig
 
 
-def fig_hyperparameters(runs: pd.DataFrame, curves: pd.DataFrame,
-                        varied: list[str]) -> plt.Figure:
+def fig_hyperparameters(runs: pd.DataFrame, curves: pd.DataFrame, varied: list[str]) -> plt.Figure:
     """Fig. 3b: one panel per varied Breed hyperparameter, the others at the centre values."""
     breed = runs[runs["method"] == "breed"]
     centre = breed[breed["centre"].astype(bool)]
@@ -141,26 +177,33 @@ def fig_hyperparameters(runs: pd.DataFrame, curves: pd.DataFrame,
         raise FigureError("Fig. 3b needs the centre Breed configuration and varied parameters")
     c = centre.iloc[0]
     random = runs[(runs["method"] == "random") & (runs["pair_id"] == c["pair_id"])]
-    fig, axes = plt.subplots(1, len(varied), figsize=(max(3.4 * len(varied), 5.5), 3.2),
-                             sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(varied), figsize=(max(3.4 * len(varied), 5.5), 3.2), sharey=True, squeeze=False
+    )
     for ax, param in zip(axes[0], varied, strict=True):
         others = [p for p in varied if p != param]
-        panel = breed[np.logical_and.reduce([breed[p] == c[p] for p in others])] \
-            if others else breed
+        panel = (
+            breed[np.logical_and.reduce([breed[p] == c[p] for p in others])] if others else breed
+        )
         values = sorted(panel[param].unique())
         shades = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(len(values), 2)))
         for k, value in enumerate(values):  # viridis without its pale yellow end
-            _plot_config(ax, curves, panel[panel[param] == value], shades[k],
-                         f"{SYMBOLS.get(param, param)}={value:g}")
+            _plot_config(
+                ax,
+                curves,
+                panel[panel[param] == value],
+                shades[k],
+                f"{SYMBOLS.get(param, param)}={value:g}",
+            )
         if len(random):
             _plot_config(ax, curves, random, "0.5", "Random")
         ax.set_title(f"varying {SYMBOLS.get(param, param)}", fontsize=9)
         ax.set_xlabel("NN iteration")
         ax.legend(fontsize=6)
     axes[0, 0].set_ylabel("loss (normalised MSE)")
-    _finish(fig, axes, "Breed hyperparameters, one at a time (validation solid, "
-                       "training MA-40 dotted)")
+    _finish(
+        fig, axes, "Breed hyperparameters, one at a time (validation solid, training MA-40 dotted)"
+    )
     return fig
 
 
@@ -182,8 +225,14 @@ def _histograms(ax: plt.Axes, groups: list[tuple[str, pd.Series, str]], xlabel: 
     for label, values, color in groups:
         if len(values) == 0:
             continue
-        ax.hist(values, bins=bins, density=True, alpha=0.45, color=color,
-                label=f"{label} (n={len(values)}, mean {values.mean():.3g}{unit})")
+        ax.hist(
+            values,
+            bins=bins,
+            density=True,
+            alpha=0.45,
+            color=color,
+            label=f"{label} (n={len(values)}, mean {values.mean():.3g}{unit})",
+        )
         ax.axvline(values.mean(), color=color, ls="--", lw=1.5)
     ax.set_xlabel(f"deviation {xlabel}")
     ax.set_ylabel("density")
@@ -199,15 +248,25 @@ def fig_deviation(runs: pd.DataFrame, inputs: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), squeeze=False)
     proposal = b["source"] == "proposal"
     # the problem's statistic (inputs table; tables of older studies: the heat one)
-    xlabel = str(inputs["statistic"].iloc[0]) if "statistic" in inputs and len(inputs) else \
-        "std(T0..T4) (K)"
-    _histograms(axes[0, 0], [("uniform", b.loc[~proposal, "deviation"], COLORS["random"]),
-                             ("proposal", b.loc[proposal, "deviation"], COLORS["breed"])],
-                xlabel)
-    axes[0, 0].set_title(f"(a) one Breed configuration: {breed['config_id'].iloc[0]}",
-                         fontsize=8)
-    _histograms(axes[0, 1], [("Random", r["deviation"], COLORS["random"]),
-                             ("Breed", b["deviation"], COLORS["breed"])], xlabel)
+    xlabel = (
+        str(inputs["statistic"].iloc[0])
+        if "statistic" in inputs and len(inputs)
+        else "std(T0..T4) (K)"
+    )
+    _histograms(
+        axes[0, 0],
+        [
+            ("uniform", b.loc[~proposal, "deviation"], COLORS["random"]),
+            ("proposal", b.loc[proposal, "deviation"], COLORS["breed"]),
+        ],
+        xlabel,
+    )
+    axes[0, 0].set_title(f"(a) one Breed configuration: {breed['config_id'].iloc[0]}", fontsize=8)
+    _histograms(
+        axes[0, 1],
+        [("Random", r["deviation"], COLORS["random"]), ("Breed", b["deviation"], COLORS["breed"])],
+        xlabel,
+    )
     axes[0, 1].set_title("(b) Random vs Breed runs", fontsize=8)
     fig.tight_layout()
     return fig
@@ -238,14 +297,20 @@ def fig_correlation(runs: pd.DataFrame, correlations: pd.DataFrame) -> plt.Figur
     for i in range(n - 1):
         for j in range(i + 1):
             if np.isfinite(lower[i, j]):
-                ax.text(j, i, f"{lower[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if abs(lower[i, j]) > 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{lower[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if abs(lower[i, j]) > 0.6 else "black",
+                )
     labels = [CORR_LABELS[c] for c in mat.index]
     ax.set_xticks(range(n - 1), labels[:-1], rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(n - 1), labels[1:], fontsize=8)
     fig.colorbar(im, ax=ax, label="Pearson r (median over seeds)")
-    ax.set_title(f"{breed['config_id'].iloc[0]} ({breed['run_id'].nunique()} seeds)",
-                 fontsize=8)
+    ax.set_title(f"{breed['config_id'].iloc[0]} ({breed['run_id'].nunique()} seeds)", fontsize=8)
     fig.tight_layout()
     return fig
 

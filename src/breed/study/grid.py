@@ -22,9 +22,14 @@ from breed.rundir import PER_SAMPLE
 
 # Parameter columns of the tables, named as in the paper (Table 1).
 PARAMS: dict[str, str] = {
-    "model.hidden": "H", "model.layers": "L",
-    "sampler.breed.sigma": "sigma", "sampler.breed.period": "P", "sampler.breed.window": "N",
-    "sampler.breed.r_start": "r_s", "sampler.breed.r_end": "r_e", "sampler.breed.r_ramp": "r_c",
+    "model.hidden": "H",
+    "model.layers": "L",
+    "sampler.breed.sigma": "sigma",
+    "sampler.breed.period": "P",
+    "sampler.breed.window": "N",
+    "sampler.breed.r_start": "r_s",
+    "sampler.breed.r_end": "r_e",
+    "sampler.breed.r_ramp": "r_c",
 }
 BREED_KEYS = [k for k in PARAMS if k.startswith("sampler.breed.")]
 METHODS = {"uniform": "random", "breed": "breed"}  # the paper calls uniform sampling "Random"
@@ -94,8 +99,12 @@ def make_run_id(config: dict[str, Any], extra_keys: Sequence[str] = ()) -> str:
     parts = [method_of(config), f"H{config['model']['hidden']}", f"L{config['model']['layers']}"]
     if config["sampler"]["name"] == "breed":
         b = config["sampler"]["breed"]
-        parts += [f"s{_fmt(b['sigma'])}", f"P{b['period']}", f"N{b['window']}",
-                  f"r{_fmt(b['r_start'])}-{_fmt(b['r_end'])}-{_fmt(b['r_ramp'])}"]
+        parts += [
+            f"s{_fmt(b['sigma'])}",
+            f"P{b['period']}",
+            f"N{b['window']}",
+            f"r{_fmt(b['r_start'])}-{_fmt(b['r_end'])}-{_fmt(b['r_ramp'])}",
+        ]
     for key in extra_keys:
         value = get_dotted(config, key)
         parts.append(f"{key.rsplit('.', 1)[-1].replace('_', '')}{_fmt(value)}")
@@ -106,8 +115,11 @@ def make_run_id(config: dict[str, Any], extra_keys: Sequence[str] = ()) -> str:
 def pair_id(config: dict[str, Any], extra_keys: Sequence[str] = ()) -> str:
     """What a Random and a Breed run must share to be paired (besides the seed): the model."""
     parts = [f"H{config['model']['hidden']}", f"L{config['model']['layers']}"]
-    parts += [f"{k.rsplit('.', 1)[-1].replace('_', '')}{_fmt(get_dotted(config, k))}"
-              for k in extra_keys if not k.startswith("sampler.")]
+    parts += [
+        f"{k.rsplit('.', 1)[-1].replace('_', '')}{_fmt(get_dotted(config, k))}"
+        for k in extra_keys
+        if not k.startswith("sampler.")
+    ]
     return "-".join(parts)
 
 
@@ -126,8 +138,10 @@ def _points(mapping: dict[str, list[Any]], product: bool) -> list[dict[str, Any]
         return [{}]
     if product:
         keys = list(mapping)
-        return [dict(zip(keys, values, strict=True))
-                for values in itertools.product(*(mapping[k] for k in keys))]
+        return [
+            dict(zip(keys, values, strict=True))
+            for values in itertools.product(*(mapping[k] for k in keys))
+        ]
     return [{}] + [{key: value} for key, values in mapping.items() for value in values]
 
 
@@ -142,8 +156,10 @@ def _resolve(study: str, raw: dict[str, Any]) -> dict[str, Any]:
     except ConfigError as exc:
         raise StudyError(f"studies.{study}: {exc}") from None
     if not cfg["training"]["per_sample_log"]:
-        raise StudyError(f"studies.{study}: training.per_sample_log must stay true "
-                         f"(the pipeline reads {PER_SAMPLE} for Fig. 6)")
+        raise StudyError(
+            f"studies.{study}: training.per_sample_log must stay true "
+            f"(the pipeline reads {PER_SAMPLE} for Fig. 6)"
+        )
     if cfg["sampler"]["name"] != "breed":  # Breed settings do not apply: do not split runs
         cfg["sampler"]["breed"] = validate({}, _run_schema())["sampler"]["breed"]
     return cfg
@@ -157,8 +173,10 @@ def expand_study(config: dict[str, Any], name: str) -> list[RunSpec]:
     grid, vary = st.get("grid", {}), st.get("vary", {})
     for key in [*grid, *vary]:
         if key.split(".")[0] in ("seed", "output", "validation", "solver", "problem"):
-            raise StudyError(f"studies.{name}: {key} cannot vary within a study "
-                             "(one problem, validation set and seed list per study)")
+            raise StudyError(
+                f"studies.{name}: {key} cannot vary within a study "
+                "(one problem, validation set and seed list per study)"
+            )
     base = deep_merge(config.get("common", {}), st.get("base", {}))
     base.setdefault("launcher", {})["backend"] = config.get("launcher_backend", "local")
     extra = [k for k in [*grid, *vary] if k not in PARAMS and k != "sampler.name"]
@@ -179,13 +197,20 @@ def expand_study(config: dict[str, Any], name: str) -> list[RunSpec]:
                 cfg = _resolve(name, raw)
                 run_id = make_run_id(cfg, extra)
                 is_ref = not v and all(get_dotted(cfg, k) == x for k, x in reference.items())
-                params = {"study": name, "run_id": run_id, "config_id": run_id.rsplit("-", 1)[0],
-                          "pair_id": pair_id(cfg, extra), "seed": seed,
-                          "method": method_of(cfg), "centre": not v}
+                params = {
+                    "study": name,
+                    "run_id": run_id,
+                    "config_id": run_id.rsplit("-", 1)[0],
+                    "pair_id": pair_id(cfg, extra),
+                    "seed": seed,
+                    "method": method_of(cfg),
+                    "centre": not v,
+                }
                 for key, col in PARAMS.items():
                     value = get_dotted(cfg, key)
-                    params[col] = None if key in BREED_KEYS and params["method"] != "breed" \
-                        else value
+                    params[col] = (
+                        None if key in BREED_KEYS and params["method"] != "breed" else value
+                    )
                 for key in extra:
                     params[key] = get_dotted(cfg, key)
                 old = specs.get(run_id)
@@ -232,8 +257,10 @@ def validation_config(config: dict[str, Any], name: str) -> dict[str, Any]:
     st = config["studies"][name]
     base = deep_merge(config.get("common", {}), st.get("base", {}))
     base.setdefault("launcher", {})["backend"] = config.get("launcher_backend", "local")
-    return _resolve(name, {k: base[k] for k in ("problem", "solver", "validation", "launcher")
-                           if k in base})
+    return _resolve(
+        name, {k: base[k] for k in ("problem", "solver", "validation", "launcher") if k in base}
+    )
+
 
 __all__ = [
     "PARAMS",

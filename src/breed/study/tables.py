@@ -23,8 +23,9 @@ CORRELATION_COLUMNS = ["iteration", "sample_loss", "batch_loss", "Q", "uniform"]
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
     """``metrics.jsonl`` as one frame (train and validation rows, ``kind`` column)."""
-    rows = [json.loads(line) for line in Path(run_dir, METRICS).read_text().splitlines()
-            if line.strip()]
+    rows = [
+        json.loads(line) for line in Path(run_dir, METRICS).read_text().splitlines() if line.strip()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -53,8 +54,7 @@ def parameter_columns(frame: pd.DataFrame) -> list[str]:
     return cols[1:end]
 
 
-def deviation(frame: pd.DataFrame, statistic: str = "std",
-              problem: Any = None) -> pd.Series:
+def deviation(frame: pd.DataFrame, statistic: str = "std", problem: Any = None) -> pd.Series:
     """The problem's statistic of each λ (Fig. 4): for the heat preset std(T0..T4), how
     different the five temperatures are; ``unit_std`` takes λ in the unit box first (for
     parameters of different units), ``mean`` and ``norm`` are the others offered."""
@@ -65,8 +65,11 @@ def deviation(frame: pd.DataFrame, statistic: str = "std",
         z = problem.to_sampling(lam)
         lam = (z - problem.lower) / (problem.upper - problem.lower)
         statistic = "std"
-    values = {"std": lambda x: x.std(axis=1), "mean": lambda x: x.mean(axis=1),
-              "norm": lambda x: np.linalg.norm(x, axis=1)}[statistic](lam)
+    values = {
+        "std": lambda x: x.std(axis=1),
+        "mean": lambda x: x.mean(axis=1),
+        "norm": lambda x: np.linalg.norm(x, axis=1),
+    }[statistic](lam)
     return pd.Series(values, index=frame.index)
 
 
@@ -74,15 +77,18 @@ def statistic_label(statistic: str, problem: Any) -> str:
     """Axis label of Fig. 4 for the problem's statistic (heat: "std(T0..T4) (K)")."""
     names = problem.names
     span = names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
-    label = {"std": f"std({span})", "unit_std": f"std({span} in the unit box)",
-             "mean": f"mean({span})", "norm": f"|({span})|"}[statistic]
+    label = {
+        "std": f"std({span})",
+        "unit_std": f"std({span} in the unit box)",
+        "mean": f"mean({span})",
+        "norm": f"|({span})|",
+    }[statistic]
     return f"{label} (K)" if problem.name == "heat2d" and statistic != "unit_std" else label
 
 
 def runs_table(specs: list[RunSpec], root: Path) -> pd.DataFrame:
     """One row per run: parameters and final validation metrics."""
-    rows = [{**s.params, "reference": s.reference, **final_metrics(root / s.run_id)}
-            for s in specs]
+    rows = [{**s.params, "reference": s.reference, **final_metrics(root / s.run_id)} for s in specs]
     return pd.DataFrame(rows)
 
 
@@ -91,10 +97,16 @@ def curves_table(specs: list[RunSpec], root: Path) -> pd.DataFrame:
     frames = []
     for s in specs:
         m = read_metrics(root / s.run_id)
-        train = m.loc[m["kind"] == "train", ["iteration", "batch_loss"]].rename(
-            columns={"batch_loss": "loss"}).assign(kind="train")
-        val = m.loc[m["kind"] == "validation", ["iteration", "val_mse"]].rename(
-            columns={"val_mse": "loss"}).assign(kind="validation")
+        train = (
+            m.loc[m["kind"] == "train", ["iteration", "batch_loss"]]
+            .rename(columns={"batch_loss": "loss"})
+            .assign(kind="train")
+        )
+        val = (
+            m.loc[m["kind"] == "validation", ["iteration", "val_mse"]]
+            .rename(columns={"val_mse": "loss"})
+            .assign(kind="validation")
+        )
         frames.append(pd.concat([train, val]).assign(run_id=s.run_id))
     return pd.concat(frames, ignore_index=True)[["run_id", "kind", "iteration", "loss"]]
 
@@ -107,10 +119,13 @@ def inputs_table(specs: list[RunSpec], root: Path) -> pd.DataFrame:
         if "status" in sm and (sm["status"] == "done").any():
             sm = sm[sm["status"] == "done"]
         problem = problem_of(s.config)
-        frames.append(sm[["sim_id", *parameter_columns(sm), "source", "generation"]]
-                      .assign(run_id=s.run_id,
-                              deviation=deviation(sm, problem.statistic, problem),
-                              statistic=statistic_label(problem.statistic, problem)))
+        frames.append(
+            sm[["sim_id", *parameter_columns(sm), "source", "generation"]].assign(
+                run_id=s.run_id,
+                deviation=deviation(sm, problem.statistic, problem),
+                statistic=statistic_label(problem.statistic, problem),
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -124,8 +139,7 @@ def correlations_table(specs: list[RunSpec], root: Path) -> pd.DataFrame:
         frame = pd.read_csv(path, usecols=CORRELATION_COLUMNS).astype(float)
         corr = frame.corr()
         for a, b in itertools.combinations(CORRELATION_COLUMNS, 2):
-            rows.append({"run_id": s.run_id, "a": a, "b": b, "r": corr.loc[a, b],
-                         "n": len(frame)})
+            rows.append({"run_id": s.run_id, "a": a, "b": b, "r": corr.loc[a, b], "n": len(frame)})
     return pd.DataFrame(rows, columns=["run_id", "a", "b", "r", "n"])
 
 
@@ -164,17 +178,24 @@ def paired_ratios(runs: pd.DataFrame) -> pd.DataFrame:
     random = runs[runs["method"] == "random"].set_index(["pair_id", "seed"])
     rows = []
     for config_id, group in runs[runs["method"] == "breed"].groupby("config_id", sort=False):
-        row: dict[str, Any] = {"study": group["study"].iloc[0], "config_id": config_id,
-                               "pair_id": group["pair_id"].iloc[0]}
+        row: dict[str, Any] = {
+            "study": group["study"].iloc[0],
+            "config_id": config_id,
+            "pair_id": group["pair_id"].iloc[0],
+        }
         for m in VALIDATION_METRICS:
-            ratios = [r[m] / random.loc[(r["pair_id"], r["seed"]), m]
-                      for _, r in group.iterrows() if (r["pair_id"], r["seed"]) in random.index]
+            ratios = [
+                r[m] / random.loc[(r["pair_id"], r["seed"]), m]
+                for _, r in group.iterrows()
+                if (r["pair_id"], r["seed"]) in random.index
+            ]
             row["pairs"] = len(ratios)
             row[f"{m}_ratio_gmean"] = geometric_mean(np.array(ratios))
             row[f"{m}_ratio_min"] = min(ratios) if ratios else math.nan
             row[f"{m}_ratio_max"] = max(ratios) if ratios else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
 
 __all__ = [
     "VALIDATION_METRICS",
