@@ -206,6 +206,58 @@ def test_shrunk_sigma_stays_with_the_member():
     assert (x >= LO).all() and (x <= HI).all()
 
 
+def test_a_parent_may_lend_its_original_sigma_instead_of_its_shrunk_one():
+    s = breed(sigma=2.5, keep_shrunk_sigma=False)
+    run = SyntheticTraining(s)
+    while s.generation < 1:
+        run.step()
+    prop = [d for d in s.pending_draws() if d.source == "proposal"]
+    assert s.history[-1]["redraws"] > 0 and any(d.sigma < 2.5 for d in prop)  # shrunk to draw
+    assert all(s.member_sigma(d.parent) == 2.5 for d in prop)  # but never kept
+    assert all(s.member_sigma(j) == 2.5 for j in range(s.budget))
+
+
+def test_sigma_may_be_read_as_a_variance():
+    """Sigma = sigma * 1_d read as a covariance: members lend sqrt(sigma) as their standard
+    deviation (in units of each parameter's range)."""
+    s = breed(sigma=0.0004, sigma_is="variance")
+    assert s.member_sigma(0) == pytest.approx(0.02)
+    run = SyntheticTraining(s)
+    while s.generation < 1:
+        run.step()
+    prop = [d for d in s.pending_draws() if d.source == "proposal"]
+    steps = np.array([(d.params - s._params[d.parent]) / (HI - LO) for d in prop])
+    assert np.std(steps) == pytest.approx(0.02, rel=0.15)  # not 0.0004
+    with pytest.raises(ValueError, match="sigma_is"):
+        breed(sigma_is="precision")
+
+
+def test_importance_weights_use_the_deterministic_mixture_of_every_generation():
+    """Every window member's density is the mixture of all generations as drawn,
+    (1/H) sum_j (r_gj q_gj + (1 - r_gj) U) over the H simulations handed out, uniform draws of
+    a resampling included (not the density of the component that drew each point)."""
+    s = breed(importance_weights=True)
+    run = SyntheticTraining(s)
+    while s.generation < 3:
+        run.step()
+    ids = s.stats.window(s.window)
+    gens = s._generation[:s.handed]
+    x = (s._params[ids] - LO) / (HI - LO)
+    want = np.zeros(len(ids))
+    for g in gens:
+        p = np.ones(len(ids))  # U on the unit box
+        if g > 0:
+            m = s._mixtures[g - 1]
+            q = sum(wk * multivariate_normal(ck, sk ** 2 * np.eye(5)).pdf(x)
+                    for ck, wk, sk in zip(m["centers"], m["w"], m["sigmas"], strict=True))
+            p = m["r"] * q + (1 - m["r"]) * p
+        want += p / len(gens)
+    np.testing.assert_allclose(np.exp(s.log_dm_density(ids)), want, rtol=1e-9)
+    later_uniform = [j for j in ids if s._generation[j] > 0 and s._source[j] == 0]
+    assert later_uniform and not np.allclose(want[np.isin(ids, later_uniform)], 1.0)
+    assert np.isfinite(s._weights(ids)).all() and s._weights(ids).sum() == pytest.approx(1.0)
+
+
 def test_checkpoint_resumes_the_same_sequence():
     a = breed(seed=3)
     ra = SyntheticTraining(a, seed=5)

@@ -86,7 +86,8 @@ class BreedSampler(Sampler):
                  period: int = 200, window: int = 200,
                  r_start: float = 0.5, r_end: float = 0.9, r_ramp: float = 3,
                  shrink: float = 0.3, max_redraws: int = 5, importance_weights: bool = False,
-                 ess_threshold: float | None = None) -> None:
+                 ess_threshold: float | None = None, sigma_is: str = "std",
+                 keep_shrunk_sigma: bool = True) -> None:
         check_sampler_args(budget, bounds, dim)
         checks = {"sigma": (sigma, sigma > 0), "period": (period, period >= 1),
                   "window": (window, window >= 1), "r_start": (r_start, 0 <= r_start <= 1),
@@ -94,12 +95,17 @@ class BreedSampler(Sampler):
                   "shrink": (shrink, 0 < shrink < 1),
                   "max_redraws": (max_redraws, max_redraws >= 0),
                   "ess_threshold": (ess_threshold,
-                                    ess_threshold is None or 0 <= ess_threshold <= 1)}
+                                    ess_threshold is None or 0 <= ess_threshold <= 1),
+                  "sigma_is": (sigma_is, sigma_is in ("std", "variance"))}
         for key, (value, ok) in checks.items():
             if not ok:
                 raise ValueError(f"sampler.breed.{key}: invalid value {value!r}")
         super().__init__(budget, bounds, seed, dim)
         self.sigma, self.period, self.window = float(sigma), int(period), int(window)
+        # the paper's Sigma = sigma * 1_d: a standard deviation (default) or, as the authors'
+        # earlier code reads it, a variance; members carry the standard deviation
+        self.sigma_is, self.keep_shrunk_sigma = sigma_is, bool(keep_shrunk_sigma)
+        self._sigma0 = self.sigma if sigma_is == "std" else float(np.sqrt(self.sigma))
         self.r_start, self.r_end, self.r_ramp = float(r_start), float(r_end), float(r_ramp)
         self.shrink, self.max_redraws = float(shrink), int(max_redraws)
         self.importance_weights = bool(importance_weights)
@@ -110,7 +116,6 @@ class BreedSampler(Sampler):
         # sigma is a fraction of each parameter's range; densities are taken in the unit box
         # (the Jacobian of the scaling is one constant for every point, so weights agree)
         self._width = self.upper - self.lower
-        self._log_uniform = 0.0
         n = self.budget
         # One row per simulation (hand-out order); rows >= handed are pending and may change.
         self._params = self._design.copy()
@@ -118,13 +123,15 @@ class BreedSampler(Sampler):
         self._generation = np.zeros(n, dtype=np.int64)
         self._parent = np.full(n, -1, dtype=np.int64)
         self._sigma = np.full(n, np.nan)  # sigma the row was drawn with
-        self._member_sigma = np.full(n, self.sigma)  # its sigma when it serves as a parent
-        self._logq = np.full(n, self._log_uniform)  # log density of the proposal that drew it
+        self._member_sigma = np.full(n, self._sigma0)  # its sigma when it serves as a parent
         self.generation = 0
         self.draws: list[Draw] = []  # handed-out draws, never modified
         self.history: list[dict[str, Any]] = []  # one entry per resampling
         self._last_resample = 0
         self._proposal: tuple[np.ndarray, np.ndarray, float] | None = None  # ids, w, r
+        # every generation's mixture r q + (1 - r) U as drawn (unit box): the denominators of
+        # the deterministic-mixture importance weights
+        self._mixtures: list[dict[str, Any]] = []
 
     # -- hand-out ---------------------------------------------------------------------------
     def _draw(self, sim_id: int) -> Draw:
@@ -196,16 +203,35 @@ class BreedSampler(Sampler):
 
     # -- AMIS -------------------------------------------------------------------------------
     def _weights(self, ids: np.ndarray) -> np.ndarray | None:
-        """Normalised weights of the window: w ~ Q_j (eq. 9), or Q_j / q(lambda_j) (option)."""
+        """Normalised weights of the window: w ~ Q_j (eq. 9), or, with ``importance_weights``,
+        Q_j over the deterministic-mixture density of lambda_j (docs/breed.md)."""
         with np.errstate(divide="ignore"):
             logw = np.log(self.stats.quality(ids))
         if self.importance_weights:
-            logw = logw - self._logq[ids]
+            logw = logw - self.log_dm_density(ids)
         if not np.isfinite(logw).any():
             return None  # every Q is 0: no information to steer with
         w = np.exp(logw - logw[np.isfinite(logw)].max())
         w[~np.isfinite(w)] = 0.0
         return w / w.sum()
+
+    def log_dm_density(self, ids: np.ndarray) -> np.ndarray:
+        """log of the deterministic mixture (Owen & Zhou 2000; Cornuet et al. 2012, AMIS) at
+        the simulations ``ids``: sum_t N_t p_t(lambda) / sum_t N_t over the generations t of the
+        simulations handed out so far, N_t of them from generation t, p_t = r_t q_t + (1 - r_t) U
+        the mixture generation t was drawn from (p_0 = U), in the unit box (U = 1)."""
+        x = self._unit(self._params[ids])
+        gens, counts = np.unique(self._generation[:self.handed], return_counts=True)
+        terms = []
+        for g, count in zip(gens.tolist(), counts.tolist(), strict=True):
+            logp = np.zeros(len(ids))  # U
+            if g > 0:
+                m = self._mixtures[g - 1]
+                logq = log_mixture_density(x, m["centers"], m["w"], m["sigmas"])
+                with np.errstate(divide="ignore"):
+                    logp = np.logaddexp(np.log(m["r"]) + logq, np.log1p(-m["r"]))
+            terms.append(np.log(count) + logp)
+        return logsumexp(np.array(terms), axis=0) - np.log(counts.sum())
 
     def resample(self, iteration: int) -> bool:
         """Redraw every pending row from the mixture (eqs. 9-12); False when skipped."""
@@ -218,6 +244,9 @@ class BreedSampler(Sampler):
         s = self.generation + 1
         r = mixing_ratio(s - 1, self.r_start, self.r_end, self.r_ramp)
         is_prop = self._rng.random(k) < r
+        # the mixture as drawn: members' sigma before this resampling's shrinks
+        self._mixtures.append({"centers": self._unit(self._params[ids]), "w": w,
+                               "sigmas": self._member_sigma[ids].copy(), "r": r})
         rows = self._mixture_rows(self._design[start:].copy(), is_prop, ids, w, generation=s)
         redraws, kept = rows.pop("redraws"), rows.pop("kept_parent")
         for name, value in rows.items():
@@ -237,8 +266,7 @@ class BreedSampler(Sampler):
         k, n = len(uniform), int(is_prop.sum())
         gen = self.generation if generation is None else generation
         params, parent = uniform, np.full(k, -1, dtype=np.int64)
-        sigma, member = np.full(k, np.nan), np.full(k, self.sigma)
-        logq = np.full(k, self._log_uniform)
+        sigma, member = np.full(k, np.nan), np.full(k, self._sigma0)
         redraws = kept = 0
         if n:
             assert ids is not None and w is not None, "proposal points need a proposal"
@@ -246,18 +274,15 @@ class BreedSampler(Sampler):
             children, used, kept_mask, redraws = gaussian_children(
                 self._rng, self._params[picks], self._member_sigma[picks], self.lower,
                 self.upper, self.shrink, self.max_redraws, self._width)
-            if self.importance_weights:
-                logq[is_prop] = log_mixture_density(self._unit(children),
-                                                    self._unit(self._params[ids]), w,
-                                                    self._member_sigma[ids])
-            np.minimum.at(self._member_sigma, picks, used)
-            params[is_prop], parent[is_prop] = children, picks
-            sigma[is_prop], member[is_prop] = used, used
+            params[is_prop], parent[is_prop], sigma[is_prop] = children, picks, used
+            if self.keep_shrunk_sigma:  # a member lends its last, shrunk sigma from now on
+                np.minimum.at(self._member_sigma, picks, used)
+                member[is_prop] = used
             kept = int(kept_mask.sum())
         out: dict[str, Any] = {
             "_params": params, "_source": is_prop.astype(np.int64),
             "_generation": np.full(k, gen, dtype=np.int64), "_parent": parent, "_sigma": sigma,
-            "_member_sigma": member, "_logq": logq}
+            "_member_sigma": member}
         if generation is not None:
             out.update(redraws=int(redraws), kept_parent=kept)
         return out
@@ -266,7 +291,7 @@ class BreedSampler(Sampler):
         return (x - self.lower) / self._width
 
     # -- checkpoint -------------------------------------------------------------------------
-    _TABLE = ("_params", "_source", "_generation", "_parent", "_sigma", "_member_sigma", "_logq")
+    _TABLE = ("_params", "_source", "_generation", "_parent", "_sigma", "_member_sigma")
 
     def state_dict(self) -> dict[str, Any]:
         prop = None
@@ -278,6 +303,8 @@ class BreedSampler(Sampler):
                 "last_resample": self._last_resample, "rng": self._rng.bit_generator.state,
                 "table": {name: getattr(self, name).tolist() for name in self._TABLE},
                 "proposal": prop, "history": [dict(h) for h in self.history],
+                "mixtures": [{k: np.asarray(v).tolist() for k, v in m.items()}
+                             for m in self._mixtures],
                 "stats": self.stats.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -294,4 +321,8 @@ class BreedSampler(Sampler):
         self._proposal = None if prop is None else (
             np.asarray(prop["ids"], dtype=np.int64), np.asarray(prop["w"]), float(prop["r"]))
         self.history = [dict(h) for h in state["history"]]
+        self._mixtures = [{"centers": np.asarray(m["centers"], dtype=float).reshape(
+            -1, self.dim), "w": np.asarray(m["w"], dtype=float),
+            "sigmas": np.asarray(m["sigmas"], dtype=float), "r": float(m["r"])}
+            for m in state.get("mixtures", [])]
         self.draws = [self._row(j) for j in range(self.handed)]
