@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from breed import rundir
 from breed.client import DATA_SNDHWM
 from breed.config import ConfigError
 from breed.server.receiver import DATA_HWM, RING_SLOTS
@@ -90,7 +91,7 @@ def estimate(cfg: dict[str, Any]) -> Estimate:
         memory["clients"] = lc["max_jobs"] * (problem.client.ranks * CLIENT_BASE
                                               + 8 * field * 8)
     checkpoint = buffer + params * F32 * 3
-    disk = {"checkpoint (and its replacement)": 2 * checkpoint, "model.pt": params * F32}
+    disk = {"checkpoint (and its replacement)": 2 * checkpoint, rundir.MODEL: params * F32}
     if not vc["file"]:
         disk["validation set"] = frames
     return Estimate(memory, disk)
