@@ -1,5 +1,5 @@
 """Polling logic shared by the Slurm and OAR backends (rate limit, final states, forgotten jobs),
-against a fake scheduler: the real daemons are in test_slurm_backend.py / test_oar_backend.py."""
+against a fake scheduler: the real daemons are in test_cluster_jobs.py."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from breed.launcher.backend import JobSpec, JobState, JobStatus
 from breed.launcher.scheduler_text import (
+    OAR_STATES,
     SchedulerError,
     SchedulerOutputError,
     SlurmRecord,
@@ -46,22 +47,45 @@ def data(name: str) -> str:
 
 
 def spec(ranks: int = 2, **kw) -> JobSpec:
-    defaults = dict(name="client-0001", argv=["/opt/py/bin/python", "-m", "breed.client",
-                                              "--note", "two words"],
-                    ranks=ranks, env={"BREED_TOKEN": TOKEN, "BREED_JOB_ID": "x"},
-                    workdir=Path("/runs/r1"), log_path=Path("/runs/r1/logs/client-0001.log"))
+    defaults = dict(
+        name="client-0001",
+        argv=["/opt/py/bin/python", "-m", "breed.client", "--note", "two words"],
+        ranks=ranks,
+        env={"BREED_TOKEN": TOKEN, "BREED_JOB_ID": "x"},
+        workdir=Path("/runs/r1"),
+        log_path=Path("/runs/r1/logs/client-0001.log"),
+    )
     return JobSpec(**{**defaults, **kw})
 
 
 # ------------------------------------------------------------------------------- Slurm text
 
+
 def test_sbatch_argv_carries_resources_and_never_the_environment():
-    argv = sbatch_argv(spec(), {"nodes": 2, "cpus_per_task": 3, "time": "01:00:00",
-                                "partition": "gpu", "account": "proj", "extra_args": ["--qos=x"]})
+    argv = sbatch_argv(
+        spec(),
+        {
+            "nodes": 2,
+            "cpus_per_task": 3,
+            "time": "01:00:00",
+            "partition": "gpu",
+            "account": "proj",
+            "extra_args": ["--qos=x"],
+        },
+    )
     assert argv[:2] == ["sbatch", "--parsable"]
-    for arg in ("--job-name=client-0001", "--nodes=2", "--ntasks=2", "--cpus-per-task=3",
-                "--time=01:00:00", "--chdir=/runs/r1", "--export=ALL", "--partition=gpu",
-                "--account=proj", "--output=/runs/r1/logs/client-0001.log"):
+    for arg in (
+        "--job-name=client-0001",
+        "--nodes=2",
+        "--ntasks=2",
+        "--cpus-per-task=3",
+        "--time=01:00:00",
+        "--chdir=/runs/r1",
+        "--export=ALL",
+        "--partition=gpu",
+        "--account=proj",
+        "--output=/runs/r1/logs/client-0001.log",
+    ):
         assert arg in argv
     assert argv[-1] == "--qos=x"
     assert TOKEN not in " ".join(argv)
@@ -73,10 +97,13 @@ def test_sbatch_argv_leaves_out_unset_partition_account_and_log():
     assert "--nodes=1" in argv and "--time=00:30:00" in argv
 
 
-@pytest.mark.parametrize("mpi, start", [
-    ("srun", "exec srun --mpi=pmi2 --ntasks=2 --cpus-per-task=1 /opt/py/bin/python"),
-    ("mpiexec", "exec /venv/bin/mpiexec -n 2 /opt/py/bin/python"),
-])
+@pytest.mark.parametrize(
+    "mpi, start",
+    [
+        ("srun", "exec srun --mpi=pmi2 --ntasks=2 --cpus-per-task=1 /opt/py/bin/python"),
+        ("mpiexec", "exec /venv/bin/mpiexec -n 2 /opt/py/bin/python"),
+    ],
+)
 def test_slurm_script_starts_the_ranks(mpi, start):
     script = slurm_job_script(spec(), mpi, "/venv/bin/mpiexec")
     assert script.startswith("#!/bin/sh\n")
@@ -158,8 +185,10 @@ def test_parse_scontrol_real_jobs(job_id):
 
 
 def test_failure_reasons_say_why():
-    assert slurm_status(SlurmRecord("FAILED", "NonZeroExitCode", 3, 0)).reason == \
-        "failed, NonZeroExitCode, exit code 3"
+    assert (
+        slurm_status(SlurmRecord("FAILED", "NonZeroExitCode", 3, 0)).reason
+        == "failed, NonZeroExitCode, exit code 3"
+    )
     assert "killed by signal 9" in slurm_status(SlurmRecord("FAILED", "", 0, 9)).reason
 
 
@@ -189,18 +218,28 @@ def test_error_outputs_are_recognised():
     assert not sacct_disabled(data("slurm/squeue_unknown.stderr"))
     assert first_error_line(data("slurm/sbatch_bad_partition.stderr")) == (
         "sbatch: error: invalid partition specified: nope; "
-        "sbatch: error: Batch job submission failed: Invalid partition name specified")
+        "sbatch: error: Batch job submission failed: Invalid partition name specified"
+    )
     assert first_error_line("", "") == "(no output)"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("0:0", (0, 0)), ("3:0", (3, 0)), ("0:9", (0, 9)), ("143:0", (143, 0)), ("", (None, None)),
-    ("x:y", (None, None))])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("0:0", (0, 0)),
+        ("3:0", (3, 0)),
+        ("0:9", (0, 9)),
+        ("143:0", (143, 0)),
+        ("", (None, None)),
+        ("x:y", (None, None)),
+    ],
+)
 def test_parse_exit_code(text, expected):
     assert parse_exit_code(text) == expected
 
 
 # --------------------------------------------------------------------------------- OAR text
+
 
 def test_parse_oarsub_after_admission_rules():
     assert parse_oarsub(data("oar/oarsub.stdout")) == "13"
@@ -243,28 +282,54 @@ def test_parse_oarstat_unknown_and_junk():
     assert parse_oarstat('{"9": {"state": "Teleporting"}}')["9"].state is JobState.RUNNING
 
 
-@pytest.mark.parametrize("raw, code", [(None, None), (0, 0), (768, 3), (256, 1), (9, -9),
-                                       (15, -15), (139, -11)])
+def test_one_oar_state_table_for_the_launcher_and_the_profile():
+    """toError only ever leads to Error: the launcher fails the job at once, and the oar
+    profile's status script, which asks the same table, reports it failed too."""
+    import importlib.util
+
+    assert parse_oarstat('{"7": {"state": "toError"}}')["7"].state is JobState.FAILED
+    path = Path(__file__).parents[1] / "profiles" / "oar" / "oar-status.py"
+    spec = importlib.util.spec_from_file_location("oar_status", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.ACTIVE == {n for n, s in OAR_STATES.items() if not s.finished}
+    assert script.parse_status('{"7": {"state": "toError"}}') == "failed"
+
+
+@pytest.mark.parametrize(
+    "raw, code", [(None, None), (0, 0), (768, 3), (256, 1), (9, -9), (15, -15), (139, -11)]
+)
 def test_decode_wait_status(raw, code):
     assert decode_wait_status(raw) == code
 
 
-@pytest.mark.parametrize("options, ranks, expected", [
-    ({}, 2, "/nodes=1/core=2,walltime=00:30:00"),
-    ({"nodes": 2, "walltime": "02:00:00"}, 5, "/nodes=2/core=3,walltime=02:00:00"),
-    ({"cores": 8, "cores_ignored": 1}, 2, "/nodes=1/core=8,walltime=00:30:00"),
-])
+@pytest.mark.parametrize(
+    "options, ranks, expected",
+    [
+        ({}, 2, "/nodes=1/core=2,walltime=00:30:00"),
+        ({"nodes": 2, "walltime": "02:00:00"}, 5, "/nodes=2/core=3,walltime=02:00:00"),
+        ({"cores": 8, "cores_ignored": 1}, 2, "/nodes=1/core=8,walltime=00:30:00"),
+    ],
+)
 def test_oar_resources(options, ranks, expected):
     assert oar_resources(options, ranks) == expected
 
 
 def test_oarsub_argv_runs_the_script_without_secrets():
-    argv = oarsub_argv(spec(), {"queue": "besteffort", "project": "p", "extra_args": ["-t", "x"]},
-                       Path("/runs/r1/.breed-oar/client-0001.sh"))
+    argv = oarsub_argv(
+        spec(),
+        {"queue": "besteffort", "project": "p", "extra_args": ["-t", "x"]},
+        Path("/runs/r1/.breed-oar/client-0001.sh"),
+    )
     assert argv[:2] == ["oarsub", "--name=client-0001"]
     assert argv[argv.index("-l") + 1] == "/nodes=1/core=2,walltime=00:30:00"
-    for arg in ("--directory=/runs/r1", "--stdout=/runs/r1/logs/client-0001.log",
-                "--stderr=/runs/r1/logs/client-0001.log", "--queue=besteffort", "--project=p"):
+    for arg in (
+        "--directory=/runs/r1",
+        "--stdout=/runs/r1/logs/client-0001.log",
+        "--stderr=/runs/r1/logs/client-0001.log",
+        "--queue=besteffort",
+        "--project=p",
+    ):
         assert arg in argv
     assert argv[-3:] == ["-t", "x", "/runs/r1/.breed-oar/client-0001.sh"]
     assert TOKEN not in " ".join(argv)
@@ -284,11 +349,15 @@ def test_oar_env_file_rejects_bad_names():
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"),
-               max_size=40))
+@given(
+    st.text(
+        alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"), max_size=40
+    )
+)
 def test_oar_env_file_round_trips_through_sh(value):
     """Whatever the value (quotes, newlines, $), the job's shell reads it back unchanged."""
     text = oar_env_file({"BREED_TOKEN": value, "OTHER": "1"})
-    out = subprocess.run(["sh", "-c", f'{text}\nprintf %s "$BREED_TOKEN"'],
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["sh", "-c", f'{text}\nprintf %s "$BREED_TOKEN"'], capture_output=True, check=True
+    ).stdout
     assert out == value.encode()

@@ -3,7 +3,9 @@
 
 Asks ``oarstat -f -j JOBID -J`` (JSON) and falls back to the text form. A Terminated job
 succeeded only with exit code 0 (OAR reports the raw wait status: ``256 (1,0,0)`` is exit 1).
-Standard library only.
+Which OAR states are still active is breed's table (``breed.launcher.scheduler_text``, the
+one the launcher follows its client jobs with), so this script runs with the python3 of
+breed's environment, the one Snakemake runs in; oar-submit.py needs only the standard library.
 """
 
 from __future__ import annotations
@@ -14,8 +16,13 @@ import subprocess
 import sys
 import time
 
-ACTIVE = {"Waiting", "Hold", "toLaunch", "toAckReservation", "Launching", "Running",
-          "Suspended", "Resuming", "Finishing", "toError"}
+try:
+    from breed.launcher.scheduler_text import OAR_STATES
+except ImportError:
+    sys.exit("oar-status.py: breed is not importable by this python3; run Snakemake from "
+             "breed's environment")
+
+ACTIVE = {name for name, state in OAR_STATES.items() if not state.finished}
 ATTEMPTS, PAUSE_S = 3, 2.0
 
 

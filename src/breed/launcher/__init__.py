@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from typing import Any
 
 from breed.launcher.backend import Backend, JobSpec, JobState, JobStatus
 
@@ -13,13 +15,14 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def make_backend(name: str, options: dict | None = None) -> Backend:
+def make_backend(name: str, options: Mapping[str, Any] | None = None) -> Backend:
     """Instantiate a registered backend by name (one module per scheduler)."""
     try:
         module, cls = BACKENDS[name].split(":")
     except KeyError:
         raise ValueError(f"launcher.backend: unknown backend {name!r}") from None
-    return getattr(importlib.import_module(module), cls)(options)
+    backend: type[Backend] = getattr(importlib.import_module(module), cls)
+    return backend(options)
 
 
 __all__ = ["BACKENDS", "Backend", "JobSpec", "JobState", "JobStatus", "make_backend"]

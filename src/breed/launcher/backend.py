@@ -2,12 +2,14 @@
 
 One small module per scheduler (``local``, ``slurm``, ``oar``); adding one is a new file plus a
 line in :data:`breed.launcher.BACKENDS`. Secrets (the run token) travel in ``JobSpec.env`` and
-must never appear on a command line or in a job script.
+must never appear on a command line or in a job script. Every hook the launcher calls is a
+method here (the optional ones with a default), so a backend is read off this class alone.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -51,8 +53,9 @@ class Backend(ABC):
 
     name: str = "base"
 
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
-        self.options = dict(options or {})
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        # the config section launcher.<backend> (YAML values) plus launcher.mpiexec, run_dir
+        self.options: dict[str, Any] = dict(options or {})
 
     @abstractmethod
     def submit(self, spec: JobSpec) -> str:
@@ -65,6 +68,11 @@ class Backend(ABC):
     @abstractmethod
     def cancel(self, job_id: str) -> None:
         """Stop a job; no error if it already ended."""
+
+    def pgid(self, job_id: str) -> int | None:
+        """The job's process group on this machine, recorded in ``jobs.csv`` so that a job
+        outliving its launcher can be found; None where the scheduler owns the processes."""
+        return None
 
     def cancel_orphan(self, job_id: str, name: str) -> None:
         """Cancel a job that an earlier launcher of this run submitted (``jobs.csv``) and

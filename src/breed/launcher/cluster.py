@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from abc import abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,13 @@ DEFAULTS = {"min_poll_interval": 2.0, "forget_grace": 60.0, "command_timeout": 3
 def resolve_mpiexec(name: str) -> str:
     """``name`` on PATH, else next to the running interpreter (a venv's mpich wheel), else as is
     (the job's own PATH may have it)."""
-    return (shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-            or name)
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent)) or name
 
 
 class ClusterBackend(Backend):
     """Common state of the Slurm and OAR backends (see the module docstring)."""
 
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__({**DEFAULTS, **(options or {})})
         self.min_poll_interval = float(self.options["min_poll_interval"])
         self.forget_grace = float(self.options["forget_grace"])
@@ -67,30 +67,47 @@ class ClusterBackend(Backend):
         """Ask the scheduler to stop the jobs (already finished ones included: no error)."""
 
     # -- commands ------------------------------------------------------------------------
-    def run(self, argv: list[str], *, input: str | None = None,
-            env: dict[str, str] | None = None, cwd: Path | None = None,
-            label: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        argv: list[str],
+        *,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        label: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run a scheduler command, timed in ``self.timings[label]``; a non-zero exit is the
         caller's to judge (squeue exits 1 for unknown jobs)."""
         name = label or Path(argv[0]).name
         start = time.perf_counter()
         try:
-            return subprocess.run(argv, input=input, env=env, cwd=cwd, capture_output=True,
-                                  text=True, timeout=self.command_timeout, check=False)
+            return subprocess.run(
+                argv,
+                input=input,
+                env=env,
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=self.command_timeout,
+                check=False,
+            )
         except FileNotFoundError:
-            raise SchedulerError(f"{argv[0]}: command not found (is the scheduler's client "
-                                 "installed and on PATH?)") from None
+            raise SchedulerError(
+                f"{argv[0]}: command not found (is the scheduler's client installed and on PATH?)"
+            ) from None
         except subprocess.TimeoutExpired:
-            raise SchedulerError(f"{name} did not answer within {self.command_timeout:g} s") \
-                from None
+            raise SchedulerError(
+                f"{name} did not answer within {self.command_timeout:g} s"
+            ) from None
         finally:
             self.timings.setdefault(name, []).append(time.perf_counter() - start)
 
     def check(self, res: subprocess.CompletedProcess[str], what: str) -> str:
         """stdout of a command that must succeed, else a one-line SchedulerError."""
         if res.returncode != 0:
-            raise SchedulerError(f"{what} failed (exit {res.returncode}): "
-                                 f"{first_error_line(res.stderr, res.stdout)}")
+            raise SchedulerError(
+                f"{what} failed (exit {res.returncode}): {first_error_line(res.stderr, res.stdout)}"
+            )
         return res.stdout
 
     # -- Backend -------------------------------------------------------------------------
@@ -121,9 +138,14 @@ class ClusterBackend(Backend):
             since = self._missing_since.setdefault(job_id, now)
             if now - since < self.forget_grace:
                 return
-            status = JobStatus(JobState.FAILED, None, (
-                f"the scheduler has no record of job {job_id} (for {now - since:.0f} s): "
-                "it ended and was forgotten, or never existed"))
+            status = JobStatus(
+                JobState.FAILED,
+                None,
+                (
+                    f"the scheduler has no record of job {job_id} (for {now - since:.0f} s): "
+                    "it ended and was forgotten, or never existed"
+                ),
+            )
         else:
             self._missing_since.pop(job_id, None)
         if status.state.finished:

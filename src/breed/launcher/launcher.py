@@ -24,20 +24,36 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import zmq
 
 from breed.launcher.backend import Backend, JobSpec, JobState
 from breed.problems import problem_of
-from breed.protocol import Kind, ProtocolError, decode, encode_control
+from breed.protocol import ControlMessage, Kind, ProtocolError, decode, encode_control
 from breed.rundir import JOBS
 from breed.runlog import write_table
 from breed.security import ENV_JOB_KEY, ENV_ONCE, job_key_digest, new_job_key
 
 log = logging.getLogger("breed.launcher")
-JOB_COLUMNS = ["name", "job_id", "pgid", "state", "submit_time", "end_time", "exit_code",
-               "reason"]
+JOB_COLUMNS = ["name", "job_id", "pgid", "state", "submit_time", "end_time", "exit_code", "reason"]
+
+
+class ServerStatus(TypedDict, total=False):
+    """The keys of the server's pong that the launcher and ``breed run`` read (the server
+    sends more: buffer and rejection counts, in-flight simulations)."""
+
+    finished: bool
+    failed: str | None  # why the run cannot finish
+    wanted_clients: int  # never more than the simulations left
+    stale_jobs: list[str]  # jobs silent for launcher.simulation_timeout
+    sims_done: int
+    target: int
+    iteration: int
+    warnings: dict[str, str]  # topic -> one line, while the condition lasts
+
+
+Row = dict[str, str | int | float | None]  # one row of jobs.csv as written
 
 
 class LauncherError(RuntimeError):
@@ -64,14 +80,15 @@ class Job:
 class ServerLink:
     """REQ socket to the server's control address; a timed-out request recreates it."""
 
-    def __init__(self, address: str, token: bytes, timeout: float,
-                 curve_serverkey: bytes | None = None) -> None:
+    def __init__(
+        self, address: str, token: bytes, timeout: float, curve_serverkey: bytes | None = None
+    ) -> None:
         self.address, self.token, self.timeout = address, token, timeout
         self.curve_serverkey = curve_serverkey
-        self._ctx = zmq.Context.instance()
-        self._sock: zmq.Socket | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._sock: zmq.Socket[bytes] | None = None
 
-    def ping(self, body: dict[str, Any]) -> dict[str, Any] | None:
+    def ping(self, body: dict[str, Any]) -> dict[str, Any] | None:  # JSON both ways
         """Pong body, or None if the server did not answer within ``timeout``."""
         if self._sock is None:
             self._sock = self._ctx.socket(zmq.REQ)
@@ -89,6 +106,8 @@ class ServerLink:
             msg = decode(self._sock.recv_multipart(), self.token)
         except ProtocolError as exc:
             raise LauncherError(f"server answered with a bad message: {exc}") from exc
+        if not isinstance(msg, ControlMessage):  # a step on the control socket
+            raise LauncherError(f"server answered with a {type(msg).__name__}")
         return msg.body
 
     def close(self) -> None:
@@ -126,8 +145,10 @@ def read_jobs(run_dir: Path) -> list[dict[str, str]]:
         elif not _number_or_empty(row["submit_time"]) or not _number_or_empty(row["pgid"]):
             problem = "submit_time and pgid must be numbers"
         if problem:
-            raise ValueError(f"{path} line {line}: {problem}; this is not a table breed "
-                             "wrote (fix or remove it, and cancel any job it listed by hand)")
+            raise ValueError(
+                f"{path} line {line}: {problem}; this is not a table breed "
+                "wrote (fix or remove it, and cancel any job it listed by hand)"
+            )
     return rows
 
 
@@ -141,8 +162,14 @@ def _number_or_empty(text: str) -> bool:
 class Launcher:
     """Submits, polls and cancels client jobs for one run."""
 
-    def __init__(self, cfg: dict[str, Any], run_dir: Path, backend: Backend,
-                 client_env: dict[str, str], server_alive: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        run_dir: Path,
+        backend: Backend,
+        client_env: dict[str, str],
+        server_alive: Callable[[], bool],
+    ) -> None:
         self.cfg = cfg
         self.lc = cfg["launcher"]
         self.problem = problem_of(cfg)
@@ -165,9 +192,14 @@ class Launcher:
         env = {**client.env, **self.client_env, "BREED_JOB_ID": name, ENV_JOB_KEY: key}
         if not self.lc["persistent"]:
             env[ENV_ONCE] = "1"  # one simulation per job: the client API stops after it
-        return JobSpec(name=name, argv=list(client.command), ranks=client.ranks, env=env,
-                       workdir=self.run_dir,
-                       log_path=self.run_dir / "logs" / f"{name}.log"), job_key_digest(key)
+        return JobSpec(
+            name=name,
+            argv=list(client.command),
+            ranks=client.ranks,
+            env=env,
+            workdir=self.run_dir,
+            log_path=self.run_dir / "logs" / f"{name}.log",
+        ), job_key_digest(key)
 
     def alive(self) -> list[Job]:
         return [j for j in self.jobs.values() if not j.state.finished]
@@ -187,8 +219,9 @@ class Launcher:
             if st.state.finished:
                 job.end_time = time.time()
             if st.state in (JobState.FAILED, JobState.CANCELLED):
-                log.warning("client job %s (%s) %s: %s", job.name, job.job_id,
-                            st.state.value, st.reason)
+                log.warning(
+                    "client job %s (%s) %s: %s", job.name, job.job_id, st.state.value, st.reason
+                )
                 self.failed_to_report.append(job.name)
                 self.failures_in_a_row += 1
             elif st.state is JobState.DONE:
@@ -200,8 +233,8 @@ class Launcher:
         limit = max(5, 3 * self.lc["max_jobs"])
         if self.failures_in_a_row >= limit:
             raise LauncherError(
-                f"{self.failures_in_a_row} client jobs failed in a row; see "
-                f"{self.run_dir / 'logs'}")
+                f"{self.failures_in_a_row} client jobs failed in a row; see {self.run_dir / 'logs'}"
+            )
         submitted = False
         for _ in range(wanted - len(self.alive())):
             spec, digest = self.client_spec()
@@ -210,8 +243,9 @@ class Launcher:
             if link.ping({"job_keys": {spec.name: digest}}) is None:
                 break  # the main loop notices a dead server
             job_id = self.backend.submit(spec)
-            pgid = getattr(self.backend, "pgid", lambda _: None)(job_id)
-            self.jobs[spec.name] = Job(spec.name, job_id, pgid=pgid, key_digest=digest)
+            self.jobs[spec.name] = Job(
+                spec.name, job_id, pgid=self.backend.pgid(job_id), key_digest=digest
+            )
             log.info("submitted %s as %s", spec.name, job_id)
             submitted = True
         if submitted:
@@ -229,8 +263,12 @@ class Launcher:
         for name in names:
             job = self.jobs.get(name)
             if job is not None and not job.state.finished:
-                log.warning("client job %s (%s) silent for more than %g s: cancelled", name,
-                            job.job_id, self.lc["simulation_timeout"])
+                log.warning(
+                    "client job %s (%s) silent for more than %g s: cancelled",
+                    name,
+                    job.job_id,
+                    self.lc["simulation_timeout"],
+                )
                 self._cancel(job, "silent for longer than launcher.simulation_timeout")
                 self.failed_to_report.append(name)
                 hit = True
@@ -258,22 +296,27 @@ class Launcher:
                 self.count = max(self.count, int(name[7:]))
             state = row.get("state", "")
             known = state in {s.value for s in JobState}
-            job = Job(name, row.get("job_id", ""),
-                      JobState(state) if known else JobState.FAILED,
-                      float(row.get("submit_time") or 0), reason=row.get("reason", ""))
+            job = Job(
+                name,
+                row.get("job_id", ""),
+                JobState(state) if known else JobState.FAILED,
+                float(row.get("submit_time") or 0),
+                reason=row.get("reason", ""),
+            )
             if not job.state.finished and job.job_id:
                 self.backend.cancel_orphan(job.job_id, name)
                 job.state, job.end_time = JobState.CANCELLED, time.time()
                 job.reason = "left by a launcher that died; cancelled on resume"
                 cancelled.append(name)
-                log.warning("cancelled %s (%s), left running by the previous launcher", name,
-                            job.job_id)
+                log.warning(
+                    "cancelled %s (%s), left running by the previous launcher", name, job.job_id
+                )
             self.jobs[name] = job
         self.failed_to_report.extend(cancelled)
         self.write_jobs()
         return cancelled
 
-    def run(self, link: ServerLink, on_status: Callable[[dict[str, Any]], None]) -> dict:
+    def run(self, link: ServerLink, on_status: Callable[[ServerStatus], None]) -> ServerStatus:
         """Loop until the server reports the run finished; returns its last status.
 
         Raises :class:`ServerDied` when the server process exits or is silent for
@@ -281,26 +324,29 @@ class Launcher:
         """
         last_pong = time.monotonic()
         last_poll = 0.0
-        status: dict[str, Any] = {}
+        status: ServerStatus = {}
         while True:
             now = time.monotonic()
             if now - last_poll >= self.lc["poll_interval"]:
                 self._poll()
                 last_poll = now
             reported, self.failed_to_report = self.failed_to_report, []
-            pong = link.ping({"failed_jobs": reported, "jobs": {
-                j.name: j.job_id for j in self.jobs.values()}, "job_keys": {
-                j.name: j.key_digest for j in self.alive() if j.key_digest}})
+            pong = link.ping(
+                {
+                    "failed_jobs": reported,
+                    "jobs": {j.name: j.job_id for j in self.jobs.values()},
+                    "job_keys": {j.name: j.key_digest for j in self.alive() if j.key_digest},
+                }
+            )
             if pong is None:
                 self.failed_to_report = reported + self.failed_to_report
                 if not self.server_alive():
                     raise ServerDied("the server process exited; see logs/server.log")
                 if time.monotonic() - last_pong > self.lc["ping_timeout"]:
-                    raise ServerDied(
-                        f"the server did not answer for {self.lc['ping_timeout']:g} s")
+                    raise ServerDied(f"the server did not answer for {self.lc['ping_timeout']:g} s")
                 continue
             last_pong = time.monotonic()
-            status = pong
+            status = cast(ServerStatus, pong)  # JSON, as the server's status() builds it
             on_status(status)
             if status.get("finished"):
                 return status
@@ -319,10 +365,20 @@ class Launcher:
         self.backend.close()
         self.write_jobs()
 
-    def job_rows(self) -> list[dict[str, Any]]:
-        return [{"name": j.name, "job_id": j.job_id, "pgid": j.pgid, "state": j.state.value,
-                 "submit_time": j.submit_time, "end_time": j.end_time,
-                 "exit_code": j.exit_code, "reason": j.reason} for j in self.jobs.values()]
+    def job_rows(self) -> list[Row]:
+        return [
+            {
+                "name": j.name,
+                "job_id": j.job_id,
+                "pgid": j.pgid,
+                "state": j.state.value,
+                "submit_time": j.submit_time,
+                "end_time": j.end_time,
+                "exit_code": j.exit_code,
+                "reason": j.reason,
+            }
+            for j in self.jobs.values()
+        ]
 
     def write_jobs(self) -> None:
         """``DIR/jobs.csv``, atomically: what a resumed launcher must find again."""

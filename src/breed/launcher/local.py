@@ -9,8 +9,11 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from breed import procs
 from breed.launcher.backend import Backend, JobSpec, JobState, JobStatus
 from breed.launcher.mpi import find_mpiexec
 
@@ -18,9 +21,9 @@ from breed.launcher.mpi import find_mpiexec
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, options: dict | None = None) -> None:
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
-        self._procs: dict[str, subprocess.Popen] = {}
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._cancelled: set[str] = set()
 
     def command(self, spec: JobSpec) -> list[str]:
@@ -30,14 +33,19 @@ class LocalBackend(Backend):
         return [mpiexec, "-n", str(spec.ranks), *spec.argv]
 
     def submit(self, spec: JobSpec) -> str:
-        log = open(spec.log_path, "ab") if spec.log_path else subprocess.DEVNULL  # noqa: SIM115
+        log = open(spec.log_path, "ab") if spec.log_path else None  # noqa: SIM115
         try:
             proc = subprocess.Popen(
-                self.command(spec), cwd=spec.workdir, env={**os.environ, **spec.env},
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                self.command(spec),
+                cwd=spec.workdir,
+                env={**os.environ, **spec.env},
+                stdin=subprocess.DEVNULL,
+                stdout=log or subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         finally:
-            if log is not subprocess.DEVNULL:
+            if log is not None:
                 log.close()
         job_id = f"local-{proc.pid}"
         self._procs[job_id] = proc
@@ -79,7 +87,7 @@ class LocalBackend(Backend):
         for job_id in list(self._procs):
             self.cancel(job_id)
 
-    def pgid(self, job_id: str) -> int | None:
+    def pgid(self, job_id: str) -> int | None:  # overrides Backend.pgid
         """The job's process group (its own session: ``start_new_session``), for jobs.csv."""
         proc = self._procs.get(job_id)
         return proc.pid if proc is not None else None
@@ -100,35 +108,25 @@ class LocalBackend(Backend):
             except ProcessLookupError:
                 return
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and _alive(pid):
+            while time.monotonic() < deadline and procs.alive(pid):
                 time.sleep(0.05)
-            if not _alive(pid):
+            if not procs.alive(pid):
                 return
 
 
-def _alive(pid: int) -> bool:
-    """A process that exists and is not a zombie (an orphan is reaped by init, not by us)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _is_job(pid: int, name: str, run_dir: str | None) -> bool:
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        if os.getpgid(pid) != pid:
-            return False
-    except (OSError, ProcessLookupError):
-        return False
-    want = {f"BREED_JOB_ID={name}".encode()}
+    """``pid`` leads its own process group and carries this job's name and run directory."""
+    want = {"BREED_JOB_ID": name}
     if run_dir:
-        want.add(f"BREED_RUN_DIR={Path(run_dir).resolve()}".encode())
-    return want <= set(env)
+        want["BREED_RUN_DIR"] = str(Path(run_dir).resolve())
+    try:
+        leader = os.getpgid(pid) == pid
+    except OSError:  # ProcessLookupError included
+        return False
+    return leader and procs.carries(pid, want)
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def _write_private(path: Path, text: str, mode: int) -> None:
 class OarBackend(ClusterBackend):
     name = "oar"
 
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
         self.user: pwd.struct_passwd | None = None
         name = self.options.get("submit_user") or os.environ.get("BREED_OAR_SUBMIT_USER")
@@ -61,13 +62,16 @@ class OarBackend(ClusterBackend):
             try:
                 entry = pwd.getpwnam(str(name))
             except KeyError:
-                raise ValueError(f"launcher.oar.submit_user: no user {name!r} on this "
-                                 "machine") from None
+                raise ValueError(
+                    f"launcher.oar.submit_user: no user {name!r} on this machine"
+                ) from None
             if os.geteuid() == 0:
                 self.user = entry
             elif entry.pw_uid != os.geteuid():
-                raise ValueError(f"launcher.oar.submit_user: submitting as {name!r} needs "
-                                 f"root (this process runs as uid {os.geteuid()})")
+                raise ValueError(
+                    f"launcher.oar.submit_user: submitting as {name!r} needs "
+                    f"root (this process runs as uid {os.geteuid()})"
+                )
 
     def as_user(self, argv: list[str]) -> list[str]:
         if self.user is None:
@@ -103,11 +107,13 @@ class OarBackend(ClusterBackend):
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_path.touch()
             self._give(log_path)
-        res = self.run(self.as_user(oarsub_argv(spec, self.options, script)), cwd=workdir,
-                       label="oarsub")
+        res = self.run(
+            self.as_user(oarsub_argv(spec, self.options, script)), cwd=workdir, label="oarsub"
+        )
         if res.returncode != 0:
-            raise SchedulerError(f"oarsub failed (exit {res.returncode}): "
-                                 f"{first_error_line(res.stderr, res.stdout)}")
+            raise SchedulerError(
+                f"oarsub failed (exit {res.returncode}): {first_error_line(res.stderr, res.stdout)}"
+            )
         return parse_oarsub(res.stdout)
 
     def _query(self, job_ids: list[str]) -> dict[str, JobStatus | None]:
@@ -119,5 +125,6 @@ class OarBackend(ClusterBackend):
         res = self.run(self.as_user(["oardel", *job_ids]), label="oardel")
         # oardel exits non-zero for jobs that already ended ("already killed"): no error
         if res.returncode != 0 and "already" not in res.stdout + res.stderr:
-            raise SchedulerError(f"oardel failed (exit {res.returncode}): "
-                                 f"{first_error_line(res.stderr, res.stdout)}")
+            raise SchedulerError(
+                f"oardel failed (exit {res.returncode}): {first_error_line(res.stderr, res.stdout)}"
+            )

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from breed import rundir
+from breed import procs, rundir
 from breed.cli import OneLineParser
 from breed.config import ConfigError, dump_config, load_config, parse_overrides
 from breed.fsio import atomic_write_json
@@ -40,6 +40,7 @@ from breed.launcher.launcher import (
     LauncherError,
     ServerDied,
     ServerLink,
+    ServerStatus,
     read_jobs,
 )
 from breed.launcher.mpi import find_mpiexec
@@ -139,7 +140,7 @@ def prepare_run_dir(cfg: dict[str, Any], run_dir: Path, argv: list[str]) -> str:
 class ServerProcess:
     """The server, started by this launcher (a child) or found alive on ``--resume``."""
 
-    def __init__(self, run_dir: Path, proc: subprocess.Popen | None, pid: int) -> None:
+    def __init__(self, run_dir: Path, proc: subprocess.Popen[bytes] | None, pid: int) -> None:
         self.run_dir, self.proc, self.pid = run_dir, proc, pid
 
     @classmethod
@@ -164,12 +165,11 @@ class ServerProcess:
         """The server of ``server.json`` if it is still this run's and answers a ping."""
         try:
             info = rundir.ServerInfo.read(run_dir)
-            pid = info.pid
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if f"BREED_RUN_DIR={run_dir.resolve()}".encode() not in env:
-            return None
+        pid = info.pid
+        if not procs.carries(pid, {"BREED_RUN_DIR": str(run_dir.resolve())}):
+            return None  # gone, or its pid reused by a process of another run
         server = cls(run_dir, None, pid)
         link = ServerLink(info.control, token, timeout, curve)
         try:
@@ -185,11 +185,7 @@ class ServerProcess:
     def alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
-        try:
-            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return False
-        return state != "Z"
+        return procs.alive(self.pid)
 
     def wait_ready(self, timeout: float = 600) -> rundir.ServerInfo:
         path = self.run_dir / rundir.SERVER_INFO
@@ -262,7 +258,7 @@ class Progress:
         else:
             print(f"breed run: {text}", file=sys.stderr)
 
-    def __call__(self, status: dict[str, Any]) -> None:
+    def __call__(self, status: ServerStatus) -> None:
         """Show the server's warnings once when they start and once when they end (a failing
         checkpoint write, say), and the progress."""
         now = status.get("warnings") or {}
@@ -318,7 +314,8 @@ def read_token(run_dir: Path) -> str:
 
 
 def supervise(cfg: dict[str, Any], run_dir: Path, launcher: Launcher, server: ServerProcess,
-              token: str, curve: bytes | None, progress: Progress) -> tuple[dict, ServerProcess]:
+              token: str, curve: bytes | None,
+              progress: Progress) -> tuple[ServerStatus, ServerProcess]:
     """Launcher loop with server restarts (``launcher.on_server_death``)."""
     lc = cfg["launcher"]
     restarts = 0
@@ -362,8 +359,8 @@ def ensure_validation(cfg: dict[str, Any], run_dir: Path) -> None:
     problem, path = problem_of(cfg), run_dir / rundir.VALIDATION
     if problem.name == "heat2d" or path.exists():
         return
-    from breed.learning.validation import save_validation
     from breed.launcher.collection import collect_validation
+    from breed.learning.validation import save_validation
 
     print(f"breed run: collecting the validation set ({cfg['validation']['size']} "
           f"simulations of {problem.name}) in {path}.collect", file=sys.stderr)

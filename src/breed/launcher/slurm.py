@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,36 +51,38 @@ log = logging.getLogger(__name__)
 class SlurmBackend(ClusterBackend):
     name = "slurm"
 
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
         self.mpi = str(self.options.get("mpi", "srun"))
         if self.mpi not in ("srun", "mpiexec"):
-            raise ValueError(f"launcher.slurm.mpi: {self.mpi!r} is not one of "
-                             "['srun', 'mpiexec']")
+            raise ValueError(f"launcher.slurm.mpi: {self.mpi!r} is not one of ['srun', 'mpiexec']")
         self.use_sacct = bool(self.options.get("sacct", True))
 
     def script(self, spec: JobSpec) -> str:
         mpiexec = resolve_mpiexec(str(self.options.get("mpiexec", "mpiexec")))
-        return slurm_job_script(spec, self.mpi, mpiexec,
-                                int(self.options.get("cpus_per_task", 1)))
+        return slurm_job_script(spec, self.mpi, mpiexec, int(self.options.get("cpus_per_task", 1)))
 
     def _submit(self, spec: JobSpec) -> str:
         # absolute paths: slurmd reads a relative --output from the job's --chdir, not from
         # where sbatch ran (`breed run --output run` would log to run/run/logs)
         spec = dataclasses.replace(
-            spec, workdir=Path(spec.workdir).resolve(),
-            log_path=None if spec.log_path is None else Path(spec.log_path).resolve())
+            spec,
+            workdir=Path(spec.workdir).resolve(),
+            log_path=None if spec.log_path is None else Path(spec.log_path).resolve(),
+        )
         if spec.log_path is not None:  # slurmd does not make missing directories
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        res = self.run(sbatch_argv(spec, self.options), input=self.script(spec),
-                       env={**os.environ, **spec.env})
+        res = self.run(
+            sbatch_argv(spec, self.options), input=self.script(spec), env={**os.environ, **spec.env}
+        )
         return parse_sbatch_parsable(self.check(res, "sbatch"))
 
     def _query(self, job_ids: list[str]) -> dict[str, JobStatus | None]:
         res = self.run(squeue_argv(job_ids))
         if res.returncode != 0 and not squeue_unknown_jobs(res.stderr):
-            raise SchedulerError(f"squeue failed (exit {res.returncode}): "
-                                 f"{first_error_line(res.stderr, res.stdout)}")
+            raise SchedulerError(
+                f"squeue failed (exit {res.returncode}): {first_error_line(res.stderr, res.stdout)}"
+            )
         listed = parse_squeue(res.stdout) if res.returncode == 0 else {}
         out: dict[str, JobStatus | None] = {}
         gone: list[str] = []
@@ -127,13 +130,16 @@ class SlurmBackend(ClusterBackend):
                 log.info("slurm: accounting is disabled, following jobs with squeue only")
                 self.use_sacct = False
                 return nothing
-            raise SchedulerError(f"sacct failed (exit {res.returncode}): "
-                                 f"{first_error_line(res.stderr, res.stdout)}")
+            raise SchedulerError(
+                f"sacct failed (exit {res.returncode}): {first_error_line(res.stderr, res.stdout)}"
+            )
         records = parse_sacct(res.stdout)
         return {j: slurm_status(records[j]) if j in records else None for j in job_ids}
 
     def _cancel(self, job_ids: list[str]) -> None:
         res = self.run(["scancel", *job_ids])
         if res.returncode != 0 and "already completing or completed" not in res.stderr:
-            raise SchedulerError(f"scancel failed (exit {res.returncode}): "
-                                 f"{first_error_line(res.stderr, res.stdout)}")
+            raise SchedulerError(
+                f"scancel failed (exit {res.returncode}): "
+                f"{first_error_line(res.stderr, res.stdout)}"
+            )

@@ -1,0 +1,239 @@
+"""Units of ``breed run`` (``breed.launcher.runner``) below the end-to-end runs of
+test_run.py: the checks made before anything starts, what a client job is given, the run
+token on resume, path resolution, the console progress, and the server process's life
+(started, found again on resume, stopped) with a real server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from breed import procs, rundir
+from breed.config import ConfigError, validate
+from breed.launcher.launcher import LauncherError
+from breed.launcher.local import LocalBackend
+from breed.launcher.oar import OarBackend
+from breed.launcher.runner import (
+    Progress,
+    ServerProcess,
+    check_runtime,
+    client_env,
+    prepare_run_dir,
+    read_token,
+    resolve_paths,
+)
+from breed.launcher.slurm import SlurmBackend
+from breed.protocol import token_from_hex
+
+pytestmark = pytest.mark.timeout(60)
+TINY = {
+    "seed": 3,
+    "study": {"simulations": 6},
+    "solver": {"grid": 16, "steps": 10},
+    "model": {"hidden": 8, "layers": 1, "batch_size": 16},
+    "training": {"progress": False},
+    "buffer": {"capacity": 40, "watermark": 20},
+    "validation": {"size": 4},
+}
+TOY = {
+    "name": "toy",
+    "parameters": [{"name": "a", "low": 0, "high": 1}],
+    "fields": [{"name": "u", "shape": [4]}],
+    "steps": 2,
+    "client": {"command": ["sh", "-c", "true"]},
+}
+
+
+def test_check_runtime_builds_the_configured_backend(mpiexec):
+    local = check_runtime(validate({}))
+    assert isinstance(local, LocalBackend) and local.options["mpiexec"] == "mpiexec"
+    slurm = check_runtime(
+        validate(
+            {
+                "launcher": {
+                    "backend": "slurm",
+                    "mpiexec": mpiexec,
+                    "slurm": {"mpi": "mpiexec", "time": "0:05:00"},
+                }
+            }
+        )
+    )
+    assert isinstance(slurm, SlurmBackend) and slurm.mpi == "mpiexec"
+    assert (slurm.options["time"], slurm.options["mpiexec"]) == ("0:05:00", mpiexec)
+    oar = check_runtime(validate({"launcher": {"backend": "oar", "oar": {"walltime": "1:00:00"}}}))
+    assert isinstance(oar, OarBackend) and oar.options["walltime"] == "1:00:00"
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (
+            {"problem": TOY, "launcher": {"server_ranks": 2}},
+            "launcher.server_ranks: a field without a declared range",
+        ),
+        (
+            {"training": {"iterations": 100, "max_iterations": 50}},
+            "training.iterations: 100 is more than training.max_iterations 50",
+        ),
+        (
+            {"training": {"iterations": 100}, "buffer": {"kind": "fifo"}},
+            "training.iterations: a budget is spent on the reservoir",
+        ),
+        ({"model": {"factory": "no_such_module_here:build"}}, "model.factory"),
+        (
+            {"launcher": {"backend": "oar", "oar": {"submit_user": "no-such-user-here"}}},
+            "launcher.oar.submit_user: no user 'no-such-user-here'",
+        ),
+    ],
+)
+def test_check_runtime_refuses_what_the_schema_cannot_see(cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        check_runtime(validate(cfg))
+
+
+def test_client_env_is_all_a_client_gets(tmp_path):
+    info = rundir.ServerInfo(
+        control="tcp://127.0.0.1:5000",
+        data=["tcp://127.0.0.1:5001"],
+        pid=1,
+        ranks=1,
+        host="127.0.0.1",
+    )
+    env = client_env(info, "ab" * 32, None, Path(os.path.relpath(tmp_path)))
+    assert env == {
+        "BREED_SERVER": "tcp://127.0.0.1:5000",
+        "BREED_TOKEN": "ab" * 32,
+        "BREED_RUN_DIR": str(tmp_path.resolve()),
+    }  # absolute: jobs run anywhere
+    curve = client_env(info, "ab" * 32, b"K" * 40, tmp_path)
+    assert curve["BREED_CURVE_SERVERKEY"] == "K" * 40
+
+
+def test_read_token_takes_only_a_private_well_formed_token(tmp_path):
+    cfg = validate(TINY)
+    token = prepare_run_dir(cfg, tmp_path, ["run"])
+    assert read_token(tmp_path) == token and len(token_from_hex(token)) == 32
+    (tmp_path / "token").chmod(0o644)
+    with pytest.raises(ConfigError, match=r"--resume: .*token: .*readable by others"):
+        read_token(tmp_path)
+    (tmp_path / "token").chmod(0o600)
+    (tmp_path / "token").write_text("not hex\n")
+    with pytest.raises(ConfigError, match=r"--resume: .*token"):
+        read_token(tmp_path)
+    (tmp_path / "token").unlink()
+    with pytest.raises(ConfigError, match=r"--resume: .*token"):
+        read_token(tmp_path)
+
+
+def test_resolve_paths_makes_the_client_command_exact(tmp_path):
+    (tmp_path / "solver.py").write_text("")
+    cfg = {"problem": {**TOY, "client": {"command": "{python} solver.py --out data.npz /abs"}}}
+    out = resolve_paths(cfg, tmp_path)
+    assert out["problem"]["client"]["command"] == [
+        sys.executable,
+        str((tmp_path / "solver.py").resolve()),
+        "--out",
+        "data.npz",
+        "/abs",
+    ]
+    assert cfg["problem"]["client"]["command"].startswith("{python}")  # input left alone
+    assert resolve_paths({"problem": "heat2d"}, tmp_path) == {"problem": "heat2d"}
+
+
+def test_progress_shows_each_warning_once_and_its_end(capsys):
+    progress = Progress(6, enabled=False)
+    progress({"warnings": {"checkpoint": "cannot write checkpoint; disk full"}})
+    progress({"warnings": {"checkpoint": "cannot write checkpoint; disk full"}})
+    progress({"warnings": {}})
+    progress.close()
+    assert capsys.readouterr().err.splitlines() == [
+        "breed run: warning: cannot write checkpoint; disk full",
+        "breed run: resolved: checkpoint (cannot write checkpoint)",
+    ]
+
+
+def test_progress_bar_follows_the_server(capsys):
+    progress = Progress(6, enabled=True)
+    try:
+        progress({"target": 8, "sims_done": 3, "iteration": 40})
+        assert (progress.bar.total, progress.bar.n) == (8, 3)
+        assert "it=40" in str(progress.bar)
+    finally:
+        progress.close()
+    assert "3/8" in capsys.readouterr().err
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A prepared run directory (resolved config, token) of a tiny heat run."""
+    path = tmp_path / "run"
+    rundir.create(path)
+    cfg = validate({**TINY, "output": str(path)})
+    return path, cfg, prepare_run_dir(cfg, path, ["run"])
+
+
+@pytest.mark.timeout(120)
+def test_server_process_starts_is_found_again_and_stops(run_dir):
+    path, cfg, token = run_dir
+    server = ServerProcess.start(cfg, path, resume=False)
+    try:
+        info = server.wait_ready(timeout=90)
+        assert info.pid == server.pid and info.control.startswith("tcp://127.0.0.1:")
+        assert server.alive() and os.getpgid(server.pid) == server.pid  # its own group
+        found = ServerProcess.attach(path, token_from_hex(token), None, timeout=5.0)
+        assert found is not None and found.proc is None and found.pid == server.pid
+        assert found.alive()
+        with pytest.raises(LauncherError, match="wrong run token"):  # not this run's
+            ServerProcess.attach(path, bytes(32), None, timeout=5.0)
+    finally:
+        server.stop()
+    assert not server.alive() and server.exit_code() is not None
+    assert not procs.alive(server.pid)
+
+
+@pytest.mark.timeout(60)
+def test_a_server_refusing_its_inputs_is_a_config_error(run_dir):
+    path, cfg, _ = run_dir
+    (path / "token").unlink()  # the server reads DIR/token and exits 2 without it
+    server = ServerProcess.start(cfg, path, resume=False)
+    try:
+        with pytest.raises(ConfigError, match="token"):
+            server.wait_ready(timeout=50)
+        assert server.exit_code() == 2
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(30)
+def test_attach_kills_a_silent_server_and_ignores_other_processes(tmp_path):
+    """A process of this run that does not answer the control socket is killed (the run
+    restarts its server); a pid not carrying the run's directory is not ours to touch."""
+    env = {**os.environ, "BREED_RUN_DIR": str(tmp_path.resolve())}
+    silent = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        until_carries(silent.pid, env["BREED_RUN_DIR"])
+        for proc in (stranger, silent):
+            rundir.ServerInfo(
+                control="tcp://127.0.0.1:9", data=[], pid=proc.pid, ranks=1, host="127.0.0.1"
+            ).write(tmp_path)
+            assert ServerProcess.attach(tmp_path, bytes(32), None, timeout=0.2) is None
+        assert silent.wait(timeout=10) == -signal.SIGKILL
+        assert stranger.poll() is None
+    finally:
+        for proc in (silent, stranger):
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def until_carries(pid: int, run_dir: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not procs.carries(pid, {"BREED_RUN_DIR": run_dir}):
+        assert time.monotonic() < deadline, f"pid {pid} never carried BREED_RUN_DIR"
+        time.sleep(0.02)
