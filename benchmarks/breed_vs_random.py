@@ -53,23 +53,47 @@ BASE: dict[str, Any] = {
     "study": {"simulations": 800},
     "solver": {"grid": 64, "steps": 100},
     "model": {"hidden": 16, "layers": 1, "batch_size": 128},
-    "training": {"validation_interval": 100, "checkpoint_interval": 1000, "threads": 1,
-                 "progress": False, "per_sample_log": False},
+    "training": {
+        "validation_interval": 100,
+        "checkpoint_interval": 1000,
+        "threads": 1,
+        "progress": False,
+        "per_sample_log": False,
+    },
     "buffer": {"kind": "reservoir", "capacity": 6000, "watermark": 300},
-    "sampler": {"name": "uniform", "breed": {"sigma": 0.0125, "period": 200, "window": 200,
-                                             "r_start": 0.5, "r_end": 0.9, "r_ramp": 3}},
+    "sampler": {
+        "name": "uniform",
+        "breed": {
+            "sigma": 0.0125,
+            "period": 200,
+            "window": 200,
+            "r_start": 0.5,
+            "r_end": 0.9,
+            "r_ramp": 3,
+        },
+    },
     "launcher": {"backend": "local", "max_jobs": 2, "persistent": True},
 }
-ERRORS = [("mean", "traj_mean"), ("p99", "traj_p99"), ("max", "traj_max"),
-          ("mean, no t=0", "traj_mean_no_t0"), ("p99, no t=0", "traj_p99_no_t0"),
-          ("max, no t=0", "traj_max_no_t0")]
-RANGES = [("t=0", "val_mse_t0"), ("t=1-10", "val_mse_t1_10"), ("t=11-50", "val_mse_t11_50"),
-          ("t=51-100", "val_mse_t51_100")]
+ERRORS = [
+    ("mean", "traj_mean"),
+    ("p99", "traj_p99"),
+    ("max", "traj_max"),
+    ("mean, no t=0", "traj_mean_no_t0"),
+    ("p99, no t=0", "traj_p99_no_t0"),
+    ("max, no t=0", "traj_max_no_t0"),
+]
+RANGES = [
+    ("t=0", "val_mse_t0"),
+    ("t=1-10", "val_mse_t1_10"),
+    ("t=11-50", "val_mse_t11_50"),
+    ("t=51-100", "val_mse_t51_100"),
+]
 
 
 # -- running --------------------------------------------------------------------------------
-def run_all(jobs: list[tuple[Path, list[str]]], base: Path, parallel: int,
-            timeout: float) -> dict[Path, float]:
+def run_all(
+    jobs: list[tuple[Path, list[str]]], base: Path, parallel: int, timeout: float
+) -> dict[Path, float]:
     """`breed run` for every (run dir, --set list) not done yet, ``parallel`` at a time."""
     walls: dict[Path, float] = {}
     todo = [(d, s) for d, s in jobs if not (d / "summary.json").exists()]
@@ -82,8 +106,9 @@ def run_all(jobs: list[tuple[Path, list[str]]], base: Path, parallel: int,
             for item in sets:
                 cmd += ["--set", item]
             log = open(run_dir.parent / f"{run_dir.name}.log", "w")  # noqa: SIM115
-            running.append((run_dir, subprocess.Popen(cmd, stdout=log, stderr=log),
-                            time.monotonic()))
+            running.append(
+                (run_dir, subprocess.Popen(cmd, stdout=log, stderr=log), time.monotonic())
+            )
         time.sleep(0.2)
         for item in list(running):
             run_dir, proc, t0 = item
@@ -95,8 +120,10 @@ def run_all(jobs: list[tuple[Path, list[str]]], base: Path, parallel: int,
             running.remove(item)
             walls[run_dir] = time.monotonic() - t0
             if proc.returncode != 0:
-                raise SystemExit(f"breed run failed ({proc.returncode}) for {run_dir}; see "
-                                 f"{run_dir.parent / (run_dir.name + '.log')}")
+                raise SystemExit(
+                    f"breed run failed ({proc.returncode}) for {run_dir}; see "
+                    f"{run_dir.parent / (run_dir.name + '.log')}"
+                )
             print(f"  {run_dir} done in {walls[run_dir]:.0f} s", file=sys.stderr, flush=True)
     return walls
 
@@ -112,7 +139,7 @@ def trajectory_errors(model_path: Path, val: Any) -> np.ndarray:
     steps = np.arange(t1)
     err = np.empty((n, t1))
     for i in range(n):
-        pred = model.predict(np.repeat(val.params[i:i + 1], t1, axis=0), steps)
+        pred = model.predict(np.repeat(val.params[i : i + 1], t1, axis=0), steps)
         diff = (pred - val.fields[i].astype(np.float64)) / h
         err[i] = np.square(diff).reshape(t1, -1).mean(axis=1)
     return err
@@ -136,12 +163,17 @@ def read_run(run_dir: Path, val: Any) -> dict[str, Any]:
     err = trajectory_errors(run_dir / "model.pt", val)
     traj, traj1 = err.mean(axis=1), err[:, 1:].mean(axis=1)
     out: dict[str, Any] = {
-        "iterations": summary["iterations"], "train_s": summary["train_s"],
-        "wall_s": summary["wall_time"], "traj_mean": float(traj.mean()),
-        "traj_p99": float(np.quantile(traj, 0.99)), "traj_max": float(traj.max()),
-        "traj_mean_no_t0": float(traj1.mean()), "traj_p99_no_t0": float(np.quantile(traj1, 0.99)),
+        "iterations": summary["iterations"],
+        "train_s": summary["train_s"],
+        "wall_s": summary["wall_time"],
+        "traj_mean": float(traj.mean()),
+        "traj_p99": float(np.quantile(traj, 0.99)),
+        "traj_max": float(traj.max()),
+        "traj_mean_no_t0": float(traj1.mean()),
+        "traj_p99_no_t0": float(np.quantile(traj1, 0.99)),
         "traj_max_no_t0": float(traj1.max()),
-        "check": abs(float(err.mean()) - final["val_mse"]) / final["val_mse"]}
+        "check": abs(float(err.mean()) - final["val_mse"]) / final["val_mse"],
+    }
     out.update({key: final[key] for _, key in RANGES})
     with open(run_dir / "samples.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -182,7 +214,9 @@ def measure_costs(cfg_path: Path, layers: list[int], repeat: int = 30) -> dict[s
     times = []
     for it, a in enumerate(range(0, len(ids), b), start=1):
         t0 = time.perf_counter()
-        sampler.on_losses(it, ids[a:a + b], ts[a:a + b], rng.gamma(2.0, 0.01, len(ids[a:a + b])))
+        sampler.on_losses(
+            it, ids[a : a + b], ts[a : a + b], rng.gamma(2.0, 0.01, len(ids[a : a + b]))
+        )
         times.append(time.perf_counter() - t0)
     out["on_losses"] = statistics.median(times)
     times = []
@@ -193,9 +227,12 @@ def measure_costs(cfg_path: Path, layers: list[int], repeat: int = 30) -> dict[s
     out["resample"] = statistics.median(times)
     out["K"] = s - done
     m2 = cfg["solver"]["grid"] ** 2
-    batch = Batch(inputs=rng.uniform(-1, 1, (b, 6)).astype(np.float32),
-                  targets=rng.uniform(-1, 1, (b, m2)).astype(np.float32),
-                  sim_ids=np.zeros(b, dtype=np.int64), steps=np.zeros(b, dtype=np.int64))
+    batch = Batch(
+        inputs=rng.uniform(-1, 1, (b, 6)).astype(np.float32),
+        targets=rng.uniform(-1, 1, (b, m2)).astype(np.float32),
+        sim_ids=np.zeros(b, dtype=np.int64),
+        steps=np.zeros(b, dtype=np.int64),
+    )
     for n_layers in layers:
         trainer = Trainer({**cfg, "model": {**cfg["model"], "layers": n_layers}}, device="cpu")
         for _ in range(5):
@@ -232,63 +269,158 @@ def paired(rand: list[float], breed: list[float]) -> list[str]:
     ratio = np.array(rand) / np.array(breed)
     geo = float(np.exp(np.log(ratio).mean()))
     p = wilcoxon(rand, breed).pvalue if len(rand) > 1 and np.any(ratio != 1) else math.nan
-    return [fmt(geo), f"{fmt(ratio.min())}–{fmt(ratio.max())}",
-            f"{int((ratio > 1).sum())}/{len(ratio)}", fmt(p)]
+    return [
+        fmt(geo),
+        f"{fmt(ratio.min())}–{fmt(ratio.max())}",
+        f"{int((ratio > 1).sum())}/{len(ratio)}",
+        fmt(p),
+    ]
 
 
 def model_report(name: str, res: dict[str, list[dict[str, Any]]]) -> str:
     r, b = res["uniform"], res["breed"]
-    out = [f"### {name}: {len(r)} paired seeds\n", "Final validation error (per-trajectory MSE, "
-           "normalised units; mean ± sd over seeds):\n"]
-    rows = [[label, mean_sd([x[k] for x in r]), mean_sd([x[k] for x in b]),
-             *paired([x[k] for x in r], [x[k] for x in b])] for label, k in ERRORS]
-    out.append(table(["error", "Random", "Breed", "Random/Breed geo-mean", "min–max",
-                      "Breed wins", "Wilcoxon p"], rows))
+    out = [
+        f"### {name}: {len(r)} paired seeds\n",
+        "Final validation error (per-trajectory MSE, normalised units; mean ± sd over seeds):\n",
+    ]
+    rows = [
+        [
+            label,
+            mean_sd([x[k] for x in r]),
+            mean_sd([x[k] for x in b]),
+            *paired([x[k] for x in r], [x[k] for x in b]),
+        ]
+        for label, k in ERRORS
+    ]
+    out.append(
+        table(
+            [
+                "error",
+                "Random",
+                "Breed",
+                "Random/Breed geo-mean",
+                "min–max",
+                "Breed wins",
+                "Wilcoxon p",
+            ],
+            rows,
+        )
+    )
     out.append("\nError by time range (MSE over the range, mean ± sd over seeds):\n")
-    rows = [[label, mean_sd([x[k] for x in r]), mean_sd([x[k] for x in b]),
-             *paired([x[k] for x in r], [x[k] for x in b])] for label, k in RANGES]
-    out.append(table(["steps", "Random", "Breed", "Random/Breed geo-mean", "min–max",
-                      "Breed wins", "Wilcoxon p"], rows))
-    out.append("\nInput deviation std(T0..T4) in K (mean over simulations, mean ± sd over "
-               "seeds):\n")
-    rows = [["Random, all", mean_sd([x["dev"] for x in r]), fmt(statistics.mean(
-                [x["n_uniform"] for x in r]))],
-            ["Breed, all", mean_sd([x["dev"] for x in b]), fmt(statistics.mean(
-                [x["n_uniform"] + x["n_proposal"] for x in b]))],
-            ["Breed, uniform draws", mean_sd([x["dev_uniform"] for x in b]),
-             fmt(statistics.mean([x["n_uniform"] for x in b]))],
-            ["Breed, proposal draws", mean_sd([x["dev_proposal"] for x in b]),
-             fmt(statistics.mean([x["n_proposal"] for x in b]))]]
+    rows = [
+        [
+            label,
+            mean_sd([x[k] for x in r]),
+            mean_sd([x[k] for x in b]),
+            *paired([x[k] for x in r], [x[k] for x in b]),
+        ]
+        for label, k in RANGES
+    ]
+    out.append(
+        table(
+            [
+                "steps",
+                "Random",
+                "Breed",
+                "Random/Breed geo-mean",
+                "min–max",
+                "Breed wins",
+                "Wilcoxon p",
+            ],
+            rows,
+        )
+    )
+    out.append(
+        "\nInput deviation std(T0..T4) in K (mean over simulations, mean ± sd over seeds):\n"
+    )
+    rows = [
+        [
+            "Random, all",
+            mean_sd([x["dev"] for x in r]),
+            fmt(statistics.mean([x["n_uniform"] for x in r])),
+        ],
+        [
+            "Breed, all",
+            mean_sd([x["dev"] for x in b]),
+            fmt(statistics.mean([x["n_uniform"] + x["n_proposal"] for x in b])),
+        ],
+        [
+            "Breed, uniform draws",
+            mean_sd([x["dev_uniform"] for x in b]),
+            fmt(statistics.mean([x["n_uniform"] for x in b])),
+        ],
+        [
+            "Breed, proposal draws",
+            mean_sd([x["dev_proposal"] for x in b]),
+            fmt(statistics.mean([x["n_proposal"] for x in b])),
+        ],
+    ]
     out.append(table(["simulations", "std(T0..T4)", "count per run"], rows))
-    out.append("\nPer seed (iterations differ because training ends when all data has been "
-               "received and seen; train loss = mean of the last 10 logged batch losses):\n")
+    out.append(
+        "\nPer seed (iterations differ because training ends when all data has been "
+        "received and seen; train loss = mean of the last 10 logged batch losses):\n"
+    )
     rows = []
     for x, y in zip(r, b, strict=True):
-        rows.append([str(x["seed"]), str(x["iterations"]), str(y["iterations"]),
-                     fmt(y["iterations"] / x["iterations"]), fmt(x["traj_mean"]),
-                     fmt(y["traj_mean"]), fmt(x["train_loss"]), fmt(y["train_loss"]),
-                     str(y["resamplings"]), str(y["generations"]), str(y["n_proposal"])])
-    out.append(table(["seed", "it Random", "it Breed", "it B/R", "val Random", "val Breed",
-                      "train Random", "train Breed", "resamplings", "last gen handed",
-                      "proposal sims"], rows))
+        rows.append(
+            [
+                str(x["seed"]),
+                str(x["iterations"]),
+                str(y["iterations"]),
+                fmt(y["iterations"] / x["iterations"]),
+                fmt(x["traj_mean"]),
+                fmt(y["traj_mean"]),
+                fmt(x["train_loss"]),
+                fmt(y["train_loss"]),
+                str(y["resamplings"]),
+                str(y["generations"]),
+                str(y["n_proposal"]),
+            ]
+        )
+    out.append(
+        table(
+            [
+                "seed",
+                "it Random",
+                "it Breed",
+                "it B/R",
+                "val Random",
+                "val Breed",
+                "train Random",
+                "train Breed",
+                "resamplings",
+                "last gen handed",
+                "proposal sims",
+            ],
+            rows,
+        )
+    )
     return "\n".join(out)
 
 
-def cost_report(costs: dict[str, float], res: dict[str, dict[str, list[dict[str, Any]]]]
-                ) -> str:
-    rows = [[f"one resampling (micro, K = {costs['K']:.0f})", f"{costs['resample'] * 1e3:.3g}"],
-            ["on_losses per batch (micro)", f"{costs['on_losses'] * 1e3:.3g}"]]
+def cost_report(costs: dict[str, float], res: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+    rows = [
+        [f"one resampling (micro, K = {costs['K']:.0f})", f"{costs['resample'] * 1e3:.3g}"],
+        ["on_losses per batch (micro)", f"{costs['on_losses'] * 1e3:.3g}"],
+    ]
     for key in sorted(k for k in costs if k.startswith("iteration_L")):
-        rows.append([f"one training iteration, L = {key[11:]} (micro)",
-                     f"{costs[key] * 1e3:.3g}"])
+        rows.append([f"one training iteration, L = {key[11:]} (micro)", f"{costs[key] * 1e3:.3g}"])
     for name, per in res.items():
         rs = [s for x in per["breed"] for s in x["resample_s"]]
         it = [x["train_s"] / x["iterations"] for m in METHODS for x in per[m]]
         if rs:
-            rows.append([f"{name}: one resampling (in the runs, median of {len(rs)})",
-                         f"{statistics.median(rs) * 1e3:.3g}"])
-        rows.append([f"{name}: one training iteration (in the runs, median)",
-                     f"{statistics.median(it) * 1e3:.3g}"])
+            rows.append(
+                [
+                    f"{name}: one resampling (in the runs, median of {len(rs)})",
+                    f"{statistics.median(rs) * 1e3:.3g}",
+                ]
+            )
+        rows.append(
+            [
+                f"{name}: one training iteration (in the runs, median)",
+                f"{statistics.median(it) * 1e3:.3g}",
+            ]
+        )
     return "### Cost\n\n" + table(["operation", "ms"], rows)
 
 
@@ -308,11 +440,25 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     val_path = args.validation or work / "validation.npz"
     if not val_path.exists():
-        subprocess.run([sys.executable, "-m", "breed", "make-validation", "--output",
-                        str(val_path), "--size", "200"], check=True)
-    base = {**BASE, "study": {"simulations": args.simulations},
-            "launcher": {**BASE["launcher"], "max_jobs": args.max_jobs},
-            "validation": {"file": str(val_path.resolve())}}
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "breed",
+                "make-validation",
+                "--output",
+                str(val_path),
+                "--size",
+                "200",
+            ],
+            check=True,
+        )
+    base = {
+        **BASE,
+        "study": {"simulations": args.simulations},
+        "launcher": {**BASE["launcher"], "max_jobs": args.max_jobs},
+        "validation": {"file": str(val_path.resolve())},
+    }
     base_path = work / "base.yaml"
     base_path.write_text(yaml.safe_dump(base, sort_keys=False))
     models = [tuple(int(v) for v in m.split("x")) for m in args.models.split(",")]
@@ -321,8 +467,17 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             for method in METHODS:  # pairs back to back: machine load hits both alike
                 run_dir = work / f"H{hidden}_L{layers}" / method / f"seed{seed}"
-                jobs.append((run_dir, [f"seed={seed}", f"sampler.name={method}",
-                                       f"model.hidden={hidden}", f"model.layers={layers}"]))
+                jobs.append(
+                    (
+                        run_dir,
+                        [
+                            f"seed={seed}",
+                            f"sampler.name={method}",
+                            f"model.hidden={hidden}",
+                            f"model.layers={layers}",
+                        ],
+                    )
+                )
                 index.append(((hidden, layers), method, seed, run_dir))
     t0 = time.monotonic()
     run_all(jobs, base_path, args.parallel, args.timeout)
@@ -334,11 +489,13 @@ def main(argv: list[str] | None = None) -> int:
         per[method].append({"seed": seed, **read_run(run_dir, val)})
     costs = measure_costs(base_path, sorted({layers for _, layers in models}))
     checks = [x["check"] for per in res.values() for m in METHODS for x in per[m]]
-    parts = [f"## Breed vs Random: S = {args.simulations}, {args.seeds} paired seeds, "
-             f"validation {val.size} Halton trajectories ({val_path})\n",
-             f"Config: {base_path} (sigma 0.0125 = 5 K, P 200, N 200, r (0.5, 0.9, 3), M 64, "
-             f"T 100, B 128, reservoir 6000/300, {args.max_jobs} clients). Ratios > 1: Breed better. "
-             f"Recomputed val MSE vs the run's own: max rel. diff {max(checks):.1e}.\n"]
+    parts = [
+        f"## Breed vs Random: S = {args.simulations}, {args.seeds} paired seeds, "
+        f"validation {val.size} Halton trajectories ({val_path})\n",
+        f"Config: {base_path} (sigma 0.0125 = 5 K, P 200, N 200, r (0.5, 0.9, 3), M 64, "
+        f"T 100, B 128, reservoir 6000/300, {args.max_jobs} clients). Ratios > 1: Breed better. "
+        f"Recomputed val MSE vs the run's own: max rel. diff {max(checks):.1e}.\n",
+    ]
     parts += [model_report(name, per) + "\n" for name, per in res.items()]
     parts.append(cost_report(costs, res))
     text = "\n".join(parts) + "\n"

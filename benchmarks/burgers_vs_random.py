@@ -36,14 +36,16 @@ METRICS = ("val_mse", "traj_err_p99", "traj_err_max")
 
 
 def breed(*args: str, timeout: float) -> None:
-    proc = subprocess.run([sys.executable, "-m", "breed", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "breed", *args], capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
         raise SystemExit(f"breed {' '.join(args)} failed: {proc.stderr.strip()[-400:]}")
 
 
-def run_one(work: Path, seed: int, method: str, opts: argparse.Namespace, val: Path
-            ) -> dict[str, Any]:
+def run_one(
+    work: Path, seed: int, method: str, opts: argparse.Namespace, val: Path
+) -> dict[str, Any]:
     out = work / f"{method}-s{seed}"
     if not (out / "summary.json").exists():
         cfg = yaml.safe_load(CONFIG.read_text())
@@ -63,9 +65,12 @@ def run_one(work: Path, seed: int, method: str, opts: argparse.Namespace, val: P
     summary = json.loads((out / "summary.json").read_text())
     rows = (out / "samples.csv").read_text().splitlines()
     nu = [float(r.split(",")[1]) for r in rows[1:] if ",done," in r]
-    return {**{m: summary["final_validation"][m] for m in METRICS},
-            "iterations": summary["iterations"], "exceeded": summary["budget_exceeded"],
-            "steep": sum(v < 0.05 for v in nu) / len(nu)}
+    return {
+        **{m: summary["final_validation"][m] for m in METRICS},
+        "iterations": summary["iterations"],
+        "exceeded": summary["budget_exceeded"],
+        "steep": sum(v < 0.05 for v in nu) / len(nu),
+    }
 
 
 def paired(rand: list[float], bred: list[float]) -> list[str]:
@@ -73,37 +78,52 @@ def paired(rand: list[float], bred: list[float]) -> list[str]:
     gm = math.exp(statistics.fmean(math.log(x) for x in ratios))
     p = wilcoxon(rand, bred).pvalue if len(ratios) >= 6 else float("nan")
     wins = sum(x > 1 for x in ratios)
-    return [f"{gm:.3f}", f"{min(ratios):.3f}–{max(ratios):.3f}", f"{wins}/{len(ratios)}",
-            f"{p:.3g}"]
+    return [
+        f"{gm:.3f}",
+        f"{min(ratios):.3f}–{max(ratios):.3f}",
+        f"{wins}/{len(ratios)}",
+        f"{p:.3g}",
+    ]
 
 
-def report(res: dict[str, list[dict[str, Any]]], opts: argparse.Namespace, load: str,
-           wall: float) -> str:
+def report(
+    res: dict[str, list[dict[str, Any]]], opts: argparse.Namespace, load: str, wall: float
+) -> str:
     def ms(xs: list[float]) -> str:
         return f"{statistics.fmean(xs):.3e} ± {statistics.stdev(xs):.1e}"
 
-    lines = [f"# Breed vs Random on burgers1d ({opts.seeds} paired seeds, S = "
-             f"{opts.simulations}, {opts.iterations} iterations, validation "
-             f"{opts.validation} trajectories)", "",
-             "Breed: " + (", ".join(opts.breed) or "config/examples/burgers.yaml's settings")
-             + ".", "",
-             f"Machine load (1, 5, 15 min) at the start: {load}; wall {wall:.0f} s.", "",
-             "| metric | Random (mean ± sd) | Breed (mean ± sd) | Random/Breed (geo. mean) "
-             "| min–max | Breed wins | Wilcoxon p |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Breed vs Random on burgers1d ({opts.seeds} paired seeds, S = "
+        f"{opts.simulations}, {opts.iterations} iterations, validation "
+        f"{opts.validation} trajectories)",
+        "",
+        "Breed: " + (", ".join(opts.breed) or "config/examples/burgers.yaml's settings") + ".",
+        "",
+        f"Machine load (1, 5, 15 min) at the start: {load}; wall {wall:.0f} s.",
+        "",
+        "| metric | Random (mean ± sd) | Breed (mean ± sd) | Random/Breed (geo. mean) "
+        "| min–max | Breed wins | Wilcoxon p |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for m in METRICS:
         r, b = [x[m] for x in res["uniform"]], [x[m] for x in res["breed"]]
         lines.append(f"| {m} | {ms(r)} | {ms(b)} | " + " | ".join(paired(r, b)) + " |")
     lines += ["", "| | Random | Breed |", "| --- | --- | --- |"]
-    for key, label in (("iterations", "training iterations (mean, min–max)"),
-                       ("steep", "share of simulations with ν < 0.05")):
+    for key, label in (
+        ("iterations", "training iterations (mean, min–max)"),
+        ("steep", "share of simulations with ν < 0.05"),
+    ):
         cells = []
         for method in METHODS:
             xs = [x[key] for x in res[method]]
             cells.append(f"{statistics.fmean(xs):.4g} ({min(xs):.4g}–{max(xs):.4g})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     over = [f"{m}-s{k}" for m in METHODS for k, x in enumerate(res[m]) if x["exceeded"]]
-    lines += ["", f"Runs whose data outlasted the budget of {opts.iterations} iterations: "
-              f"{', '.join(over) or 'none'}."]
+    lines += [
+        "",
+        f"Runs whose data outlasted the budget of {opts.iterations} iterations: "
+        f"{', '.join(over) or 'none'}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -116,8 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validation", type=int, default=100, help="validation trajectories")
     ap.add_argument("--iterations", type=int, default=2000, help="training iterations (2000)")
     ap.add_argument("--max-jobs", type=int, default=2, help="client jobs per run (2)")
-    ap.add_argument("--breed", action="append", default=[], metavar="KEY=VALUE",
-                    help="a sampler.breed setting, e.g. --breed r_end=0.5 (repeatable)")
+    ap.add_argument(
+        "--breed",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a sampler.breed setting, e.g. --breed r_end=0.5 (repeatable)",
+    )
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
     opts = ap.parse_args(argv)
     work = opts.workdir.resolve()
@@ -130,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg["validation"] = {"size": opts.validation}
         path = work / "validation.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        breed("make-validation", "--config", str(path), "--output", str(val),
-              timeout=opts.timeout)
+        breed("make-validation", "--config", str(path), "--output", str(val), timeout=opts.timeout)
     res: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
     for seed in range(opts.seeds):  # pairs side by side: load drift hits both methods alike
         for method in METHODS:

@@ -36,19 +36,30 @@ from breed.problems.heat2d_solver import solve
 
 
 def run_config(args: argparse.Namespace) -> dict:
-    return validate({
-        "seed": args.seed,
-        "study": {"simulations": args.simulations},
-        "solver": {"grid": args.grid, "steps": 100},
-        "model": {"hidden": args.hidden, "layers": args.layers, "device": args.device},
-        "training": {"validation_interval": 10**9, "checkpoint_interval": 10**9,
-                     "threads": args.threads, "progress": False,
-                     "max_iterations": args.max_iterations},
-        "buffer": {"capacity": args.capacity, "watermark": 300},
-        "launcher": {"max_jobs": args.clients, "persistent": True, "ping_interval": 0.2,
-                     "poll_interval": 0.2, "ingest": args.ingest[0]},
-        "validation": {"size": 4},
-    })
+    return validate(
+        {
+            "seed": args.seed,
+            "study": {"simulations": args.simulations},
+            "solver": {"grid": args.grid, "steps": 100},
+            "model": {"hidden": args.hidden, "layers": args.layers, "device": args.device},
+            "training": {
+                "validation_interval": 10**9,
+                "checkpoint_interval": 10**9,
+                "threads": args.threads,
+                "progress": False,
+                "max_iterations": args.max_iterations,
+            },
+            "buffer": {"capacity": args.capacity, "watermark": 300},
+            "launcher": {
+                "max_jobs": args.clients,
+                "persistent": True,
+                "ping_interval": 0.2,
+                "poll_interval": 0.2,
+                "ingest": args.ingest[0],
+            },
+            "validation": {"size": 4},
+        }
+    )
 
 
 def online(cfg: dict, workdir: Path) -> tuple[dict, list[dict]]:
@@ -56,10 +67,19 @@ def online(cfg: dict, workdir: Path) -> tuple[dict, list[dict]]:
     path.write_text(yaml.safe_dump(cfg))
     run = workdir / "online"
     # one BLAS/OpenMP thread per client process: the clients share the cores left over
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "breed", "run", str(path), "--output",
-                           str(run)], env=env, capture_output=True, text=True, timeout=1800)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "breed", "run", str(path), "--output", str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if proc.returncode != 0:
         sys.exit(f"on-line run failed: {proc.stderr.strip()}")
     summary = json.loads((run / "summary.json").read_text())
@@ -77,8 +97,14 @@ def offline(cfg: dict, rows: list[dict], iterations: int) -> float:
     buffer = buffer_from_config(cfg, trainer.normalisation)
     for row in rows:
         params = np.array([float(row[f"T{k}"]) for k in range(5)])
-        traj = solve(params, grid=sc["grid"], steps=sc["steps"], dt=sc["dt"],
-                     alpha=sc["alpha"], length=sc["length"])
+        traj = solve(
+            params,
+            grid=sc["grid"],
+            steps=sc["steps"],
+            dt=sc["dt"],
+            alpha=sc["alpha"],
+            length=sc["length"],
+        )
         for t in range(sc["steps"] + 1):
             buffer.put(params, t, traj[t].astype(np.float32).ravel(), int(row["sim_id"]))
     batch_size = cfg["model"]["batch_size"]
@@ -130,8 +156,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-iterations", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ingest", default="thread,process",
-                    help="server ingest modes to measure, comma-separated")
+    ap.add_argument(
+        "--ingest", default="thread,process", help="server ingest modes to measure, comma-separated"
+    )
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
     args.ingest = args.ingest.split(",")
@@ -145,21 +172,30 @@ def main() -> None:
     first = modes[args.ingest[0]]
     iters = max(summary["iterations"] for summary, _ in modes.values())
     off = offline(cfg, first[1], iters)
-    print(f"device {Trainer(cfg).device}, model H={args.hidden} L={args.layers}, M={args.grid}, "
-          f"S={args.simulations}, m={args.clients}, trainer threads={args.threads}")
+    print(
+        f"device {Trainer(cfg).device}, model H={args.hidden} L={args.layers}, M={args.grid}, "
+        f"S={args.simulations}, m={args.clients}, trainer threads={args.threads}"
+    )
     print(f"  off-line trainer samples/s ({iters} iterations): {off:10.0f}")
     results = {"offline_samples_per_s": off, "modes": {}}
     for mode, (summary, rows) in modes.items():
         on = summary["samples_per_s"]
         solve_s, busy, overhead = orchestration_overhead(rows, args.grid)
         results["modes"][mode] = {
-            "iterations": summary["iterations"], "online_samples_per_s": on, "ratio": on / off,
-            "waiting_fraction": summary["waiting_fraction"], "solve_ms": solve_s * 1e3,
-            "busy_ms_per_sim": busy * 1e3, "overhead_ms_per_sim": overhead * 1e3}
-        print(f"  ingest={mode:7s}: on-line samples/s {on:8.0f}   ratio on/off {on / off:6.3f}"
-              f"   iterations {summary['iterations']:5d}   waited {summary['waiting_fraction']:6.2%}"
-              f"   per-sim: solve {solve_s * 1e3:5.1f} ms, busy {busy * 1e3:6.1f} ms, "
-              f"overhead {overhead * 1e3:6.1f} ms")
+            "iterations": summary["iterations"],
+            "online_samples_per_s": on,
+            "ratio": on / off,
+            "waiting_fraction": summary["waiting_fraction"],
+            "solve_ms": solve_s * 1e3,
+            "busy_ms_per_sim": busy * 1e3,
+            "overhead_ms_per_sim": overhead * 1e3,
+        }
+        print(
+            f"  ingest={mode:7s}: on-line samples/s {on:8.0f}   ratio on/off {on / off:6.3f}"
+            f"   iterations {summary['iterations']:5d}   waited {summary['waiting_fraction']:6.2%}"
+            f"   per-sim: solve {solve_s * 1e3:5.1f} ms, busy {busy * 1e3:6.1f} ms, "
+            f"overhead {overhead * 1e3:6.1f} ms"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -80,17 +80,21 @@ def mpi_worker(grid: int, steps: int) -> None:
     if comm.Get_rank() == 0:
         ref = solve(LAM, grid=grid, steps=steps)
         rel = float(np.abs(traj - ref).max() / np.abs(ref).max())
-        print(json.dumps({"seconds": seconds, "rel_diff_to_serial": rel,
-                          "cg_iterations": probe.iterations}), flush=True)
+        print(
+            json.dumps(
+                {"seconds": seconds, "rel_diff_to_serial": rel, "cg_iterations": probe.iterations}
+            ),
+            flush=True,
+        )
 
 
 def run_mpi(nranks: int, grid: int, steps: int) -> dict:
-    exe = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}"
-                                        f"{os.environ.get('PATH', '')}")
+    exe = shutil.which(
+        "mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
     if exe is None:
         raise SystemExit("benchmark: error: mpiexec not found (pip install -e '.[dev]')")
-    cmd = [exe, "-n", str(nranks), sys.executable, __file__, "--mpi-worker", str(grid),
-           str(steps)]
+    cmd = [exe, "-n", str(nranks), sys.executable, __file__, "--mpi-worker", str(grid), str(steps)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark: error: {' '.join(cmd)} failed: {proc.stderr.strip()}")
@@ -99,15 +103,18 @@ def run_mpi(nranks: int, grid: int, steps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mpi-worker", nargs=2, type=int, metavar=("GRID", "STEPS"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--mpi-worker", nargs=2, type=int, metavar=("GRID", "STEPS"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--mpi-grid", type=int, default=512)
     args = parser.parse_args(argv)
     if args.mpi_worker:
         mpi_worker(*args.mpi_worker)
         return 0
-    print(f"heat solver benchmark, {STEPS} implicit Euler steps, {os.cpu_count()} CPUs "
-          f"(load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"heat solver benchmark, {STEPS} implicit Euler steps, {os.cpu_count()} CPUs "
+        f"(load average {os.getloadavg()[0]:.1f})"
+    )
     rows = []
     for grid, repeat, lu_steps in ((64, 20, STEPS), (256, 5, 5)):
         dst = best_of(lambda g=grid: solve(LAM, grid=g, steps=STEPS), repeat)
@@ -118,16 +125,20 @@ def main(argv: list[str] | None = None) -> int:
         note = "" if lu_steps == STEPS else f"  (LU: {lu_steps} steps x {STEPS // lu_steps})"
         print(f"{grid:>4}^2 {dst:>14.4f} {lu:>17.3f} {lu / dst:>8.0f}x{note}")
     target = rows[0][1] * 1e3
-    print(f"64^2 x {STEPS} trajectory: {target:.1f} ms (target <= 15 ms: "
-          f"{'met' if target <= 15 else 'MISSED'})")
+    print(
+        f"64^2 x {STEPS} trajectory: {target:.1f} ms (target <= 15 ms: "
+        f"{'met' if target <= 15 else 'MISSED'})"
+    )
     g = args.mpi_grid
     serial = best_of(lambda: solve(LAM, grid=g, steps=STEPS), 2)
     print(f"{g}^2 serial DST solve: {serial:.3f} s")
     results = {p: run_mpi(p, g, STEPS) for p in (1, 2)}
     for p, res in results.items():
-        print(f"{g}^2 MPI PCG, {p} rank{'s' if p > 1 else ' '}: {res['seconds']:.3f} s  "
-              f"(CG iterations/step {statistics.mean(res['cg_iterations']):.0f}, "
-              f"max rel. diff to serial {res['rel_diff_to_serial']:.1e})")
+        print(
+            f"{g}^2 MPI PCG, {p} rank{'s' if p > 1 else ' '}: {res['seconds']:.3f} s  "
+            f"(CG iterations/step {statistics.mean(res['cg_iterations']):.0f}, "
+            f"max rel. diff to serial {res['rel_diff_to_serial']:.1e})"
+        )
     print(f"{g}^2 MPI speed-up 1 -> 2 ranks: {results[1]['seconds'] / results[2]['seconds']:.2f}x")
     return 0
 

@@ -43,14 +43,21 @@ BASE: dict[str, Any] = {
     "study": {"simulations": 8},
     "solver": {"grid": 32, "steps": 300},
     "model": {"hidden": 8, "layers": 1, "batch_size": 32},
-    "training": {"validation_interval": 100, "checkpoint_interval": 25, "log_interval": 5,
-                 "progress": False},
+    "training": {
+        "validation_interval": 100,
+        "checkpoint_interval": 25,
+        "log_interval": 5,
+        "progress": False,
+    },
     "buffer": {"capacity": 300, "watermark": 150},
     "launcher": {"max_jobs": 2, "ping_interval": 0.1, "poll_interval": 0.1, "ping_timeout": 5.0},
     "validation": {"size": 2},
 }
-PACED = {"solver": {"steps": 100}, "buffer": {"capacity": 900, "watermark": 150},
-         "launcher": {"max_jobs": 1, "persistent": False}}
+PACED = {
+    "solver": {"steps": 100},
+    "buffer": {"capacity": 900, "watermark": 150},
+    "launcher": {"max_jobs": 1, "persistent": False},
+}
 
 
 def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -97,12 +104,16 @@ class RunUnderTest:
         self.outputs: list[Path] = []
 
     # -- the launcher ----------------------------------------------------------------------
-    def start(self, resume: bool = False, extra: tuple[str, ...] = (),
-              nofile: int | None = None) -> subprocess.Popen:
+    def start(
+        self, resume: bool = False, extra: tuple[str, ...] = (), nofile: int | None = None
+    ) -> subprocess.Popen:
         """``breed run`` (or ``--resume``) in its own session; ``nofile`` caps the file
         descriptors of it and its children (server, clients), soft and hard limit alike."""
-        args = ["--resume", str(self.dir)] if resume else [str(self.cfg_path), "--output",
-                                                            str(self.dir)]
+        args = (
+            ["--resume", str(self.dir)]
+            if resume
+            else [str(self.cfg_path), "--output", str(self.dir)]
+        )
         out = self.dir.parent / f"launcher-{len(self.procs)}.err"
         self.outputs.append(out)
 
@@ -111,10 +122,14 @@ class RunUnderTest:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         with open(out, "wb") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "breed", "run", *args, *extra],
-                                    stdout=subprocess.DEVNULL, stderr=fh,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                    preexec_fn=limit if nofile is not None else None)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "breed", "run", *args, *extra],
+                stdout=subprocess.DEVNULL,
+                stderr=fh,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=limit if nofile is not None else None,
+            )
         self.procs.append(proc)
         return proc
 
@@ -140,15 +155,20 @@ class RunUnderTest:
         curve = None
         if (self.dir / "curve" / "server.public").exists():
             curve = (self.dir / "curve" / "server.public").read_bytes().strip()
-        link = ServerLink(info["control"], token_from_hex((self.dir / "token").read_text()),
-                          timeout=2.0, curve_serverkey=curve)
+        link = ServerLink(
+            info["control"],
+            token_from_hex((self.dir / "token").read_text()),
+            timeout=2.0,
+            curve_serverkey=curve,
+        )
         try:
             return link.ping({})
         finally:
             link.close()
 
-    def wait_until(self, what: str, cond: Callable[[dict[str, Any]], Any],
-                   timeout: float = 120) -> Any:
+    def wait_until(
+        self, what: str, cond: Callable[[dict[str, Any]], Any], timeout: float = 120
+    ) -> Any:
         """Poll the server until ``cond(pong)`` is truthy; returns its value."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -158,8 +178,7 @@ class RunUnderTest:
                 if got:
                     return got
             if self.procs and self.procs[-1].poll() is not None:
-                raise AssertionError(f"the run ended while waiting for {what}: "
-                                     f"{self.stderr()}")
+                raise AssertionError(f"the run ended while waiting for {what}: {self.stderr()}")
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}")
 
@@ -222,8 +241,9 @@ def stop_mid_stream(run: RunUnderTest, steps: int, timeout: float = 90) -> tuple
             while time.monotonic() < deadline and alive(pgid):
                 time.sleep(0.1)
                 pong = run.ping() or {}
-                mine = {int(s): h for s, (j, h) in pong.get("in_flight_steps", {}).items()
-                        if j == job}
+                mine = {
+                    int(s): h for s, (j, h) in pong.get("in_flight_steps", {}).items() if j == job
+                }
                 partial = sorted((s, h) for s, h in mine.items() if 0 < h < steps + 1)
                 if partial:
                     stable = stable + 1 if partial[0] == last else 0
@@ -277,19 +297,27 @@ def audit(run_dir: Path) -> dict[str, Any]:
     ledger.load_state_dict(state["ledger"])
     put = {(int(s), int(t)) for s, t in ledger.pairs()}
     snap = state["buffer_data"]
-    rows = list(zip(snap["arrays"]["_sim_ids"].tolist(), snap["arrays"]["_steps"].tolist(),
-                    strict=True))
+    rows = list(
+        zip(snap["arrays"]["_sim_ids"].tolist(), snap["arrays"]["_steps"].tolist(), strict=True)
+    )
     held = set(rows)
     received = int(snap["scalars"]["received"])
     evicted = int(snap["scalars"]["evicted"])
     out = {
-        "iteration": int(state["trainer"]["iteration"]), "done": len(done), "records": table,
-        "lost": len(expected - put), "extra": len(put - expected),
+        "iteration": int(state["trainer"]["iteration"]),
+        "done": len(done),
+        "records": table,
+        "lost": len(expected - put),
+        "extra": len(put - expected),
         "duplicated_rows": len(rows) - len(held),
         "duplicated_puts": received - len(put),
-        "received": received, "expected": len(expected), "evicted": evicted,
-        "fields_ok": bool(np.isfinite(snap["arrays"]["_fields"]).all()
-                          and np.abs(snap["arrays"]["_fields"]).max() <= 1.0 + 1e-6),
+        "received": received,
+        "expected": len(expected),
+        "evicted": evicted,
+        "fields_ok": bool(
+            np.isfinite(snap["arrays"]["_fields"]).all()
+            and np.abs(snap["arrays"]["_fields"]).max() <= 1.0 + 1e-6
+        ),
         "counts": state.get("receiver_counts", {}),
     }
     if evicted == 0:
@@ -305,4 +333,3 @@ def samples_csv(run_dir: Path) -> list[dict[str, str]]:
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-

@@ -22,8 +22,10 @@ def split(nranks: int) -> list[tuple[int, int]]:
 
 def blocks(step: int, nranks: int, sim: int = 0) -> list[StepMessage]:
     f = field(step, sim)
-    return [StepMessage(sim, step, r, nranks, a, ROWS, f[a:b].copy())
-            for r, (a, b) in enumerate(split(nranks))]
+    return [
+        StepMessage(sim, step, r, nranks, a, ROWS, f[a:b].copy())
+        for r, (a, b) in enumerate(split(nranks))
+    ]
 
 
 @pytest.mark.parametrize("nranks", [1, 2, 3, 10])
@@ -45,8 +47,7 @@ def test_blocks_through_the_wire_format_reassemble_bit_exactly(token):
     f = np.random.default_rng(0).standard_normal((ROWS, COLS))
     results = []
     for r, (a, b) in enumerate(split(3)):
-        frames = encode_step(token, 7, 2, f[a:b], rank=r, nranks=3, row_offset=a,
-                             global_rows=ROWS)
+        frames = encode_step(token, 7, 2, f[a:b], rank=r, nranks=3, row_offset=a, global_rows=ROWS)
         results.append(asm.add(decode(frames, token)))
     assert results[:2] == [None, None]
     sim_id, step, got = results[2]
@@ -188,8 +189,10 @@ def test_a_step_of_several_fields_is_handed_out_once_every_field_is_complete():
     asm.expect(0, (ROWS, COLS), "float64", nranks=2, field=0)
     asm.expect(0, (ROWS, 1), "float64", nranks=2, field=1)
     second = np.arange(ROWS, dtype=np.float64).reshape(ROWS, 1)
-    msgs = blocks(0, 2) + [StepMessage(0, 0, r, 2, a, ROWS, second[a:b].copy(), field=1)
-                           for r, (a, b) in enumerate(split(2))]
+    msgs = blocks(0, 2) + [
+        StepMessage(0, 0, r, 2, a, ROWS, second[a:b].copy(), field=1)
+        for r, (a, b) in enumerate(split(2))
+    ]
     rng = np.random.default_rng(0)
     rng.shuffle(msgs)
     out = [r for m in msgs if (r := asm.add(m)) is not None]

@@ -55,8 +55,9 @@ class SyntheticTraining:
 
 
 def breed(**kw) -> BreedSampler:
-    opts = dict(budget=400, bounds=(LO, HI), seed=0, dim=5, steps=10, sigma=0.0125, period=20,
-                window=50)
+    opts = dict(
+        budget=400, bounds=(LO, HI), seed=0, dim=5, steps=10, sigma=0.0125, period=20, window=50
+    )
     opts.update(kw)
     return BreedSampler(**opts)
 
@@ -110,6 +111,7 @@ def test_same_seed_same_sequence_and_paired_with_uniform():
         for _ in range(120):
             t.step()
         return s
+
     a, b, c = run(0), run(0), run(1)
     xa, xb = (np.array([d.params for d in s.draws]) for s in (a, b))
     np.testing.assert_array_equal(xa, xb)
@@ -172,17 +174,16 @@ def test_steering_never_touches_a_handed_out_simulation():
 def test_out_of_bounds_children_shrink_sigma_or_keep_the_parent():
     rng = np.random.default_rng(0)
     centers = np.vstack([np.full((500, 5), HI), np.full((500, 5), HI - 3.0)])
-    kids, sig, kept, redraws = gaussian_children(rng, centers, np.full(1000, 5.0), LO, HI,
-                                                 0.3, 5)
+    kids, sig, kept, redraws = gaussian_children(rng, centers, np.full(1000, 5.0), LO, HI, 0.3, 5)
     assert (kids >= LO).all() and (kids <= HI).all()
     assert redraws > 0
     on_edge = slice(0, 500)  # on the bound, each try is inside with probability 2^-5
     assert 0.7 < kept[on_edge].mean() < 0.95
     np.testing.assert_array_equal(kids[kept], centers[kept])
-    np.testing.assert_allclose(sig[kept], 5.0 * 0.7 ** 5)
+    np.testing.assert_allclose(sig[kept], 5.0 * 0.7**5)
     shrunk = sig[500:] < 5.0  # inside: shrinking helps, few keep the parent
     assert shrunk.any() and kept[500:].mean() < kept[on_edge].mean() / 2
-    assert set(np.round(sig / 5.0, 12)) <= {round(0.7 ** k, 12) for k in range(6)}
+    assert set(np.round(sig / 5.0, 12)) <= {round(0.7**k, 12) for k in range(6)}
     _, sig0, kept0, n0 = gaussian_children(rng, centers, np.full(1000, 5.0), LO, HI, 0.3, 0)
     assert n0 == 0 and (sig0 == 5.0).all() and kept0[:500].mean() > 0.9
 
@@ -241,15 +242,17 @@ def test_importance_weights_use_the_deterministic_mixture_of_every_generation():
     while s.generation < 3:
         run.step()
     ids = s.stats.window(s.window)
-    gens = s._generation[:s.handed]
+    gens = s._generation[: s.handed]
     x = (s._params[ids] - LO) / (HI - LO)
     want = np.zeros(len(ids))
     for g in gens:
         p = np.ones(len(ids))  # U on the unit box
         if g > 0:
             m = s._mixtures[g - 1]
-            q = sum(wk * multivariate_normal(ck, sk ** 2 * np.eye(5)).pdf(x)
-                    for ck, wk, sk in zip(m["centers"], m["w"], m["sigmas"], strict=True))
+            q = sum(
+                wk * multivariate_normal(ck, sk**2 * np.eye(5)).pdf(x)
+                for ck, wk, sk in zip(m["centers"], m["w"], m["sigmas"], strict=True)
+            )
             p = m["r"] * q + (1 - m["r"]) * p
         want += p / len(gens)
     np.testing.assert_allclose(np.exp(s.log_dm_density(ids)), want, rtol=1e-9)
@@ -314,8 +317,10 @@ def test_log_mixture_density_matches_scipy():
     rng = np.random.default_rng(0)
     x, c = rng.normal(size=(6, 5)), rng.normal(size=(4, 5))
     w, sig = np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.5, 1.0, 1.5, 2.0])
-    ref = sum(wi * multivariate_normal(ci, si ** 2 * np.eye(5)).pdf(x)
-              for wi, ci, si in zip(w, c, sig, strict=True))
+    ref = sum(
+        wi * multivariate_normal(ci, si**2 * np.eye(5)).pdf(x)
+        for wi, ci, si in zip(w, c, sig, strict=True)
+    )
     np.testing.assert_allclose(log_mixture_density(x, c, w, sig), np.log(ref))
 
 
@@ -352,6 +357,8 @@ def test_resampling_cost_paper_size(capsys):
     assert s.history[-1]["K"] == 600 and s.history[-1]["window"] == 200
     ms = 1e3 * np.median(times)
     with capsys.disabled():
-        print(f"\nresampling S=800 N=200 K=600: {ms:.2f} ms (median of 20); "
-              f"on_losses per batch of 128: {1e3 * t_batch:.3f} ms")
+        print(
+            f"\nresampling S=800 N=200 K=600: {ms:.2f} ms (median of 20); "
+            f"on_losses per batch of 128: {1e3 * t_batch:.3f} ms"
+        )
     assert ms < 50

@@ -65,8 +65,12 @@ def run_breed(tmp_path: Path):
         cfg_path.write_text(yaml.safe_dump(cfg))
         out = tmp_path / name
         started.append(out)
-        proc = subprocess.run([sys.executable, "-m", "breed", "run", str(cfg_path), "--output",
-                               str(out)], capture_output=True, text=True, timeout=240)
+        proc = subprocess.run(
+            [sys.executable, "-m", "breed", "run", str(cfg_path), "--output", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         log = out / "logs" / "server.log"
         assert proc.returncode == 0, proc.stderr + (log.read_text() if log.exists() else "")
         return out
@@ -122,7 +126,8 @@ def test_breed_run_steers_and_records(run_breed) -> None:
     assert not missing, (
         f"simulations {missing} have no Q although training ended with every sample seen "
         f"(iterations {summary['iterations']}, batches drawn "
-        f"{summary.get('buffer', {}).get('batches')}): a drawn batch was not trained on?")
+        f"{summary.get('buffer', {}).get('batches')}): a drawn batch was not trained on?"
+    )
     assert all(float(r["Q"]) >= 0.0 for r in rows)
 
     # per-sample log (Figure 6): columns filled, uniform flag from the source, eq. 4 per batch
@@ -130,8 +135,7 @@ def test_breed_run_steers_and_records(run_breed) -> None:
     assert log and list(log[0]) == PER_SAMPLE_COLUMNS
     batches: dict[int, list[dict[str, str]]] = defaultdict(list)
     for r in log:
-        for key in ("iteration", "sim_id", "step", "sample_loss", "batch_loss", "delta",
-                    "uniform"):
+        for key in ("iteration", "sim_id", "step", "sample_loss", "batch_loss", "delta", "uniform"):
             assert r[key] != "", f"empty {key} in {r}"
         assert int(r["uniform"]) == (by_id[int(r["sim_id"])]["source"] == "uniform")
         assert 0 <= int(r["step"]) <= 100
@@ -172,5 +176,6 @@ def test_random_and_breed_share_the_initial_design(run_breed) -> None:
         if r["source"] == "uniform":
             assert tuple(r[f"T{k}"] for k in range(5)) == lam[int(r["sim_id"])], r["sim_id"]
     steered = [r for r in breed_rows if r["source"] == "proposal"]
-    assert steered and all(tuple(r[f"T{k}"] for k in range(5)) != lam[int(r["sim_id"])]
-                           for r in steered)
+    assert steered and all(
+        tuple(r[f"T{k}"] for k in range(5)) != lam[int(r["sim_id"])] for r in steered
+    )

@@ -19,11 +19,14 @@ from breed.problems.burgers1d_client import solve
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def max_error(params: tuple[float, float, float], grid: int, steps: int = 10,
-              t_end: float = 2.0) -> float:
+def max_error(
+    params: tuple[float, float, float], grid: int, steps: int = 10, t_end: float = 2.0
+) -> float:
     x = 2.0 * np.pi * np.arange(grid) / grid
-    return max(float(np.abs(u - cole_hopf(params, x, t_end * t / steps)).max())
-               for t, u in solve(params, grid, steps, t_end))
+    return max(
+        float(np.abs(u - cole_hopf(params, x, t_end * t / steps)).max())
+        for t, u in solve(params, grid, steps, t_end)
+    )
 
 
 def test_the_oracle_is_converged_and_exact_at_t0() -> None:
@@ -31,14 +34,16 @@ def test_the_oracle_is_converged_and_exact_at_t0() -> None:
     p = (0.02, 1.5, 0.5)  # the steepest corner of the box
     np.testing.assert_allclose(cole_hopf(p, x, 0.0), 1.5 * np.sin(x) + 0.5 * np.sin(2 * x))
     for t in (0.05, 1.0, 2.0):
-        np.testing.assert_allclose(cole_hopf(p, x, t), cole_hopf(p, x, t, points=200_000),
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            cole_hopf(p, x, t), cole_hopf(p, x, t, points=200_000), atol=1e-12
+        )
     assert np.abs(cole_hopf(p, x, 2.0)).max() <= 2.0  # the maximum principle, the declared range
 
 
-@pytest.mark.parametrize(("params", "err_256"), [((0.1, 1.0, 0.3), 1e-3),
-                                                 ((0.3, 0.5, -0.5), 1e-4),
-                                                 ((0.02, 1.5, 0.5), 1e-1)])
+@pytest.mark.parametrize(
+    ("params", "err_256"),
+    [((0.1, 1.0, 0.3), 1e-3), ((0.3, 0.5, -0.5), 1e-4), ((0.02, 1.5, 0.5), 1e-1)],
+)
 def test_the_solver_is_second_order_against_cole_hopf(params, err_256) -> None:
     errors = [max_error(params, n) for n in (128, 256, 512)]
     orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
@@ -58,11 +63,25 @@ def test_the_preset_is_a_problem_like_a_users() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_burgers_runs_end_to_end_with_its_own_client(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "breed", "run",
-                           str(ROOT / "config" / "examples" / "burgers.yaml"), "--output",
-                           str(tmp_path / "run"), "--set", "study.simulations=24",
-                           "--set", "validation.size=6"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "breed",
+            "run",
+            str(ROOT / "config" / "examples" / "burgers.yaml"),
+            "--output",
+            str(tmp_path / "run"),
+            "--set",
+            "study.simulations=24",
+            "--set",
+            "validation.size=6",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
@@ -75,5 +94,4 @@ def test_burgers_runs_end_to_end_with_its_own_client(tmp_path: Path) -> None:
 
     vset = load_validation(run / "validation.npz")  # made by the Burgers client itself
     x = 2.0 * np.pi * np.arange(256) / 256
-    np.testing.assert_allclose(vset.fields[2, 50], cole_hopf(vset.params[2], x, 2.0),
-                               atol=5e-2)
+    np.testing.assert_allclose(vset.fields[2, 50], cole_hopf(vset.params[2], x, 2.0), atol=5e-2)

@@ -52,8 +52,14 @@ def problem_body(solver: dict[str, Any]) -> dict[str, Any]:
 class MiniServer(threading.Thread):
     """Hands out ``params`` one per REQUEST (then STOP) and collects the reassembled fields."""
 
-    def __init__(self, token: bytes, params: list[list[float]], solver: dict[str, Any],
-                 waits: int = 0, reject: str | None = None) -> None:
+    def __init__(
+        self,
+        token: bytes,
+        params: list[list[float]],
+        solver: dict[str, Any],
+        waits: int = 0,
+        reject: str | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self.token, self.solver, self.reject = token, solver, reject
         self.todo = deque(params)
@@ -64,7 +70,9 @@ class MiniServer(threading.Thread):
         self.data.setsockopt(zmq.RCVHWM, 1)
         for s in (self.control, self.data):
             s.setsockopt(zmq.LINGER, 0)
-        self.control_address = f"tcp://127.0.0.1:{self.control.bind_to_random_port('tcp://127.0.0.1')}"
+        self.control_address = (
+            f"tcp://127.0.0.1:{self.control.bind_to_random_port('tcp://127.0.0.1')}"
+        )
         self.data_address = f"tcp://127.0.0.1:{self.data.bind_to_random_port('tcp://127.0.0.1')}"
         self.problem = problem_body(solver)
         self.assembler = Assembler()
@@ -124,9 +132,17 @@ class MiniServer(threading.Thread):
             self._reply(ident, Kind.WAIT, {"retry_after": 0.05})
         elif self.todo:
             sim_id, self.next_id = self.next_id, self.next_id + 1
-            self._reply(ident, Kind.ASSIGN, {"sim_id": sim_id, "params": self.todo.popleft(),
-                                             "data": self.data_address, "attempt": 1,
-                                             **self.problem})
+            self._reply(
+                ident,
+                Kind.ASSIGN,
+                {
+                    "sim_id": sim_id,
+                    "params": self.todo.popleft(),
+                    "data": self.data_address,
+                    "attempt": 1,
+                    **self.problem,
+                },
+            )
         else:
             self._reply(ident, Kind.STOP, {})
 
@@ -153,8 +169,7 @@ class MiniServer(threading.Thread):
                 self.fields[sim_id, step] = np.array(fields[0])  # the frame's view: keep it
         elif isinstance(msg, FinishMessage):
             self.finish_msgs.append(msg)
-            if (msg.sim_id, ident) in self.refused or \
-                    msg.steps_sent != self.problem["steps"] + 1:
+            if (msg.sim_id, ident) in self.refused or msg.steps_sent != self.problem["steps"] + 1:
                 self._answer(ident, Kind.REJECT, {"reason": "refused", "sim_id": msg.sim_id})
             else:
                 self._answer(ident, Kind.PONG, {"sim_id": msg.sim_id})
@@ -201,8 +216,14 @@ def client_env(server: str | None, token: bytes | None, **extra: str) -> dict[st
 
 def run_proc(cmd: list[str], env: dict[str, str], timeout: float = 60.0):
     """Run a client in its own process group; kill the whole group if it overstays."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -217,11 +238,18 @@ CLIENT = [sys.executable, "-m", "breed.client"]
 
 @pytest.mark.timeout(60)
 def test_client_streams_a_full_trajectory_bit_exactly(make_server, token):
-    solver = {"grid": 64, "steps": 100, "dt": 0.01, "alpha": 1.0, "length": 10.0,
-              "dtype": "float64"}
+    solver = {
+        "grid": 64,
+        "steps": 100,
+        "dt": 0.01,
+        "alpha": 1.0,
+        "length": 10.0,
+        "dtype": "float64",
+    }
     srv = make_server(solver=solver)
-    rc, out, err = run_proc(CLIENT + ["--once"], client_env(srv.control_address, token,
-                                                              BREED_JOB_ID="job-7"))
+    rc, out, err = run_proc(
+        CLIENT + ["--once"], client_env(srv.control_address, token, BREED_JOB_ID="job-7")
+    )
     assert rc == 0, err
     srv.wait_finished(1)
     assert np.array_equal(srv.trajectory(0, 100), solve(LAM))  # bit-exact
@@ -235,8 +263,9 @@ def test_persistent_client_runs_until_stop(make_server, token, tmp_path):
     srv = make_server(params=params)
     token_file = tmp_path / "token"
     token_file.write_text(token.hex() + "\n")
-    rc, out, err = run_proc(CLIENT, client_env(srv.control_address, None,
-                                               BREED_TOKEN_FILE=str(token_file)))
+    rc, out, err = run_proc(
+        CLIENT, client_env(srv.control_address, None, BREED_TOKEN_FILE=str(token_file))
+    )
     assert rc == 0, err
     srv.wait_finished(3)
     assert len(srv.requests) == 4  # three assignments, then STOP
@@ -249,10 +278,11 @@ HEAT_CLIENT = [sys.executable, "-m", "breed.problems.heat2d_client"]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("cmd, env", [(CLIENT + ["--once"], {}),
-                                      (HEAT_CLIENT + ["--once"], {}),
-                                      (HEAT_CLIENT, {"BREED_ONCE": "1"})],
-                         ids=["--once", "heat2d_client --once", "BREED_ONCE=1"])
+@pytest.mark.parametrize(
+    "cmd, env",
+    [(CLIENT + ["--once"], {}), (HEAT_CLIENT + ["--once"], {}), (HEAT_CLIENT, {"BREED_ONCE": "1"})],
+    ids=["--once", "heat2d_client --once", "BREED_ONCE=1"],
+)
 def test_once_runs_one_simulation_and_wait_is_honoured(make_server, token, cmd, env):
     srv = make_server(params=[LAM, LAM], waits=2)
     rc, out, err = run_proc(cmd, client_env(srv.control_address, token, **env))
@@ -274,8 +304,9 @@ def assert_one_line_error(rc: int, err: str, expected_rc: int, *words: str) -> N
 def test_wrong_address_fails_in_one_line_within_the_timeout(token):
     address = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
     start = time.monotonic()
-    rc, out, err = run_proc(CLIENT + ["--server", address, "--timeout", "1"],
-                            client_env(None, token))
+    rc, out, err = run_proc(
+        CLIENT + ["--server", address, "--timeout", "1"], client_env(None, token)
+    )
     assert time.monotonic() - start < 15
     assert_one_line_error(rc, err, 1, "no reply", address)
 
@@ -283,8 +314,7 @@ def test_wrong_address_fails_in_one_line_within_the_timeout(token):
 @pytest.mark.timeout(30)
 def test_wrong_token_fails_in_one_line(make_server, token):
     srv = make_server()
-    rc, out, err = run_proc(CLIENT + ["--timeout", "5"],
-                            client_env(srv.control_address, bytes(32)))
+    rc, out, err = run_proc(CLIENT + ["--timeout", "5"], client_env(srv.control_address, bytes(32)))
     assert_one_line_error(rc, err, 1, "token")
     assert srv.counts["bad_token"] == 1 and not srv.fields
 
@@ -303,15 +333,27 @@ def test_rejected_request_reports_the_reason(make_server, token):
         ([], {}, ["BREED_SERVER"]),
         (["--server", "tcp://127.0.0.1:1"], {"BREED_TOKEN": "xyz"}, ["hexadecimal"]),
         (["--server", "tcp://127.0.0.1:1"], {"BREED_TOKEN": "ab" * 8}, ["32 bytes"]),
-        (["--server", "tcp://127.0.0.1:1"], {"BREED_TOKEN_FILE": "/nonexistent/t"},
-         ["BREED_TOKEN_FILE"]),
+        (
+            ["--server", "tcp://127.0.0.1:1"],
+            {"BREED_TOKEN_FILE": "/nonexistent/t"},
+            ["BREED_TOKEN_FILE"],
+        ),
         (["--server", "tcp://127.0.0.1:1"], {}, ["BREED_TOKEN"]),
-        (["--server", "not an address", "--timeout", "1"], {"BREED_TOKEN": "00" * 32},
-         ["invalid server address"]),
-        (["--server", "tcp://127.0.0.1:1", "--timeout", "-3"], {"BREED_TOKEN": "00" * 32},
-         ["timeout"]),
-        (["--server", "tcp://127.0.0.1:1"], {"BREED_TOKEN": "00" * 32,
-                                             "BREED_CLIENT_TIMEOUT": "soon"}, ["timeout"]),
+        (
+            ["--server", "not an address", "--timeout", "1"],
+            {"BREED_TOKEN": "00" * 32},
+            ["invalid server address"],
+        ),
+        (
+            ["--server", "tcp://127.0.0.1:1", "--timeout", "-3"],
+            {"BREED_TOKEN": "00" * 32},
+            ["timeout"],
+        ),
+        (
+            ["--server", "tcp://127.0.0.1:1"],
+            {"BREED_TOKEN": "00" * 32, "BREED_CLIENT_TIMEOUT": "soon"},
+            ["timeout"],
+        ),
         (["--bogus"], {}, ["unrecognized"]),
     ],
 )
@@ -332,8 +374,9 @@ def test_api_abort_float32_and_context_manager(make_server, token):
         assert client.abort("solver diverged") is True
         assert client.request() is None  # todo list exhausted: STOP
     # the job's id and key ride along: only the job holding a simulation may abort it
-    assert srv.aborts == [{"sim_id": 0, "reason": "solver diverged", "job_id": None,
-                           "job_key": None}]
+    assert srv.aborts == [
+        {"sim_id": 0, "reason": "solver diverged", "job_id": None, "job_key": None}
+    ]
     assert srv.assembler.completed_steps(0) == frozenset({0})
     assert srv.fields[0, 0].dtype == np.float32
 
@@ -388,35 +431,46 @@ def test_api_needs_an_assignment_and_a_server(token, monkeypatch):
 
 
 def assign(**over: Any) -> dict[str, Any]:
-    body = {"sim_id": 0, "params": LAM, "data": "tcp://x:1", "attempt": 1,
-            **problem_body(SMALL)}
+    body = {"sim_id": 0, "params": LAM, "data": "tcp://x:1", "attempt": 1, **problem_body(SMALL)}
     body.update(over)
     return body
 
 
 def test_a_well_formed_assignment_describes_the_problem():
     job = Assignment.from_body(assign(sim_id=3))
-    assert (job.sim_id, job.params, job.data, job.attempt, job.steps) == \
-        (3, tuple(LAM), "tcp://x:1", 1, 5)
+    assert (job.sim_id, job.params, job.data, job.attempt, job.steps) == (
+        3,
+        tuple(LAM),
+        "tcp://x:1",
+        1,
+        5,
+    )
     assert job.names == ("T0", "T1", "T2", "T3", "T4")
     assert job.named == dict(zip(job.names, LAM, strict=True))
     assert job.fields == (FieldInfo("u", (16, 16), "float64"),)
-    assert job.solver == job.settings == {k: SMALL[k] for k in
-                                          ("grid", "steps", "dt", "alpha", "length")}
+    assert (
+        job.solver
+        == job.settings
+        == {k: SMALL[k] for k in ("grid", "steps", "dt", "alpha", "length")}
+    )
 
 
-@pytest.mark.parametrize("body", [
-    {}, assign(sim_id=-1),
-    assign(params=LAM[:4]),
-    assign(params=[float("nan")] * 5),
-    assign(data=""),
-    assign(fields=[{"name": "u", "shape": [16, 16], "dtype": "int8"}]),
-    assign(fields=[{"name": "u", "shape": [], "dtype": "float64"}]),
-    assign(fields=[]),
-    {k: v for k, v in assign().items() if k != "parameters"},
-    {k: v for k, v in assign().items() if k != "steps"},
-    assign(sim_id=True),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        assign(sim_id=-1),
+        assign(params=LAM[:4]),
+        assign(params=[float("nan")] * 5),
+        assign(data=""),
+        assign(fields=[{"name": "u", "shape": [16, 16], "dtype": "int8"}]),
+        assign(fields=[{"name": "u", "shape": [], "dtype": "float64"}]),
+        assign(fields=[]),
+        {k: v for k, v in assign().items() if k != "parameters"},
+        {k: v for k, v in assign().items() if k != "steps"},
+        assign(sim_id=True),
+    ],
+)
 def test_malformed_assignments_are_client_errors(body):
     with pytest.raises(ClientError, match="ASSIGN"):
         Assignment.from_body(body)
@@ -449,8 +503,7 @@ def test_slow_server_applies_backpressure_and_loses_nothing(make_server, token):
     srv.wait_finished(1)
     assert sorted(s for (_, s) in srv.fields) == list(range(41))
     rng = np.random.default_rng(0)
-    assert all(np.array_equal(srv.fields[0, t], rng.standard_normal((256, 256)))
-               for t in range(41))
+    assert all(np.array_equal(srv.fields[0, t], rng.standard_normal((256, 256))) for t in range(41))
 
 
 @pytest.mark.timeout(30)
@@ -469,10 +522,8 @@ MPI_SCRIPT = Path(__file__).parent / "mpi_scripts" / "solve_mpi.py"
 
 @pytest.mark.mpi
 @pytest.mark.timeout(120)
-def test_mpi_client_streams_blocks_reassembled_bit_exactly(make_server, token, mpiexec,
-                                                          tmp_path):
-    solver = {"grid": 37, "steps": 20, "dt": 0.01, "alpha": 1.0, "length": 1.0,
-              "dtype": "float64"}
+def test_mpi_client_streams_blocks_reassembled_bit_exactly(make_server, token, mpiexec, tmp_path):
+    solver = {"grid": 37, "steps": 20, "dt": 0.01, "alpha": 1.0, "length": 1.0, "dtype": "float64"}
     srv = make_server(params=[LAM, LAM[::-1]], solver=solver)
     env = client_env(srv.control_address, token)
     rc, out, err = run_proc([mpiexec, "-n", "2", *CLIENT], env, timeout=90)
@@ -480,11 +531,28 @@ def test_mpi_client_streams_blocks_reassembled_bit_exactly(make_server, token, m
     srv.wait_finished(2)
     assert srv.requests[0]["nranks"] == 2
     assert sorted((f.sim_id, f.rank, f.nranks, f.steps_sent) for f in srv.finish_msgs) == [
-        (0, 0, 2, 21), (0, 1, 2, 21), (1, 0, 2, 21), (1, 1, 2, 21)]
+        (0, 0, 2, 21),
+        (0, 1, 2, 21),
+        (1, 0, 2, 21),
+        (1, 1, 2, 21),
+    ]
     # reference: the same MPI solver on 2 ranks, gathered by MPI instead of the network
     ref_file = tmp_path / "ref.npy"
-    rc, out, err = run_proc([mpiexec, "-n", "2", sys.executable, str(MPI_SCRIPT),
-                             str(ref_file), "37", "20", "1.0", *map(str, LAM)], env)
+    rc, out, err = run_proc(
+        [
+            mpiexec,
+            "-n",
+            "2",
+            sys.executable,
+            str(MPI_SCRIPT),
+            str(ref_file),
+            "37",
+            "20",
+            "1.0",
+            *map(str, LAM),
+        ],
+        env,
+    )
     assert rc == 0, err
     got = srv.trajectory(0, 20)
     assert np.array_equal(got, np.load(ref_file))  # bit-exact through ZeroMQ + Assembler
@@ -497,8 +565,13 @@ def test_mpi_client_streams_blocks_reassembled_bit_exactly(make_server, token, m
 @pytest.mark.timeout(60)
 def test_terminated_client_aborts_its_simulation(make_server, token):
     srv = make_server(solver={**SMALL, "steps": 10**6})  # would run for a long time
-    proc = subprocess.Popen(CLIENT, env=client_env(srv.control_address, token),
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        CLIENT,
+        env=client_env(srv.control_address, token),
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while len(srv.fields) < 10 and time.monotonic() < deadline:

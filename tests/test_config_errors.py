@@ -100,8 +100,7 @@ def test_schema_walk_covers_every_leaf() -> None:
     assert len(CASES) > 100
 
 
-@pytest.mark.parametrize(("key", "what", "value"), CASES,
-                         ids=[f"{k}-{w}" for k, w, _ in CASES])
+@pytest.mark.parametrize(("key", "what", "value"), CASES, ids=[f"{k}-{w}" for k, w, _ in CASES])
 def test_invalid_leaf_value(tmp_path: Path, capsys, key: str, what: str, value: Any) -> None:
     expect_exit_2(tmp_path, capsys, nest(key, value), key)
 
@@ -112,17 +111,20 @@ def test_unknown_key(tmp_path: Path, capsys, parent: str) -> None:
     expect_exit_2(tmp_path, capsys, nest(key, 1), key)
 
 
-@pytest.mark.parametrize(("cfg", "key"), [
-    ({"validation": {"file": "/no/such/validation.npz"}}, "validation.file"),
-    ({"solver": {"bounds": [500.0, 100.0]}}, "solver.bounds"),
-    ({"buffer": {"capacity": 10, "watermark": 20}}, "buffer.watermark"),
-    ({"launcher": {"host": "no-such-interface-or-host.invalid"}}, "launcher.host"),
-    ({"launcher": {"max_message_bytes": 2048}}, "launcher.max_message_bytes"),
-    ({"solver": {"ranks": 2}, "launcher": {"mpiexec": "no-such-mpiexec"}}, "launcher.mpiexec"),
-    ({"launcher": {"server_ranks": 2, "mpiexec": "no-such-mpiexec"}}, "launcher.mpiexec"),
-    ({"sampler": {"breed": {"r_start": 2}}}, "sampler.breed.r_start"),
-    ({"model": {"device": "gpu"}}, "model.device"),
-])
+@pytest.mark.parametrize(
+    ("cfg", "key"),
+    [
+        ({"validation": {"file": "/no/such/validation.npz"}}, "validation.file"),
+        ({"solver": {"bounds": [500.0, 100.0]}}, "solver.bounds"),
+        ({"buffer": {"capacity": 10, "watermark": 20}}, "buffer.watermark"),
+        ({"launcher": {"host": "no-such-interface-or-host.invalid"}}, "launcher.host"),
+        ({"launcher": {"max_message_bytes": 2048}}, "launcher.max_message_bytes"),
+        ({"solver": {"ranks": 2}, "launcher": {"mpiexec": "no-such-mpiexec"}}, "launcher.mpiexec"),
+        ({"launcher": {"server_ranks": 2, "mpiexec": "no-such-mpiexec"}}, "launcher.mpiexec"),
+        ({"sampler": {"breed": {"r_start": 2}}}, "sampler.breed.r_start"),
+        ({"model": {"device": "gpu"}}, "model.device"),
+    ],
+)
 def test_checks_beyond_types(tmp_path: Path, capsys, cfg: dict, key: str) -> None:
     expect_exit_2(tmp_path, capsys, cfg, key)
 
@@ -141,7 +143,11 @@ def test_missing_or_broken_config_file(tmp_path: Path, capsys) -> None:
 def test_exit_code_2_through_the_command_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"launcher": {"max_jobs": 0}}))
-    proc = subprocess.run([sys.executable, "-m", "breed", "run", str(path), "--output",
-                           str(tmp_path / "run")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "breed", "run", str(path), "--output", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "launcher.max_jobs" in proc.stderr and not (tmp_path / "run").exists()

@@ -14,9 +14,11 @@ from test_run import breed, read_samples, write_config
 def test_two_rank_server_uneven_shards(tmp_path: Path) -> None:
     # 5 simulations over 2 ranks: rank 1 owns 2, rank 0 owns 3, so rank 1 runs dry first and
     # must keep joining the collectives (zero-weight steps) instead of deadlocking rank 0.
-    cfg = write_config(tmp_path, study={"simulations": 5},
-                       launcher={"max_jobs": 2, "server_ranks": 2, "ping_interval": 0.2,
-                                 "poll_interval": 0.2})
+    cfg = write_config(
+        tmp_path,
+        study={"simulations": 5},
+        launcher={"max_jobs": 2, "server_ranks": 2, "ping_interval": 0.2, "poll_interval": 0.2},
+    )
     run = tmp_path / "run"
     proc = breed("run", str(cfg), "--output", str(run), timeout=200)
     assert proc.returncode == 0, proc.stderr + (run / "logs" / "server.log").read_text()

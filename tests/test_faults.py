@@ -42,15 +42,20 @@ def assert_clean(run: RunUnderTest) -> dict:
     assert a["duplicated_rows"] == 0 and a["duplicated_puts"] == 0, a
     assert a["received"] == S * (STEPS + 1) and a["fields_ok"]
     retried = sum(int(r["attempts"]) > 1 for r in rows)
-    print(f"\nAUDIT lost={a['lost']} duplicated={a['duplicated_puts'] + a['duplicated_rows']} "
-          f"re-sent-and-dropped={a['counts'].get('duplicate_steps', 0)} retried_sims={retried} "
-          f"evicted={a['evicted']} iterations={a['iteration']}")
+    print(
+        f"\nAUDIT lost={a['lost']} duplicated={a['duplicated_puts'] + a['duplicated_rows']} "
+        f"re-sent-and-dropped={a['counts'].get('duplicate_steps', 0)} retried_sims={retried} "
+        f"evicted={a['evicted']} iterations={a['iteration']}"
+    )
     return a
 
 
 def client_groups(run: RunUnderTest) -> list[int]:
-    return [int(r["pgid"]) for r in run.jobs() if r["state"] in ("submitted", "running")
-            and r["pgid"] and alive(int(r["pgid"]))]
+    return [
+        int(r["pgid"])
+        for r in run.jobs()
+        if r["state"] in ("submitted", "running") and r["pgid"] and alive(int(r["pgid"]))
+    ]
 
 
 def freeze_clients(run: RunUnderTest, timeout: float = 60) -> list[int]:
@@ -99,8 +104,9 @@ def test_silent_client_times_out_is_cancelled_and_its_simulation_rerun(make_run)
     assert_clean(run)
     rows = {int(r["sim_id"]): r for r in samples_csv(run.dir)}
     hung = next(r for r in run.jobs() if r["name"] == job)
-    assert all(int(rows[s]["attempts"]) >= 2 and rows[s]["job_id"] != hung["job_id"]
-               for s in sims)  # finished by another job
+    assert all(
+        int(rows[s]["attempts"]) >= 2 and rows[s]["job_id"] != hung["job_id"] for s in sims
+    )  # finished by another job
     assert hung["state"] == "cancelled" and "silent" in hung["reason"]
     assert not alive(int(hung["pgid"]))
 
@@ -117,8 +123,9 @@ def test_server_killed_restarts_from_its_checkpoint(make_run) -> None:
     job, sim, have = stop_mid_stream(run, run.cfg["solver"]["steps"])
     interval = run.cfg["training"]["checkpoint_interval"]
     start = run.wait_until("the watermark", lambda p: p["iteration"] > 0 and p["iteration"])
-    pong = run.wait_until("a checkpoint after the freeze",
-                          lambda p: p["iteration"] >= start + 2 * interval and p)
+    pong = run.wait_until(
+        "a checkpoint after the freeze", lambda p: p["iteration"] >= start + 2 * interval and p
+    )
     assert pong["sims_done"] < S and str(sim) in pong["in_flight_steps"]
     os.kill(old_server, signal.SIGSTOP)  # hold the checkpoint still while we read it
     at = load_checkpoint(run.dir / "checkpoints" / "checkpoint.pt")["trainer"]["iteration"]
@@ -160,10 +167,13 @@ def test_hung_server_is_killed_and_restarted(make_run) -> None:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize(("policy", "message"), [
-    ({"on_server_death": "fail"}, "the server process exited; see logs/server.log"),
-    ({"max_server_restarts": 0}, "gave up after 0 server restarts"),
-])
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"on_server_death": "fail"}, "the server process exited; see logs/server.log"),
+        ({"max_server_restarts": 0}, "gave up after 0 server restarts"),
+    ],
+)
 def test_server_death_fails_the_run_when_configured(make_run, policy, message) -> None:
     run = make_run({**PACED, "launcher": {**PACED["launcher"], **policy}})
     proc = run.start()

@@ -59,15 +59,22 @@ def one_line_exit_2(proc: subprocess.CompletedProcess, *needles: str) -> str:
 
 
 def breed_run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "breed", "run", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "breed", "run", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def digests(folder: Path) -> dict[str, str]:
     """Content hash of every file under ``folder`` (what "changes no file" compares)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def ports(run: RunUnderTest) -> list[tuple[str, int]]:
@@ -125,8 +132,7 @@ def test_idle_connections_of_a_stranger_do_not_kill_the_server(make_run) -> None
             held[:] = alive_now
             while len(held) < 1100 and not stop.is_set():
                 try:
-                    held.append(socket.create_connection(targets[opened % len(targets)],
-                                                         timeout=1))
+                    held.append(socket.create_connection(targets[opened % len(targets)], timeout=1))
                     opened += 1
                 except OSError:
                     break
@@ -158,19 +164,25 @@ def test_a_second_launcher_on_a_live_run_is_refused(make_run) -> None:
     run.wait_until("the server", lambda p: True)
     jobs_before = {r["name"]: r["state"] for r in run.jobs()}
     resumed = breed_run("--resume", run.dir)
-    one_line_exit_2(resumed, f"{run.dir} is in use by breed run (pid {proc.pid} on host "
-                             f"{socket.gethostname()}")
+    one_line_exit_2(
+        resumed, f"{run.dir} is in use by breed run (pid {proc.pid} on host {socket.gethostname()}"
+    )
     again = breed_run(run.cfg_path, "--output", run.dir, "--overwrite")
     one_line_exit_2(again, f"is in use by breed run (pid {proc.pid}")
     fresh = breed_run(run.cfg_path, "--output", run.dir)
     one_line_exit_2(fresh, "holds a run", f"breed run --resume {run.dir}")
     # the live launcher's clients were not touched by the refused ones
-    assert all(r["reason"] != "left by a launcher that died; cancelled on resume"
-               for r in run.jobs() if r["name"] in jobs_before)
+    assert all(
+        r["reason"] != "left by a launcher that died; cancelled on resume"
+        for r in run.jobs()
+        if r["name"] in jobs_before
+    )
     assert run.finish(proc) == 0, run.stderr()
-    train = [json.loads(x)["iteration"] for x in
-             (run.dir / "metrics.jsonl").read_text().splitlines()
-             if json.loads(x)["kind"] == "train"]
+    train = [
+        json.loads(x)["iteration"]
+        for x in (run.dir / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["kind"] == "train"
+    ]
     assert train == sorted(set(train))  # one writer: iterations never go back
     names = [r["name"] for r in run.jobs()]
     assert len(names) == len(set(names))
@@ -183,8 +195,12 @@ def test_a_second_server_on_a_run_directory_is_refused(tmp_path: Path) -> None:
     (tmp_path / "logs").mkdir()
     (tmp_path / "config.resolved.yaml").write_text("{}")
     with RunLock(tmp_path, SERVER_LOCK, "breed server"):
-        proc = subprocess.run([sys.executable, "-m", "breed", "server", "--run-dir",
-                               str(tmp_path)], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "breed", "server", "--run-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode == 2
     assert f"is in use by breed server (pid {os.getpid()}" in proc.stderr.strip().splitlines()[-1]
 
@@ -198,8 +214,9 @@ def test_an_existing_run_directory_is_never_reused(make_run) -> None:
     other = merge(run.cfg, {"validation": {"size": 3, "seed": 7}})
     other_path = run.dir.parent / "other.yaml"
     other_path.write_text(yaml.safe_dump(other))
-    one_line_exit_2(breed_run(other_path, "--output", run.dir), "holds a finished run",
-                    "--overwrite")
+    one_line_exit_2(
+        breed_run(other_path, "--output", run.dir), "holds a finished run", "--overwrite"
+    )
     assert digests(run.dir) == before  # nothing appended, overwritten or reused
     # --overwrite moves the old run aside and starts afresh, with a validation set of its own
     done = breed_run(other_path, "--output", run.dir, "--overwrite", timeout=240)
@@ -213,13 +230,15 @@ def test_an_existing_run_directory_is_never_reused(make_run) -> None:
     assert (vset.size, vset.seed) == (3, 7)
     assert_clean(run)
     # a validation set made for other settings is refused with one line, before anything
-    bad = merge(run.cfg, {"validation": {"file": str(moved[0] / "validation.npz"),
-                                         "size": 3}})
+    bad = merge(run.cfg, {"validation": {"file": str(moved[0] / "validation.npz"), "size": 3}})
     bad_path = run.dir.parent / "bad.yaml"
     bad_path.write_text(yaml.safe_dump(bad))
     out = run.dir.parent / "never"
-    one_line_exit_2(breed_run(bad_path, "--output", out),
-                    "validation.file", "made with validation.size 2 but the run has 3")
+    one_line_exit_2(
+        breed_run(bad_path, "--output", out),
+        "validation.file",
+        "made with validation.size 2 but the run has 3",
+    )
     assert not out.exists()
 
 
@@ -252,8 +271,7 @@ def test_failed_checkpoint_writes_are_retried_not_fatal(make_run, how: str) -> N
         ckpt.rename(aside)
         ckpt.write_text("not a directory")
     else:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(ckpt)],
-                       check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(ckpt)], check=True)
     try:
         wait_for_log(run, "not written")
         run.wait_until("the warning", lambda p: "checkpoint" in p.get("warnings", {}))
@@ -279,14 +297,18 @@ def test_failed_checkpoint_writes_are_retried_not_fatal(make_run, how: str) -> N
 
 
 # -- 5. configs that cannot fit --------------------------------------------------------------
-@pytest.mark.parametrize(("changes", "term"), [
-    ({"solver": {"grid": 4096, "steps": 100000}}, "validation set"),
-    ({"model": {"batch_size": 1_000_000_000}}, "batch"),
-    ({"validation": {"size": 1_000_000_000}}, "validation set"),
-    ({"buffer": {"capacity": 1_000_000_000_000}}, "buffer"),
-])
-def test_a_run_that_cannot_fit_is_refused_before_anything_starts(tmp_path, capsys, changes,
-                                                                 term) -> None:
+@pytest.mark.parametrize(
+    ("changes", "term"),
+    [
+        ({"solver": {"grid": 4096, "steps": 100000}}, "validation set"),
+        ({"model": {"batch_size": 1_000_000_000}}, "batch"),
+        ({"validation": {"size": 1_000_000_000}}, "validation set"),
+        ({"buffer": {"capacity": 1_000_000_000_000}}, "buffer"),
+    ],
+)
+def test_a_run_that_cannot_fit_is_refused_before_anything_starts(
+    tmp_path, capsys, changes, term
+) -> None:
     path = tmp_path / "huge.yaml"
     path.write_text(yaml.safe_dump(changes))
     t0 = time.monotonic()
@@ -313,12 +335,20 @@ def test_clients_held_by_back_pressure_are_not_cancelled_as_silent(make_run) -> 
     reservoir full of unseen samples: the receiver stops reading and the clients block in
     ``send`` for longer than ``simulation_timeout`` (0.5 s). Blocked by the server, they are not
     silent: none is cancelled, no simulation is run twice, no λ is redrawn."""
-    run = make_run({"launcher": {"max_jobs": 2, "simulation_timeout": 0.5},
-                    "model": {"hidden": 4096, "layers": 2, "batch_size": 1024},
-                    "buffer": {"capacity": 300, "watermark": 150},
-                    "training": {"threads": 1, "checkpoint_interval": 10000,
-                                 "validation_interval": 10000, "log_interval": 1,
-                                 "progress": False}})
+    run = make_run(
+        {
+            "launcher": {"max_jobs": 2, "simulation_timeout": 0.5},
+            "model": {"hidden": 4096, "layers": 2, "batch_size": 1024},
+            "buffer": {"capacity": 300, "watermark": 150},
+            "training": {
+                "threads": 1,
+                "checkpoint_interval": 10000,
+                "validation_interval": 10000,
+                "log_interval": 1,
+                "progress": False,
+            },
+        }
+    )
     proc = run.start()
     assert run.finish(proc, timeout=280) == 0, run.stderr()
     summary = json.loads((run.dir / "summary.json").read_text())
@@ -368,16 +398,21 @@ def test_bad_config_files_and_arguments_get_one_line(tmp_path: Path) -> None:
     assert not out.exists() and blocker.read_text() == "x"
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("launcher.simulation_timeout", ".nan"), ("launcher.ping_timeout", ".inf"),
-    ("solver.dt", ".nan"), ("model.lr", ".inf"), ("solver.bounds", "[100, .inf]"),
-    ("sampler.breed.sigma", ".nan"),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("launcher.simulation_timeout", ".nan"),
+        ("launcher.ping_timeout", ".inf"),
+        ("solver.dt", ".nan"),
+        ("model.lr", ".inf"),
+        ("solver.bounds", "[100, .inf]"),
+        ("sampler.breed.sigma", ".nan"),
+    ],
+)
 def test_nan_and_infinity_are_refused(tmp_path, capsys, key: str, value: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("{}\n")
-    assert runner.main([str(path), "--output", str(tmp_path / "r"), "--set",
-                        f"{key}={value}"]) == 2
+    assert runner.main([str(path), "--output", str(tmp_path / "r"), "--set", f"{key}={value}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"breed run: {key}") and "is not a finite number" in err, err
 
@@ -388,9 +423,13 @@ def test_garbage_jobs_table_on_resume_is_refused_then_resume_works(make_run) -> 
     kill_run_keep_dir(run, run.start())
     jobs = run.dir / "jobs.csv"
     good = jobs.read_bytes()
-    for garbage in (os.urandom(2000), b"name,job_id\nclient-1,x\n",
-                    good.replace(b"submitted", b"exploded").replace(b"running", b"exploded")
-                    .replace(b"done", b"exploded")):
+    for garbage in (
+        os.urandom(2000),
+        b"name,job_id\nclient-1,x\n",
+        good.replace(b"submitted", b"exploded")
+        .replace(b"running", b"exploded")
+        .replace(b"done", b"exploded"),
+    ):
         jobs.write_bytes(garbage)
         before = digests(run.dir)
         one_line_exit_2(breed_run("--resume", run.dir), "--resume: ", "jobs.csv")
@@ -428,9 +467,16 @@ def test_a_crafted_checkpoint_is_refused_and_never_runs(make_run) -> None:
     import torch
 
     torch.save({"iteration": 1, "x": _Payload(marker)}, ckpt)
-    probe = subprocess.run([sys.executable, "-c", "import sys, torch; "
-                            "torch.load(sys.argv[1], weights_only=False)", str(ckpt)],
-                           capture_output=True, timeout=60)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, torch; torch.load(sys.argv[1], weights_only=False)",
+            str(ckpt),
+        ],
+        capture_output=True,
+        timeout=60,
+    )
     assert probe.returncode == 0 and marker.exists()  # the file is a real attack ...
     marker.unlink()
     resumed = run.start(resume=True)
@@ -467,21 +513,25 @@ class Insider:
 def test_a_job_id_cannot_be_claimed_by_another_peer(make_run) -> None:
     run = make_run({"launcher": {"max_jobs": 2, "simulation_timeout": 3.0}})
     proc = run.start()
-    pong = run.wait_until("a simulation in flight",
-                          lambda p: any(j for j, _ in p["in_flight_steps"].values()) and p)
+    pong = run.wait_until(
+        "a simulation in flight", lambda p: any(j for j, _ in p["in_flight_steps"].values()) and p
+    )
     sim, (victim, _) = next((s, v) for s, v in pong["in_flight_steps"].items() if v[0])
     insider = Insider(run)
     try:
         kind, body = insider.call(Kind.REQUEST, {"client": "x", "job_id": victim, "nranks": 1})
         assert kind is Kind.REJECT and "without its job key" in body["reason"]
-        kind, _ = insider.call(Kind.REQUEST, {"client": "x", "job_id": victim, "nranks": 1,
-                                              "job_key": "0" * 32})
+        kind, _ = insider.call(
+            Kind.REQUEST, {"client": "x", "job_id": victim, "nranks": 1, "job_key": "0" * 32}
+        )
         assert kind is Kind.REJECT
-        kind, body = insider.call(Kind.REQUEST, {"client": "x", "job_id": "client-99999",
-                                                 "nranks": 1})
+        kind, body = insider.call(
+            Kind.REQUEST, {"client": "x", "job_id": "client-99999", "nranks": 1}
+        )
         assert kind is Kind.REJECT and "not a job this run's launcher started" in body["reason"]
-        kind, _ = insider.call(Kind.ABORT, {"sim_id": int(sim), "reason": "x",
-                                            "job_id": "client-99999"})
+        kind, _ = insider.call(
+            Kind.ABORT, {"sim_id": int(sim), "reason": "x", "job_id": "client-99999"}
+        )
         assert kind is Kind.REJECT
     finally:
         insider.close()
@@ -538,23 +588,35 @@ def test_finish_before_any_step_is_retried_at_once(make_run) -> None:
 def test_partial_files_of_killed_writes_are_removed(make_run) -> None:
     run = make_run(PACED)
     kill_run_keep_dir(run, run.start())
-    partial = [run.dir / "checkpoints" / ".checkpoint.pt.k1ll3d", run.dir / ".samples.csv.x1",
-               run.dir / ".summary.json.x2", run.dir / ".jobs.csv.x3"]
+    partial = [
+        run.dir / "checkpoints" / ".checkpoint.pt.k1ll3d",
+        run.dir / ".samples.csv.x1",
+        run.dir / ".summary.json.x2",
+        run.dir / ".jobs.csv.x3",
+    ]
     for path in partial:
         path.write_bytes(os.urandom(4096))
     keep = run.dir / "checkpoints" / "notes.txt"  # not a partial write: left alone
     keep.write_text("mine")
     assert run.finish(run.start(resume=True)) == 0, run.stderr()
     assert not any(p.exists() for p in partial) and keep.read_text() == "mine"
-    assert "partial files of writes killed half-way" in (run.dir / "logs" /
-                                                          "server.log").read_text()
+    assert (
+        "partial files of writes killed half-way" in (run.dir / "logs" / "server.log").read_text()
+    )
     assert_clean(run)
 
 
 def test_the_fd_limit_is_raised_to_the_hard_limit() -> None:
-    code = ("import resource; from breed.server.guard import raise_fd_limit; "
-            "print(*raise_fd_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE))")
-    out = subprocess.run(["bash", "-c", f"ulimit -Sn 64; {sys.executable} -c '{code}'"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    code = (
+        "import resource; from breed.server.guard import raise_fd_limit; "
+        "print(*raise_fd_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE))"
+    )
+    out = subprocess.run(
+        ["bash", "-c", f"ulimit -Sn 64; {sys.executable} -c '{code}'"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
     soft, hard, now_soft, now_hard = map(int, out)
     assert soft == hard == now_soft == now_hard and soft > 64

@@ -83,8 +83,9 @@ def test_mirror_symmetry():
     np.testing.assert_allclose(swap34[:, :, ::-1], u, rtol=1e-12)
     # exchanging the roles of x1 and x2 transposes the interior (corners aside: ownership)
     transposed = solve([t0, t3, t4, t1, t2], grid=21, steps=20, length=2.0)
-    np.testing.assert_allclose(transposed[:, 1:-1, 1:-1].transpose(0, 2, 1),
-                               u[:, 1:-1, 1:-1], rtol=1e-12)
+    np.testing.assert_allclose(
+        transposed[:, 1:-1, 1:-1].transpose(0, 2, 1), u[:, 1:-1, 1:-1], rtol=1e-12
+    )
 
 
 def test_linearity_in_lambda():
@@ -116,9 +117,15 @@ def implicit_euler_series(lam, x1, x2, steps, dt, alpha, length, modes=80):
     mu = alpha * np.pi**2 * (k**2 + m**2) / length**2
     odd_k, odd_m = 1 - (-1.0) ** k, 1 - (-1.0) ** m
     initial = t0 * 4 / np.pi**2 * odd_k * odd_m / (k * m)
-    steady = 4 / length**2 / mu * (
-        (t1 + t2 * (-1.0) ** (k + 1)) * (k / m) * odd_m
-        + (t3 + t4 * (-1.0) ** (m + 1)) * (m / k) * odd_k)
+    steady = (
+        4
+        / length**2
+        / mu
+        * (
+            (t1 + t2 * (-1.0) ** (k + 1)) * (k / m) * odd_m
+            + (t3 + t4 * (-1.0) ** (m + 1)) * (m / k) * odd_k
+        )
+    )
     amp = (initial - steady) * (1 + dt * mu) ** (-steps)
     s1 = np.sin(np.pi * np.outer(k[:, 0], x1) / length)
     s2 = np.sin(np.pi * np.outer(m[0], x2) / length)
@@ -126,12 +133,16 @@ def implicit_euler_series(lam, x1, x2, steps, dt, alpha, length, modes=80):
     q = np.arange(1, 402, 2.0)[:, None]
 
     def ratio(y):  # sinh(q pi y / L) / sinh(q pi), overflow-free
-        return (np.exp(q * np.pi * (y / length - 1)) * (1 - np.exp(-2 * q * np.pi * y / length))
-                / (1 - np.exp(-2 * q * np.pi)))
+        return (
+            np.exp(q * np.pi * (y / length - 1))
+            * (1 - np.exp(-2 * q * np.pi * y / length))
+            / (1 - np.exp(-2 * q * np.pi))
+        )
 
     c = 4 / (q * np.pi)
-    u_s = (c * (t1 * ratio(length - x1) + t2 * ratio(x1)) * np.sin(q * np.pi * x2 / length)
-           + c * (t3 * ratio(length - x2) + t4 * ratio(x2)) * np.sin(q * np.pi * x1 / length))
+    u_s = c * (t1 * ratio(length - x1) + t2 * ratio(x1)) * np.sin(q * np.pi * x2 / length) + c * (
+        t3 * ratio(length - x2) + t4 * ratio(x2)
+    ) * np.sin(q * np.pi * x1 / length)
     return u_s.sum(0) + transient
 
 

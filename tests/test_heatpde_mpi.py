@@ -37,8 +37,9 @@ def test_split_rows_partitions_the_interior(interior, nranks):
 def test_single_rank_equals_serial(preconditioner):
     from mpi4py import MPI
 
-    got = solve_mpi(MPI.COMM_SELF, LAM, grid=GRID, steps=STEPS, length=LENGTH,
-                    preconditioner=preconditioner)
+    got = solve_mpi(
+        MPI.COMM_SELF, LAM, grid=GRID, steps=STEPS, length=LENGTH, preconditioner=preconditioner
+    )
     ref = solve(LAM, grid=GRID, steps=STEPS, length=LENGTH)
     assert np.abs(got - ref).max() <= 1e-10 * np.abs(ref).max()
     assert np.all(got[0] == ref[0])
@@ -54,8 +55,19 @@ def test_bad_settings_raise_value_errors():
 
 
 def run_mpi(mpiexec: str, nranks: int, out: Path, *extra: str) -> dict:
-    cmd = [mpiexec, "-n", str(nranks), sys.executable, str(SCRIPT), str(out), str(GRID),
-           str(STEPS), str(LENGTH), *map(str, LAM), *extra]
+    cmd = [
+        mpiexec,
+        "-n",
+        str(nranks),
+        sys.executable,
+        str(SCRIPT),
+        str(out),
+        str(GRID),
+        str(STEPS),
+        str(LENGTH),
+        *map(str, LAM),
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])

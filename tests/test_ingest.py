@@ -70,9 +70,19 @@ def test_ring_wraps_and_keeps_order() -> None:
 def test_ingest_process_end_to_end() -> None:
     token = secrets.token_bytes(32)
     heat = heat_problem(grid=8, steps=4, bounds=(100.0, 500.0))
-    spec = WorkerSpec(token=token, bind="tcp://127.0.0.1", ring="", slots=8, field_size=64,
-                      spec=StepSpec.of(heat), max_payload=64 * 8, max_message=1 << 16,
-                      center=300.0, scale=200.0, hwm=4)
+    spec = WorkerSpec(
+        token=token,
+        bind="tcp://127.0.0.1",
+        ring="",
+        slots=8,
+        field_size=64,
+        spec=StepSpec.of(heat),
+        max_payload=64 * 8,
+        max_message=1 << 16,
+        center=300.0,
+        scale=200.0,
+        hwm=4,
+    )
     ing = IngestProcess(spec)
     ctx = zmq.Context.instance()
     push = ctx.socket(zmq.DEALER)  # the client API's data socket

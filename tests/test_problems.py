@@ -42,7 +42,9 @@ def test_the_heat_preset_is_the_structure_a_user_writes() -> None:
     assert p.name == "heat2d" and p.names == ["T0", "T1", "T2", "T3", "T4"] and p.dim == 5
     assert [f.shape for f in p.fields] == [(64, 64)] and p.steps == 100
     assert p.fields[0].range == (100.0, 500.0) and p.client.command[1:] == (
-        "-m", "breed.problems.heat2d_client")
+        "-m",
+        "breed.problems.heat2d_client",
+    )
     np.testing.assert_array_equal(p.lower, np.full(5, 100.0))
 
 
@@ -56,19 +58,22 @@ def test_a_user_problem_parses_with_log_axes() -> None:
     assert p.fingerprint() != problem_of(validate(toy(**{"problem.steps": 21}))).fingerprint()
 
 
-@pytest.mark.parametrize(("changes", "key"), [
-    ({"problem.parameters": []}, "problem.parameters"),
-    ({"problem.parameters.0.low": 3.0}, "problem.parameters.0.low"),
-    ({"problem.parameters.2.low": -1.0}, "problem.parameters.2.low"),  # log scale, low <= 0
-    ({"problem.fields.0.shape": [24, 0]}, "problem.fields.0.shape"),
-    ({"problem.fields.1.dtype": "int8"}, "problem.fields.1.dtype"),
-    ({"problem.fields.1.name": "u"}, "problem.fields"),
-    ({"problem.client.command": ["no-such-solver-binary", "-x"]}, "problem.client.command"),
-    ({"problem.client.command": ["./missing/solver.py"]}, "problem.client.command"),
-    ({"problem.steps": 0}, "problem.steps"),
-    ({"problem.client.env": {"BREED_TOKEN": "x"}}, "problem.client.env"),
-    ({"problem": "no-such-preset"}, "problem"),
-])
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"problem.parameters": []}, "problem.parameters"),
+        ({"problem.parameters.0.low": 3.0}, "problem.parameters.0.low"),
+        ({"problem.parameters.2.low": -1.0}, "problem.parameters.2.low"),  # log scale, low <= 0
+        ({"problem.fields.0.shape": [24, 0]}, "problem.fields.0.shape"),
+        ({"problem.fields.1.dtype": "int8"}, "problem.fields.1.dtype"),
+        ({"problem.fields.1.name": "u"}, "problem.fields"),
+        ({"problem.client.command": ["no-such-solver-binary", "-x"]}, "problem.client.command"),
+        ({"problem.client.command": ["./missing/solver.py"]}, "problem.client.command"),
+        ({"problem.steps": 0}, "problem.steps"),
+        ({"problem.client.env": {"BREED_TOKEN": "x"}}, "problem.client.env"),
+        ({"problem": "no-such-preset"}, "problem"),
+    ],
+)
 def test_bad_problem_descriptions_are_one_line_exit_2(tmp_path, capsys, changes, key) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(toy(**changes)))
@@ -85,9 +90,13 @@ def test_problem_errors_name_the_key_in_validate() -> None:
 
 
 def run_toy(tmp_path: Path, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "breed", "run", str(TOY), "--output",
-                           str(tmp_path / "run"), *extra], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "breed", "run", str(TOY), "--output", str(tmp_path / "run"), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
@@ -98,9 +107,13 @@ def test_a_users_solver_runs_end_to_end_with_breed_steering(tmp_path: Path) -> N
     scaled from the first samples)."""
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     breed = Path(sys.executable).with_name("breed")
-    proc = subprocess.run([str(breed), "run", "examples/byos/toy.yaml", "--output",
-                           "results/toy"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=240)
+    proc = subprocess.run(
+        [str(breed), "run", "examples/byos/toy.yaml", "--output", "results/toy"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "results" / "toy"
     rows = (run / "samples.csv").read_text().splitlines()
@@ -119,10 +132,12 @@ def test_a_users_solver_runs_end_to_end_with_breed_steering(tmp_path: Path) -> N
     sys.path.insert(0, str(TOY.parent))
     import toy_client
 
-    want = toy_client.fields(dict(zip(problem.names, vset.params[3], strict=True)), 5, 20,
-                             np.arange(24))
-    np.testing.assert_allclose(vset.fields[3, 5], np.concatenate(
-        [want["u"].ravel(), want["v"].ravel()]), rtol=1e-6)  # float32 on the wire
+    want = toy_client.fields(
+        dict(zip(problem.names, vset.params[3], strict=True)), 5, 20, np.arange(24)
+    )
+    np.testing.assert_allclose(
+        vset.fields[3, 5], np.concatenate([want["u"].ravel(), want["v"].ravel()]), rtol=1e-6
+    )  # float32 on the wire
 
 
 @pytest.mark.mpi
@@ -141,16 +156,27 @@ def test_a_users_solver_with_two_mpi_ranks_per_client(tmp_path: Path) -> None:
 def test_a_client_that_breaks_the_problem_is_told_at_once(tmp_path: Path) -> None:
     """Simulation 0's first attempt sends a 24 x 39 field: its client gets a REJECT and exits
     non-zero with one line in under 5 s; the server counts it; the run completes."""
-    cfg = toy(**{"problem.client.command": ["{python}", str(ROOT / "tests" / "data" /
-                                                            "bad_shape_client.py")],
-                 "launcher.max_jobs": 1, "launcher.simulation_timeout": 300.0,
-                 "sampler.name": "uniform", "validation.file": None})
+    cfg = toy(
+        **{
+            "problem.client.command": [
+                "{python}",
+                str(ROOT / "tests" / "data" / "bad_shape_client.py"),
+            ],
+            "launcher.max_jobs": 1,
+            "launcher.simulation_timeout": 300.0,
+            "sampler.name": "uniform",
+            "validation.file": None,
+        }
+    )
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "breed", "run", str(path), "--output",
-                           str(tmp_path / "run")], capture_output=True, text=True,
-                          timeout=280)
+    proc = subprocess.run(
+        [sys.executable, "-m", "breed", "run", str(path), "--output", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - t0 < 120  # never a wait for simulation_timeout (300 s)
     run = tmp_path / "run"
@@ -164,8 +190,8 @@ def test_a_client_that_breaks_the_problem_is_told_at_once(tmp_path: Path) -> Non
     told = float(lines[-2].split("told after ")[1].split()[0])
     assert told < 5.0, lines  # seconds from its first bad step to the one-line error
     print(f"\nthe client was told {told:.3f} s after its first bad step")
-    assert lines[-1].startswith("bad_shape_client: server rejected the data of simulation 0: "
-                                "field v: 24 rows x 39"), lines
-    row0 = next(r for r in (run / "samples.csv").read_text().splitlines()[1:]
-                if r.startswith("0,"))
+    assert lines[-1].startswith(
+        "bad_shape_client: server rejected the data of simulation 0: field v: 24 rows x 39"
+    ), lines
+    row0 = next(r for r in (run / "samples.csv").read_text().splitlines()[1:] if r.startswith("0,"))
     assert ",done," in row0 and ",2," in row0  # run again at once, with the same lambda

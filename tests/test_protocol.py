@@ -36,15 +36,18 @@ from breed.protocol import (
 TOKEN = bytes(range(32))
 
 
-def header(kind: int = Kind.REQUEST, token: bytes = TOKEN, magic: bytes = MAGIC,
-           version: int = PROTOCOL_VERSION) -> bytes:
+def header(
+    kind: int = Kind.REQUEST,
+    token: bytes = TOKEN,
+    magic: bytes = MAGIC,
+    version: int = PROTOCOL_VERSION,
+) -> bytes:
     return HEADER.pack(magic, version, kind, token)
 
 
 def step_frames(**kw) -> list[bytes]:
     block = kw.pop("block", np.arange(12.0).reshape(3, 4))
-    return encode_step(TOKEN, 5, 7, block, rank=1, nranks=3, row_offset=2, global_rows=10,
-                       **kw)
+    return encode_step(TOKEN, 5, 7, block, rank=1, nranks=3, row_offset=2, global_rows=10, **kw)
 
 
 # -- round trips ------------------------------------------------------------------------------
@@ -63,8 +66,16 @@ def test_step_round_trip_is_bit_exact(dtype):
     assert frames[2] == block.astype(np.dtype(block.dtype).newbyteorder("<")).tobytes()
     msg = decode(frames, TOKEN)
     assert isinstance(msg, StepMessage)
-    assert (msg.sim_id, msg.step, msg.rank, msg.nranks, msg.row_offset, msg.global_rows,
-            msg.rows, msg.field) == (5, 7, 1, 3, 2, 10, 3, 0)
+    assert (
+        msg.sim_id,
+        msg.step,
+        msg.rank,
+        msg.nranks,
+        msg.row_offset,
+        msg.global_rows,
+        msg.rows,
+        msg.field,
+    ) == (5, 7, 1, 3, 2, 10, 3, 0)
     assert msg.block.dtype.isnative and msg.block.dtype.itemsize == block.dtype.itemsize
     assert np.array_equal(msg.block, block)  # may be a read-only view of the frame
 
@@ -89,8 +100,9 @@ def test_step_blocks_of_one_or_many_axes_travel_as_rows():
 
 
 def test_finish_round_trip():
-    assert decode(encode_finish(TOKEN, 9, 101, rank=2, nranks=4), TOKEN) == \
-        FinishMessage(9, 2, 4, 101)
+    assert decode(encode_finish(TOKEN, 9, 101, rank=2, nranks=4), TOKEN) == FinishMessage(
+        9, 2, 4, 101
+    )
 
 
 def test_zero_copy_frames_decode():
@@ -110,8 +122,11 @@ def test_token_from_hex():
 
 def test_wrong_token_is_an_auth_error_for_every_kind():
     other = bytes(32)
-    for frames in (encode_control(Kind.REQUEST, other), encode_step(other, 0, 0, np.zeros((1, 1))),
-                   encode_finish(other, 0, 0)):
+    for frames in (
+        encode_control(Kind.REQUEST, other),
+        encode_step(other, 0, 0, np.zeros((1, 1))),
+        encode_finish(other, 0, 0),
+    ):
         with pytest.raises(AuthError, match="token"):
             decode(frames, TOKEN)
     assert check_token(TOKEN, TOKEN) and not check_token(TOKEN, other)
@@ -122,8 +137,7 @@ FIN = FINISH_BODY.pack(1, 0, 1, 3)
 
 
 def step_body(**over) -> bytes:
-    f = dict(sim_id=1, step=0, rank=0, nranks=1, field=0, offset=0, rows=2, grows=2, cols=3,
-             code=2)
+    f = dict(sim_id=1, step=0, rank=0, nranks=1, field=0, offset=0, rows=2, grows=2, cols=3, code=2)
     f.update(over)
     return STEP_BODY.pack(*f.values())
 
@@ -149,8 +163,7 @@ MALFORMED = {
     "step dtype code": ([header(Kind.STEP), step_body(code=9), bytes(48)], "dtype"),
     "step zero rows": ([header(Kind.STEP), step_body(rows=0), b""], "rows"),
     "step zero cols": ([header(Kind.STEP), step_body(cols=0), b""], "shape"),
-    "step huge shape": ([header(Kind.STEP), step_body(grows=(1 << 24) + 1, rows=1), b""],
-                        "shape"),
+    "step huge shape": ([header(Kind.STEP), step_body(grows=(1 << 24) + 1, rows=1), b""], "shape"),
     "step huge cols": ([header(Kind.STEP), step_body(cols=(1 << 28) + 1), b""], "shape"),
     "step rows past end": ([header(Kind.STEP), step_body(offset=1), bytes(48)], "rows"),
     "truncated payload": ([header(Kind.STEP), step_body(), bytes(47)], "payload"),
@@ -216,18 +229,29 @@ def test_fuzz_random_frames(frames):
 
 
 @FUZZ
-@given(kind=st.integers(0, 255), version=st.sampled_from([PROTOCOL_VERSION, 0, 65535]),
-       body=st.binary(max_size=STEP_BODY.size + 8), payload=st.lists(st.binary(max_size=64),
-                                                                      max_size=2))
+@given(
+    kind=st.integers(0, 255),
+    version=st.sampled_from([PROTOCOL_VERSION, 0, 65535]),
+    body=st.binary(max_size=STEP_BODY.size + 8),
+    payload=st.lists(st.binary(max_size=64), max_size=2),
+)
 def test_fuzz_valid_header_random_body(kind, version, body, payload):
     assert_decodes_or_protocol_error([header(kind, version=version), body, *payload])
 
 
 @FUZZ
-@given(fields=st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1),
-                        st.integers(0, 2**16 - 1), st.integers(0, 2**16 - 1),
-                        st.integers(0, 2**16 - 1), *[st.integers(0, 2**32 - 1)] * 4, st.integers(0, 255)),
-       payload=st.binary(max_size=256))
+@given(
+    fields=st.tuples(
+        st.integers(0, 2**64 - 1),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**16 - 1),
+        st.integers(0, 2**16 - 1),
+        st.integers(0, 2**16 - 1),
+        *[st.integers(0, 2**32 - 1)] * 4,
+        st.integers(0, 255),
+    ),
+    payload=st.binary(max_size=256),
+)
 def test_fuzz_step_header_fields(fields, payload):
     assert_decodes_or_protocol_error([header(Kind.STEP), STEP_BODY.pack(*fields), payload])
 
@@ -235,9 +259,15 @@ def test_fuzz_step_header_fields(fields, payload):
 @FUZZ
 @given(data=st.data())
 def test_fuzz_mutated_valid_messages(data):
-    frames = data.draw(st.sampled_from([
-        step_frames(), encode_finish(TOKEN, 1, 2),
-        encode_control(Kind.ASSIGN, TOKEN, {"sim_id": 1, "params": [1, 2, 3, 4, 5]})]))
+    frames = data.draw(
+        st.sampled_from(
+            [
+                step_frames(),
+                encode_finish(TOKEN, 1, 2),
+                encode_control(Kind.ASSIGN, TOKEN, {"sim_id": 1, "params": [1, 2, 3, 4, 5]}),
+            ]
+        )
+    )
     frames = [bytearray(f) for f in frames]
     i = data.draw(st.integers(0, len(frames) - 1))
     if frames[i]:
@@ -253,8 +283,13 @@ def test_fuzz_mutated_valid_messages(data):
 
 
 @FUZZ
-@given(st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.text(),
-                    lambda c: st.lists(c) | st.dictionaries(st.text(), c), max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.floats(allow_nan=False) | st.text(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+        max_leaves=20,
+    )
+)
 def test_fuzz_json_bodies(value):
     body = json.dumps(value).encode()
     try:

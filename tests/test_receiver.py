@@ -28,8 +28,15 @@ from breed.server.simtable import SimTable
 
 GRID, STEPS = 8, 4
 TOKEN = bytes(range(32))
-BOOKS = ("samples", "duplicate_steps", "finish", "incomplete_sims", "refused_sims",
-         "bad_shape", "assigned")
+BOOKS = (
+    "samples",
+    "duplicate_steps",
+    "finish",
+    "incomplete_sims",
+    "refused_sims",
+    "bad_shape",
+    "assigned",
+)
 
 
 def wait_for(what: str, cond: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -44,17 +51,30 @@ class Harness:
     """A receiver in one ingest mode, with a client's control (REQ) and data (DEALER) sockets."""
 
     def __init__(self, ingest: str) -> None:
-        cfg = validate({"study": {"simulations": 4}, "solver": {"grid": GRID, "steps": STEPS},
-                        "buffer": {"capacity": 200, "watermark": 5}})
+        cfg = validate(
+            {
+                "study": {"simulations": 4},
+                "solver": {"grid": GRID, "steps": STEPS},
+                "buffer": {"capacity": 200, "watermark": 5},
+            }
+        )
         problem = problem_of(cfg)
-        self.table = SimTable(4, make_sampler(cfg), threading.Lock(), max_retries=2,
-                              problem=problem)
+        self.table = SimTable(
+            4, make_sampler(cfg), threading.Lock(), max_retries=2, problem=problem
+        )
         self.buffer = buffer_from_config(cfg)
         self.done: list[int] = []
-        self.rx = Receiver(token=TOKEN, host="127.0.0.1", table=self.table, buffer=self.buffer,
-                           problem=problem, status=lambda: {}, on_sim_done=self.done.append,
-                           on_launcher=lambda body: None,
-                           options=ReceiverOptions(simulation_timeout=60.0, ingest=ingest))
+        self.rx = Receiver(
+            token=TOKEN,
+            host="127.0.0.1",
+            table=self.table,
+            buffer=self.buffer,
+            problem=problem,
+            status=lambda: {},
+            on_sim_done=self.done.append,
+            on_launcher=lambda body: None,
+            options=ReceiverOptions(simulation_timeout=60.0, ingest=ingest),
+        )
         self.rx.start()
         self.ctx = zmq.Context()
         self.req = self.ctx.socket(zmq.REQ)
@@ -71,8 +91,9 @@ class Harness:
         return sock
 
     def assign(self) -> dict:
-        self.req.send_multipart(encode_control(Kind.REQUEST, TOKEN, {
-            "client": "test", "job_id": None, "nranks": 1}))
+        self.req.send_multipart(
+            encode_control(Kind.REQUEST, TOKEN, {"client": "test", "job_id": None, "nranks": 1})
+        )
         msg = decode(self.req.recv_multipart(), TOKEN)
         assert msg.kind is Kind.ASSIGN, msg
         return msg.body
@@ -139,9 +160,13 @@ def script(h: Harness) -> dict[str, object]:
     assert msg.kind is Kind.REJECT and msg.body["sim_id"] == c
     wait_for("c handed out again", lambda: h.table.records[c].status == "failed")
     wait_for("the worker's counters", lambda: h.books()["bad_shape"] == 1)
-    return {"done": sorted(h.done), "ledger": h.rx.ledger.pairs().tolist(),
-            "received": h.buffer.stats()["received"],
-            "status": {s: r.status for s, r in h.table.records.items()}, "books": h.books()}
+    return {
+        "done": sorted(h.done),
+        "ledger": h.rx.ledger.pairs().tolist(),
+        "received": h.buffer.stats()["received"],
+        "status": {s: r.status for s, r in h.table.records.items()},
+        "books": h.books(),
+    }
 
 
 @pytest.mark.timeout(120)
@@ -156,8 +181,15 @@ def test_both_ingest_modes_keep_the_same_books() -> None:
     assert outcomes["thread"] == outcomes["process"]
     books = outcomes["thread"]["books"]
     # b's short FINISH is both refused (3 steps sent, the problem has 5) and incomplete
-    assert books == {"samples": STEPS + 1 + 3, "duplicate_steps": 2, "finish": 2,
-                     "incomplete_sims": 1, "refused_sims": 2, "bad_shape": 1, "assigned": 4}
+    assert books == {
+        "samples": STEPS + 1 + 3,
+        "duplicate_steps": 2,
+        "finish": 2,
+        "incomplete_sims": 1,
+        "refused_sims": 2,
+        "bad_shape": 1,
+        "assigned": 4,
+    }
     assert outcomes["thread"]["received"] == STEPS + 1 + 3
 
 

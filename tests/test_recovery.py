@@ -90,8 +90,13 @@ def test_restored_reservoir_never_evicts_an_unseen_sample() -> None:
 
 # -- table + sampler + ledger + buffer ----------------------------------------------------------
 def test_capture_is_one_cut_and_restore_hands_in_flight_out_again() -> None:
-    cfg = validate({"study": {"simulations": 4}, "solver": {"grid": 3, "steps": 4},
-                    "sampler": {"name": "breed"}})
+    cfg = validate(
+        {
+            "study": {"simulations": 4},
+            "solver": {"grid": 3, "steps": 4},
+            "sampler": {"name": "breed"},
+        }
+    )
     lock = threading.Lock()
     sampler = make_sampler(cfg)
     table = SimTable(4, sampler, lock, max_retries=1)
@@ -103,8 +108,9 @@ def test_capture_is_one_cut_and_restore_hands_in_flight_out_again() -> None:
         put(buf, step)
     table.complete(first.sim_id)
     led.add(second.sim_id, 0)
-    state = capture(ingest_lock=threading.Lock(), ledger=led, table=table, buffer=buf,
-                    counts=counts)
+    state = capture(
+        ingest_lock=threading.Lock(), ledger=led, table=table, buffer=buf, counts=counts
+    )
     assert len(state["table"]["records"]) == state["sampler"]["handed"] == 2
 
     sampler2 = make_sampler(cfg)
@@ -128,17 +134,19 @@ def test_capture_is_one_cut_and_restore_hands_in_flight_out_again() -> None:
 def test_truncate_logs_drops_rows_past_the_checkpoint(tmp_path: Path) -> None:
     rows = [{"kind": "train", "iteration": i} for i in (5, 10, 15, 20)]
     (tmp_path / "metrics.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows) + '{"kind": "tra')  # torn last line
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"kind": "tra'
+    )  # torn last line
     (tmp_path / "per_sample_loss.csv").write_text(
         "iteration,sim_id,step,sample_loss,batch_loss,delta,Q,uniform\n"
-        "10,0,1,0.5,0.4,,,1\n20,0,2,0.5,0.4,0.1,,1\n")
+        "10,0,1,0.5,0.4,,,1\n20,0,2,0.5,0.4,0.1,,1\n"
+    )
     dropped = truncate_logs(tmp_path, 10)
     assert dropped == {"metrics.jsonl": 3, "per_sample_loss.csv": 1}
-    kept = [json.loads(x)["iteration"] for x in
-            (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    kept = [
+        json.loads(x)["iteration"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
     assert kept == [5, 10]
-    assert (tmp_path / "per_sample_loss.csv").read_text().splitlines()[1:] == \
-        ["10,0,1,0.5,0.4,,,1"]
+    assert (tmp_path / "per_sample_loss.csv").read_text().splitlines()[1:] == ["10,0,1,0.5,0.4,,,1"]
 
 
 # -- atomic checkpoint writes -------------------------------------------------------------------

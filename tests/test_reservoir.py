@@ -145,8 +145,12 @@ def test_normalised_on_the_way_in() -> None:
 
 
 def test_buffer_from_config() -> None:
-    cfg = validate({"buffer": {"kind": "fifo", "capacity": 7, "watermark": 3},
-                    "solver": {"grid": 4, "bounds": [0.0, 10.0]}})
+    cfg = validate(
+        {
+            "buffer": {"kind": "fifo", "capacity": 7, "watermark": 3},
+            "solver": {"grid": 4, "bounds": [0.0, 10.0]},
+        }
+    )
     buf = buffer_from_config(cfg)
     assert isinstance(buf, FifoBuffer) and buf.capacity == 7 and buf.field_size == 16
     expected = Normalisation.from_problem(heat_problem(grid=4, steps=100, bounds=(0.0, 10.0)))
@@ -217,8 +221,10 @@ def test_no_unseen_sample_is_ever_evicted(capacity: int, ops: list[int], seed: i
 
 
 @settings(max_examples=60, deadline=None)
-@given(capacity=st.integers(1, 10),
-       ops=st.lists(st.one_of(st.just(0), st.integers(1, 5)), min_size=1, max_size=80))
+@given(
+    capacity=st.integers(1, 10),
+    ops=st.lists(st.one_of(st.just(0), st.integers(1, 5)), min_size=1, max_size=80),
+)
 def test_fifo_pops_oldest_first_each_once(capacity: int, ops: list[int]) -> None:
     buf = FifoBuffer(capacity=capacity, watermark=1, field_size=F, seed=0)
     queue: list[int] = []
@@ -291,8 +297,10 @@ def test_close_wakes_a_blocked_put_and_a_waiting_trainer() -> None:
 
     empty = Reservoir(capacity=2, watermark=2, field_size=F, seed=0)
     got: list[Batch | None] = []
-    threads = [threading.Thread(target=producer, daemon=True),
-               threading.Thread(target=lambda: got.append(empty.sample_batch(2)), daemon=True)]
+    threads = [
+        threading.Thread(target=producer, daemon=True),
+        threading.Thread(target=lambda: got.append(empty.sample_batch(2)), daemon=True),
+    ]
     for t in threads:
         t.start()
     time.sleep(0.2)
@@ -344,7 +352,6 @@ def test_a_recycling_reservoir_keeps_serving_after_the_stream() -> None:
         assert buf.finished()
         after = [buf.sample_batch(4, timeout=0.1) for _ in range(3)]
         if recycle:
-            assert all(b is not None and set(b.sim_ids.tolist()) <= set(range(6))
-                       for b in after)
+            assert all(b is not None and set(b.sim_ids.tolist()) <= set(range(6)) for b in after)
         else:
             assert after == [None, None, None]

@@ -61,15 +61,23 @@ def test_halton_fills_space_more_evenly_than_uniform():
     def worst_cell_gap(x):
         cells = (np.floor((x - LO) / (HI - LO) * 2).astype(int) * (2 ** np.arange(5))).sum(1)
         return np.abs(np.bincount(cells, minlength=32) - len(x) / 32).max()
+
     n = 512
-    assert worst_cell_gap(take(HaltonSampler(n, (LO, HI), seed=0, dim=5), n)) < \
-        worst_cell_gap(take(UniformSampler(n, (LO, HI), seed=0, dim=5), n))
+    assert worst_cell_gap(take(HaltonSampler(n, (LO, HI), seed=0, dim=5), n)) < worst_cell_gap(
+        take(UniformSampler(n, (LO, HI), seed=0, dim=5), n)
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_make_sampler_from_validated_config(name):
-    cfg = validate({"seed": 5, "sampler": {"name": name}, "study": {"simulations": 12},
-                    "solver": {"bounds": [10.0, 20.0], "steps": 7}})
+    cfg = validate(
+        {
+            "seed": 5,
+            "sampler": {"name": name},
+            "study": {"simulations": 12},
+            "solver": {"bounds": [10.0, 20.0], "steps": 7},
+        }
+    )
     s = make_sampler(cfg)
     # the validation design is the validation set's: it takes that seed, not the run's
     assert s.name == name and s.budget == 12
@@ -105,6 +113,7 @@ def test_draw_is_an_immutable_private_copy():
 
 
 # -- loss-deviation statistics (eqs. 4-6) -----------------------------------------------------
+
 
 def brute_force(batches, steps: int):
     """Store every delta, then average: the definition of eqs. 4-6, without running means."""
@@ -198,12 +207,15 @@ def test_deviation_checkpoint_roundtrip():
     assert a.window(5).tolist() == b.window(5).tolist()
 
 
-@pytest.mark.parametrize("args,match", [
-    (([0, 1], [0], [1.0, 2.0]), "differ in length"),
-    (([0, 1], [0, 9], [1.0, 2.0]), "step 9 outside 0..3"),
-    (([0, -1], [0, 1], [1.0, 2.0]), "negative sim id"),
-    (([0.5, 1], [0, 1], [1.0, 2.0]), "sim_ids must be integers"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (([0, 1], [0], [1.0, 2.0]), "differ in length"),
+        (([0, 1], [0, 9], [1.0, 2.0]), "step 9 outside 0..3"),
+        (([0, -1], [0, 1], [1.0, 2.0]), "negative sim id"),
+        (([0.5, 1], [0, 1], [1.0, 2.0]), "sim_ids must be integers"),
+    ],
+)
 def test_deviation_rejects_bad_batches(args, match):
     with pytest.raises(ValueError, match=match):
         LossDeviation(3).update(*args)

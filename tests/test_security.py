@@ -24,17 +24,34 @@ from breed.server.receiver import Receiver, ReceiverOptions
 from breed.server.simtable import SimTable
 
 GRID, STEPS = 8, 4
-DATA_COUNTERS = ("rejected_token", "malformed", "oversized", "unknown_sim", "bad_step",
-                 "bad_field", "bad_shape", "bad_dtype", "non_finite", "out_of_range",
-                 "duplicate_steps", "blocks", "finish")
+DATA_COUNTERS = (
+    "rejected_token",
+    "malformed",
+    "oversized",
+    "unknown_sim",
+    "bad_step",
+    "bad_field",
+    "bad_shape",
+    "bad_dtype",
+    "non_finite",
+    "out_of_range",
+    "duplicate_steps",
+    "blocks",
+    "finish",
+)
 
 
 class Live:
     """A receiver thread with a real table and reservoir, plus a client's sockets."""
 
     def __init__(self, token: bytes) -> None:
-        cfg = validate({"study": {"simulations": 4}, "solver": {"grid": GRID, "steps": STEPS},
-                        "buffer": {"capacity": 200, "watermark": 5}})
+        cfg = validate(
+            {
+                "study": {"simulations": 4},
+                "solver": {"grid": GRID, "steps": STEPS},
+                "buffer": {"capacity": 200, "watermark": 5},
+            }
+        )
         assert cfg["solver"]["bounds"] == [100.0, 500.0]  # the field's range: u in [100, 500]
         lock = threading.Lock()
         self.token = token
@@ -42,10 +59,17 @@ class Live:
         self.table = SimTable(4, make_sampler(cfg), lock, max_retries=2, problem=problem)
         self.buffer = buffer_from_config(cfg)
         self.done: list[int] = []
-        self.rx = Receiver(token=token, host="127.0.0.1", table=self.table,
-                           buffer=self.buffer, problem=problem, status=lambda: {},
-                           on_sim_done=self.done.append, on_launcher=lambda body: None,
-                           options=ReceiverOptions(simulation_timeout=60.0))
+        self.rx = Receiver(
+            token=token,
+            host="127.0.0.1",
+            table=self.table,
+            buffer=self.buffer,
+            problem=problem,
+            status=lambda: {},
+            on_sim_done=self.done.append,
+            on_launcher=lambda body: None,
+            options=ReceiverOptions(simulation_timeout=60.0),
+        )
         self.rx.start()
         self.ctx = zmq.Context()
         self.push = self.data_socket()
@@ -93,8 +117,9 @@ def live(token: bytes):
     obj.close()
 
 
-def field(value: float = 300.0, dtype: str = "float64", rows: int = GRID,
-          cols: int = GRID) -> np.ndarray:
+def field(
+    value: float = 300.0, dtype: str = "float64", rows: int = GRID, cols: int = GRID
+) -> np.ndarray:
     return np.full((rows, cols), value, dtype=dtype)
 
 
@@ -119,19 +144,29 @@ def test_each_kind_of_bad_data_is_rejected_counted_and_never_stored(live: Live) 
     sim = live.assign()["sim_id"]
     wrong = bytes(32)
     bad = {
-        "malformed": [[b"\x00garbage"], [b"BRED"], [b"x" * 39, b"y"],
-                      encode_step(live.token, sim, 0, field())[:2]],  # truncated: no payload
+        "malformed": [
+            [b"\x00garbage"],
+            [b"BRED"],
+            [b"x" * 39, b"y"],
+            encode_step(live.token, sim, 0, field())[:2],
+        ],  # truncated: no payload
         "rejected_token": [encode_step(wrong, sim, 0, field()), encode_finish(wrong, sim, 5)],
         "oversized": [encode_step(live.token, sim, 0, field(rows=2 * GRID))],
-        "unknown_sim": [encode_step(live.token, 999, 0, field()),
-                        encode_finish(live.token, 999, 5)],
+        "unknown_sim": [
+            encode_step(live.token, 999, 0, field()),
+            encode_finish(live.token, 999, 5),
+        ],
         "bad_step": [encode_step(live.token, sim, STEPS + 1, field())],
         "bad_field": [encode_step(live.token, sim, 0, field(), field=1)],
-        "bad_shape": [encode_step(live.token, sim, 0, field(cols=GRID - 1)),
-                      encode_step(live.token, sim, 0, field(), global_rows=GRID + 2)],
+        "bad_shape": [
+            encode_step(live.token, sim, 0, field(cols=GRID - 1)),
+            encode_step(live.token, sim, 0, field(), global_rows=GRID + 2),
+        ],
         "bad_dtype": [encode_step(live.token, sim, 0, field(dtype="float32"))],
-        "non_finite": [encode_step(live.token, sim, 0, field(np.nan)),
-                       encode_step(live.token, sim, 1, field(np.inf))],
+        "non_finite": [
+            encode_step(live.token, sim, 0, field(np.nan)),
+            encode_step(live.token, sim, 1, field(np.inf)),
+        ],
         "out_of_range": [encode_step(live.token, sim, 0, field(1e6))],
     }
     sent = 0
@@ -160,8 +195,7 @@ def test_each_kind_of_bad_data_is_rejected_counted_and_never_stored(live: Live) 
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.connect(live.rx.control_address)
     dealer.send_multipart([b"", b"\xff" * 50])
-    assert dealer.poll(5000) and decode(dealer.recv_multipart()[1:], live.token).kind is \
-        Kind.REJECT
+    assert dealer.poll(5000) and decode(dealer.recv_multipart()[1:], live.token).kind is Kind.REJECT
     kind, body = live.call(Kind.REQUEST, {"client": "stranger"}, token=wrong)
     assert kind is Kind.REJECT and "token" in body["reason"]
     dealer.send_multipart([b"", *encode_step(live.token, sim, 0, field())])
@@ -221,8 +255,11 @@ def test_finish_with_missing_steps_hands_the_simulation_out_again(live: Live) ->
     assert again["sim_id"] == sim and again["attempt"] == 2
 
 
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.mark.timeout(300)
@@ -230,10 +267,20 @@ def test_fuzz_live_receiver(live: Live) -> None:
     """Random frames and mutated valid messages (right token, known simulations): each is
     accounted for exactly once, the buffer only ever holds finite in-bounds fields."""
     sims = [live.assign()["sim_id"] for _ in range(2)]
-    valid = [encode_step(live.token, sims[0], 1, field(250.0)),
-             encode_step(live.token, sims[1], 2, field(350.0, rows=GRID // 2), rank=1, nranks=2,
-                         row_offset=GRID // 2, global_rows=GRID),
-             encode_finish(live.token, sims[0], 5)]
+    valid = [
+        encode_step(live.token, sims[0], 1, field(250.0)),
+        encode_step(
+            live.token,
+            sims[1],
+            2,
+            field(350.0, rows=GRID // 2),
+            rank=1,
+            nranks=2,
+            row_offset=GRID // 2,
+            global_rows=GRID,
+        ),
+        encode_finish(live.token, sims[0], 5),
+    ]
     sent = [0]
 
     @FUZZ
@@ -368,8 +415,12 @@ def test_stranger_with_a_wrong_token_is_rejected_and_changes_nothing(fault_run) 
     run = fault_run(PACED)
     proc = run.start()
     run.wait_until("the server", lambda p: True)
-    stranger = subprocess.run([sys.executable, "-c", STRANGER, str(run.dir / "server.json")],
-                              capture_output=True, text=True, timeout=120)
+    stranger = subprocess.run(
+        [sys.executable, "-c", STRANGER, str(run.dir / "server.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert stranger.returncode == 0, stranger.stderr
     report = json.loads(stranger.stdout)
     assert report["replies"] == [int(Kind.REJECT)] * 2
@@ -381,8 +432,12 @@ def test_stranger_with_a_wrong_token_is_rejected_and_changes_nothing(fault_run) 
     assert a["done"] == 8 and a["lost"] == a["extra"] == a["duplicated_puts"] == 0
     # the data trained on is exactly the solver's: nothing of the stranger's 300 K fields
     snap = torch_load(run.dir)["buffer_data"]
-    rows = {(int(s), int(t)): k for k, (s, t) in enumerate(zip(
-        snap["arrays"]["_sim_ids"], snap["arrays"]["_steps"], strict=True))}
+    rows = {
+        (int(s), int(t)): k
+        for k, (s, t) in enumerate(
+            zip(snap["arrays"]["_sim_ids"], snap["arrays"]["_steps"], strict=True)
+        )
+    }
     records = a["records"]
     cfg = run.cfg["solver"]
     for sim in range(8):
@@ -402,8 +457,9 @@ def torch_load(run_dir):
 def test_curve_encrypted_run(fault_run) -> None:
     from faultkit import PACED, audit
 
-    run = fault_run({**PACED, "study": {"simulations": 4},
-                     "launcher": {**PACED["launcher"], "curve": True}})
+    run = fault_run(
+        {**PACED, "study": {"simulations": 4}, "launcher": {**PACED["launcher"], "curve": True}}
+    )
     proc = run.start()
     run.wait_until("the server over CURVE", lambda p: True)
     info = run.server_info()

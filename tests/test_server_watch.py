@@ -11,9 +11,13 @@ from breed.server.server import Server
 
 def test_silent_launcher_checkpoints_once_then_recovers() -> None:
     saved: list[int] = []
-    state = SimpleNamespace(cfg={"launcher": {"ping_timeout": 1.0}}, run_dir=Path("run"),
-                            last_ping=None, launcher_lost=False,
-                            save_checkpoint=lambda: saved.append(1))
+    state = SimpleNamespace(
+        cfg={"launcher": {"ping_timeout": 1.0}},
+        run_dir=Path("run"),
+        last_ping=None,
+        launcher_lost=False,
+        save_checkpoint=lambda: saved.append(1),
+    )
     Server._watch_launcher(state)  # started by hand, never pinged: nothing to watch
     assert saved == [] and not state.launcher_lost
     state.last_ping = time.monotonic() - 5.0

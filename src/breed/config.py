@@ -96,7 +96,8 @@ def validate(data: Any, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     buf = data["buffer"]
     if buf["watermark"] > buf["capacity"]:
         raise ConfigError(
-            f"buffer.watermark: {buf['watermark']} exceeds buffer.capacity {buf['capacity']}")
+            f"buffer.watermark: {buf['watermark']} exceeds buffer.capacity {buf['capacity']}"
+        )
     vfile = data["validation"]["file"]
     if vfile is not None and not Path(vfile).is_file():
         raise ConfigError(f"validation.file: no such file {vfile!r}")
@@ -119,16 +120,18 @@ def read_text(path: Path, what: str = "config") -> str:
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{what}: {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; "
-                          "not a configuration")
+        raise ConfigError(
+            f"{what}: {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; not a configuration"
+        )
     if b"\0" in data:
         hint = " (UTF-16? save it as UTF-8)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
         raise ConfigError(f"{what}: {path} is a binary file, not YAML text{hint}")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{what}: {path} is not UTF-8 text (byte {exc.start}); "
-                          "save it as UTF-8") from None
+        raise ConfigError(
+            f"{what}: {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
 
 
 def parse_yaml(text: str, where: str) -> Any:
@@ -170,7 +173,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     for k, part in enumerate(parents):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"{key}: {'.'.join(parents[:k + 1])} is not a mapping")
+            raise ConfigError(f"{key}: {'.'.join(parents[: k + 1])} is not a mapping")
     node[last] = value
 
 

@@ -62,8 +62,13 @@ def estimate(cfg: dict[str, Any]) -> Estimate:
     wire = sum(f.size * (8 if f.dtype == "float64" else 4) for f in problem.fields)
     hidden, layers, batch = mc["hidden"], mc["layers"], mc["batch_size"]
     # the paper's MLP (a model.factory's own size is not known before it is built)
-    params = (inputs * hidden + hidden + (layers - 1) * (hidden * hidden + hidden)
-              + hidden * field + field)
+    params = (
+        inputs * hidden
+        + hidden
+        + (layers - 1) * (hidden * hidden + hidden)
+        + hidden * field
+        + field
+    )
     sample = field * F32 + inputs * F32 + 4 * 8  # fields, inputs, sim id, step, seen counters
     buffer = bc["capacity"] * sample
     frames = vc["size"] * (problem.steps + 1) * field * F32
@@ -88,8 +93,7 @@ def estimate(cfg: dict[str, Any]) -> Estimate:
         per_rank = SERVER_BASE + buffer * 3 + params * F32 * 5 + memory["batch"]
         memory["other server ranks"] = (lc["server_ranks"] - 1) * per_rank
     if lc["backend"] == "local":  # clients share this machine: solver state and send queues
-        memory["clients"] = lc["max_jobs"] * (problem.client.ranks * CLIENT_BASE
-                                              + 8 * field * 8)
+        memory["clients"] = lc["max_jobs"] * (problem.client.ranks * CLIENT_BASE + 8 * field * 8)
     checkpoint = buffer + params * F32 * 3
     disk = {"checkpoint (and its replacement)": 2 * checkpoint, rundir.MODEL: params * F32}
     if not vc["file"]:
@@ -147,12 +151,14 @@ def check_resources(cfg: dict[str, Any], run_dir: Path | None = None) -> Estimat
         raise ConfigError(
             f"resources.memory_limit_gib: the run needs about {human(est.memory_total)} of "
             f"memory ({_largest(est.memory)}), more than {human(limit)} ({source}); shrink the "
-            "largest term or raise resources.memory_limit_gib")
+            "largest term or raise resources.memory_limit_gib"
+        )
     if run_dir is not None and rc["check_disk"]:
         free = free_disk(run_dir)
         if free is not None and est.disk_total > free:
             raise ConfigError(
                 f"resources.check_disk: the run directory {run_dir} needs about "
                 f"{human(est.disk_total)} ({_largest(est.disk)}), its disk has {human(free)} "
-                "free")
+                "free"
+            )
     return est

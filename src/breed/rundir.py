@@ -65,8 +65,13 @@ class ServerInfo:
         """The server's record; OSError if absent, ValueError if it is not one."""
         raw = json.loads((Path(run_dir) / SERVER_INFO).read_text())
         try:
-            return cls(control=str(raw["control"]), data=[str(a) for a in raw["data"]],
-                       pid=int(raw["pid"]), ranks=int(raw["ranks"]), host=str(raw["host"]))
+            return cls(
+                control=str(raw["control"]),
+                data=[str(a) for a in raw["data"]],
+                pid=int(raw["pid"]),
+                ranks=int(raw["ranks"]),
+                host=str(raw["host"]),
+            )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{SERVER_INFO}: not a server record ({exc})") from None
 
@@ -131,8 +136,12 @@ class RunLock:
     def record(self) -> None:
         """Write who holds the lock (pid, host, since) into its file."""
         assert self._fd is not None, "record() without the lock"
-        info = {"role": self.role, "pid": os.getpid(), "host": socket.gethostname(),
-                "since": time.time()}
+        info = {
+            "role": self.role,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.time(),
+        }
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, (json.dumps(info) + "\n").encode(), 0)
 
@@ -192,10 +201,15 @@ def create(run_dir: Path, overwrite: bool = False) -> Path | None:
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not overwrite:
             finished = (run_dir / SUMMARY).exists()
-            resume = "" if finished or not (run_dir / CONFIG).exists() else \
-                f"continue it with `breed run --resume {run_dir}`, "
-            raise RunDirError(f"--output: {run_dir} {describe(run_dir)}; {resume}move it aside "
-                              "with --overwrite, or choose another --output")
+            resume = (
+                ""
+                if finished or not (run_dir / CONFIG).exists()
+                else f"continue it with `breed run --resume {run_dir}`, "
+            )
+            raise RunDirError(
+                f"--output: {run_dir} {describe(run_dir)}; {resume}move it aside "
+                "with --overwrite, or choose another --output"
+            )
         mine = RunLock(run_dir, LAUNCHER_LOCK, "breed run").acquire(record=False)
         try:  # no launcher may start meanwhile
             server = RunLock(run_dir, SERVER_LOCK, "breed server")
@@ -204,8 +218,9 @@ def create(run_dir: Path, overwrite: bool = False) -> Path | None:
             try:
                 moved = move_aside(run_dir)
             except OSError as exc:
-                raise RunDirError(f"--overwrite: cannot move {run_dir} aside: "
-                                  f"{exc.strerror}") from None
+                raise RunDirError(
+                    f"--overwrite: cannot move {run_dir} aside: {exc.strerror}"
+                ) from None
         finally:
             mine.release()
     try:
@@ -213,8 +228,9 @@ def create(run_dir: Path, overwrite: bool = False) -> Path | None:
         (run_dir / LOGS).mkdir(exist_ok=True)
         (run_dir / CHECKPOINTS).mkdir(exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise RunDirError(f"--output: {run_dir}: a part of this path is a file, "
-                          "not a directory") from None
+        raise RunDirError(
+            f"--output: {run_dir}: a part of this path is a file, not a directory"
+        ) from None
     except OSError as exc:
         raise RunDirError(f"--output: cannot create {run_dir}: {exc.strerror}") from None
     return moved
@@ -225,5 +241,6 @@ def check_resumable(run_dir: Path) -> None:
     if not run_dir.is_dir() or not (run_dir / CONFIG).is_file():
         raise RunDirError(f"--resume: {run_dir} is not a run directory (no {CONFIG})")
     if (run_dir / SUMMARY).exists():
-        raise RunDirError(f"--resume: {run_dir} is a finished run ({SUMMARY} exists); "
-                          "nothing to resume")
+        raise RunDirError(
+            f"--resume: {run_dir} is a finished run ({SUMMARY} exists); nothing to resume"
+        )

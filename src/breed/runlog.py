@@ -23,8 +23,16 @@ from typing import Any
 from breed.fsio import atomic_write_bytes
 
 log = logging.getLogger("breed.runlog")
-PER_SAMPLE_COLUMNS = ["iteration", "sim_id", "step", "sample_loss", "batch_loss", "delta", "Q",
-                      "uniform"]
+PER_SAMPLE_COLUMNS = [
+    "iteration",
+    "sim_id",
+    "step",
+    "sample_loss",
+    "batch_loss",
+    "delta",
+    "Q",
+    "uniform",
+]
 PACKAGES = ["breed", "numpy", "scipy", "torch", "pyzmq", "mpi4py", "pandas", "snakemake"]
 
 
@@ -32,10 +40,21 @@ def git_revision(start: Path | None = None) -> str | None:
     """Revision of the breed source tree (``+dirty`` when it has local changes)."""
     where = start or Path(__file__).resolve().parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=where, capture_output=True, text=True, timeout=5).stdout
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return rev + ("+dirty" if dirty.strip() else "")
@@ -48,10 +67,16 @@ def provenance(seed: int, argv: list[str] | None = None) -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"seed": seed, "command": argv if argv is not None else sys.argv,
-            "git_revision": git_revision(), "python": sys.version.split()[0],
-            "platform": platform.platform(), "host": socket.gethostname(),
-            "start_time": time.time(), "versions": versions}
+    return {
+        "seed": seed,
+        "command": argv if argv is not None else sys.argv,
+        "git_revision": git_revision(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "start_time": time.time(),
+        "versions": versions,
+    }
 
 
 class AppendFile:
@@ -81,8 +106,11 @@ class AppendFile:
                 self.failures += 1
                 if self.failures == 1 or self.failures % 1000 == 0:
                     log.error(
-                        "%s: %s; %d bytes kept to write later", self.path.name,
-                        exc.strerror or exc, len(self._pending))
+                        "%s: %s; %d bytes kept to write later",
+                        self.path.name,
+                        exc.strerror or exc,
+                        len(self._pending),
+                    )
                 return False
             del self._pending[:n]
         return True
@@ -122,8 +150,11 @@ class MetricsLog(JsonLines):
         if self._tb is not None:
             step, kind = int(row.get("iteration", 0)), row.get("kind", "metrics")
             for key, value in row.items():
-                if key not in ("kind", "iteration") and isinstance(value, int | float) \
-                        and not isinstance(value, bool):
+                if (
+                    key not in ("kind", "iteration")
+                    and isinstance(value, int | float)
+                    and not isinstance(value, bool)
+                ):
                     self._tb.add_scalar(f"{kind}/{key}", value, step)
 
     def close(self) -> None:

@@ -55,8 +55,9 @@ def check_private(path: Path) -> None:
     """Refuse a secret file that other users can read (someone changed its mode)."""
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise PermissionError(f"{path} is readable by others (mode {mode:o}); "
-                              f"run `chmod 600 {path}`")
+        raise PermissionError(
+            f"{path} is readable by others (mode {mode:o}); run `chmod 600 {path}`"
+        )
 
 
 def curve_available() -> bool:

@@ -64,13 +64,21 @@ class SampleBuffer:
 
     kind = "base"
 
-    def __init__(self, capacity: int, watermark: int, field_size: int, seed: int = 0,
-                 normalisation: Normalisation | None = None, dim: int | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        watermark: int,
+        field_size: int,
+        seed: int = 0,
+        normalisation: Normalisation | None = None,
+        dim: int | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
         if not 1 <= watermark <= capacity:
-            raise ValueError(f"buffer watermark must be in [1, capacity={capacity}], "
-                             f"got {watermark}")
+            raise ValueError(
+                f"buffer watermark must be in [1, capacity={capacity}], got {watermark}"
+            )
         if field_size < 1:
             raise ValueError(f"field_size must be >= 1, got {field_size}")
         self.capacity, self.watermark, self.field_size = int(capacity), int(watermark), field_size
@@ -144,8 +152,14 @@ class SampleBuffer:
             self._write(params, step, field, sim_id)
             return True
 
-    def offer_many(self, params: np.ndarray, steps: np.ndarray, fields: np.ndarray,
-                   sim_ids: np.ndarray, normalised: bool = False) -> int:
+    def offer_many(
+        self,
+        params: np.ndarray,
+        steps: np.ndarray,
+        fields: np.ndarray,
+        sim_ids: np.ndarray,
+        normalised: bool = False,
+    ) -> int:
         """Store, in order, as many of k samples as fit without blocking; returns how many.
 
         One lock and vectorised copies for the whole group (the ingest process hands samples
@@ -155,8 +169,9 @@ class SampleBuffer:
         params = params.reshape(-1, dim)
         fields = np.asarray(fields).reshape(len(params), -1)
         if fields.shape[1] != self.field_size:
-            raise ValueError(f"sample fields have {fields.shape[1]} values, the buffer "
-                             f"expects {self.field_size}")
+            raise ValueError(
+                f"sample fields have {fields.shape[1]} values, the buffer expects {self.field_size}"
+            )
         steps = np.asarray(steps, dtype=np.int64)
         with self._lock:
             self._raise_if_closed()
@@ -174,7 +189,7 @@ class SampleBuffer:
             else:
                 self._fields[idx] = norm.field(fields[:n])
             if norm is None:
-                self._inputs[idx, :self.dim] = params[:n]
+                self._inputs[idx, : self.dim] = params[:n]
                 self._inputs[idx, self.dim] = steps[:n]
             else:
                 self._inputs[idx] = norm.inputs(params[:n], steps[:n])
@@ -185,8 +200,14 @@ class SampleBuffer:
             self._after_write()
             return n
 
-    def put(self, params: np.ndarray, step: int, field: np.ndarray, sim_id: int,
-            timeout: float | None = None) -> bool:
+    def put(
+        self,
+        params: np.ndarray,
+        step: int,
+        field: np.ndarray,
+        sim_id: int,
+        timeout: float | None = None,
+    ) -> bool:
         """Store a sample, blocking while the buffer cannot take it; False on timeout.
 
         Raises :class:`BufferClosedError` if the buffer is (or gets) closed.
@@ -249,10 +270,14 @@ class SampleBuffer:
                 self.batch_wait_time += waited
                 if idx is None:
                     return None
-            batch = Batch(self._inputs[idx], self._fields[idx], self._sim_ids[idx],
-                          self._steps[idx], waited,  # fancy indexing copies
-                          normalised=self.normalisation is not None
-                          and self.normalisation.frozen)
+            batch = Batch(
+                self._inputs[idx],
+                self._fields[idx],
+                self._sim_ids[idx],
+                self._steps[idx],
+                waited,  # fancy indexing copies
+                normalised=self.normalisation is not None and self.normalisation.frozen,
+            )
             self.batches += 1
             self.samples_drawn += len(idx)
             self._space.notify_all()
@@ -277,13 +302,22 @@ class SampleBuffer:
         """Counters for the run log and checkpoints (no sample data)."""
         with self._lock:
             return {
-                "kind": self.kind, "capacity": self.capacity, "watermark": self.watermark,
-                "fill": self.fill, "unseen": self._unseen(), "received": self.received,
-                "evicted": self.evicted, "batches": self.batches,
-                "samples_drawn": self.samples_drawn, "refused": self.refused,
-                "put_waits": self.put_waits, "put_wait_time": self.put_wait_time,
-                "batch_waits": self.batch_waits, "batch_wait_time": self.batch_wait_time,
-                "started": self._started, "closed": self._closed,
+                "kind": self.kind,
+                "capacity": self.capacity,
+                "watermark": self.watermark,
+                "fill": self.fill,
+                "unseen": self._unseen(),
+                "received": self.received,
+                "evicted": self.evicted,
+                "batches": self.batches,
+                "samples_drawn": self.samples_drawn,
+                "refused": self.refused,
+                "put_waits": self.put_waits,
+                "put_wait_time": self.put_wait_time,
+                "batch_waits": self.batch_waits,
+                "batch_wait_time": self.batch_wait_time,
+                "started": self._started,
+                "closed": self._closed,
             }
 
     def state_dict(self) -> dict[str, Any]:
@@ -294,16 +328,32 @@ class SampleBuffer:
         """Restore the cumulative counters after a restart (the buffer itself starts empty,
         so ``started`` is not restored: training waits for the watermark again)."""
         with self._lock:
-            for key in ("received", "evicted", "batches", "samples_drawn", "refused",
-                        "put_waits", "batch_waits"):
+            for key in (
+                "received",
+                "evicted",
+                "batches",
+                "samples_drawn",
+                "refused",
+                "put_waits",
+                "batch_waits",
+            ):
                 setattr(self, key, int(state.get(key, 0)))
             for key in ("put_wait_time", "batch_wait_time"):
                 setattr(self, key, float(state.get(key, 0.0)))
 
     # -- checkpoint of the samples themselves (breed.server.recovery) ---------------------
-    _SCALARS: tuple[str, ...] = ("received", "evicted", "batches", "samples_drawn", "refused",
-                                 "put_waits", "batch_waits", "put_wait_time", "batch_wait_time",
-                                 "_started")
+    _SCALARS: tuple[str, ...] = (
+        "received",
+        "evicted",
+        "batches",
+        "samples_drawn",
+        "refused",
+        "put_waits",
+        "batch_waits",
+        "put_wait_time",
+        "batch_wait_time",
+        "_started",
+    )
     _ARRAYS = ("_fields", "_inputs", "_sim_ids", "_steps", "_seen")
 
     def snapshot(self) -> dict[str, Any]:
@@ -311,18 +361,26 @@ class SampleBuffer:
         yet trained on would otherwise be lost with the process (their simulations are done)."""
         with self._lock:
             used = self._used()
-            return {"kind": self.kind, "capacity": self.capacity, "field_size": self.field_size,
-                    "used": used, "scalars": {k: getattr(self, k) for k in self._SCALARS},
-                    "rng": self._rng.bit_generator.state,
-                    "arrays": {**{k: getattr(self, k)[:used].copy() for k in self._ARRAYS},
-                               **self._snapshot_extra()}}
+            return {
+                "kind": self.kind,
+                "capacity": self.capacity,
+                "field_size": self.field_size,
+                "used": used,
+                "scalars": {k: getattr(self, k) for k in self._SCALARS},
+                "rng": self._rng.bit_generator.state,
+                "arrays": {
+                    **{k: getattr(self, k)[:used].copy() for k in self._ARRAYS},
+                    **self._snapshot_extra(),
+                },
+            }
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Inverse of :meth:`snapshot` into a fresh buffer of the same kind and size."""
         for key in ("kind", "capacity", "field_size"):
             if snap[key] != getattr(self, key):
-                raise ValueError(f"checkpoint buffer {key} is {snap[key]!r}, this run has "
-                                 f"{getattr(self, key)!r}")
+                raise ValueError(
+                    f"checkpoint buffer {key} is {snap[key]!r}, this run has {getattr(self, key)!r}"
+                )
         used = int(snap["used"])
         with self._lock:
             # lambda's dimension is the snapshot's (a buffer without a normalisation learns it
@@ -351,8 +409,9 @@ class SampleBuffer:
         params = np.asarray(params, dtype=np.float64)
         field = np.asarray(field)
         if field.size != self.field_size:
-            raise ValueError(f"sample field has {field.size} values, the buffer expects "
-                             f"{self.field_size}")
+            raise ValueError(
+                f"sample field has {field.size} values, the buffer expects {self.field_size}"
+            )
         with self._lock:
             self._set_dim(params.size)
         return params.reshape(-1), field.reshape(-1)
@@ -376,7 +435,7 @@ class SampleBuffer:
         norm = self.normalisation
         if norm is None:
             row[...] = field
-            inputs[:self.dim] = params
+            inputs[: self.dim] = params
             inputs[self.dim] = step
         else:
             if norm.frozen:

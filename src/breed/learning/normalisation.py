@@ -52,8 +52,15 @@ class Normalisation:
         if len(bounded) == len(ranges):
             center = np.array([0.5 * (lo + hi) for lo, hi in bounded])
             half = np.array([0.5 * (hi - lo) for lo, hi in bounded])
-        return cls(problem.lower, problem.upper, problem.log_mask, problem.steps,
-                   [f.size for f in problem.fields], center, half)
+        return cls(
+            problem.lower,
+            problem.upper,
+            problem.log_mask,
+            problem.steps,
+            [f.size for f in problem.fields],
+            center,
+            half,
+        )
 
     # -- inputs ---------------------------------------------------------------------------
     @property
@@ -72,14 +79,13 @@ class Normalisation:
         """Model inputs ``(..., d+1)`` float32 from physical λ ``(..., d)`` and time steps."""
         params = np.asarray(params, dtype=np.float64)
         if params.shape[-1:] != (self.dim,):
-            raise ValueError(f"parameters must have {self.dim} values per row, got "
-                             f"{params.shape}")
+            raise ValueError(f"parameters must have {self.dim} values per row, got {params.shape}")
         if self.log_mask.any():
             params = params.copy()
             params[..., self.log_mask] = np.log10(params[..., self.log_mask])
         t = np.broadcast_to(np.asarray(t, dtype=np.float64), params.shape[:-1])
         out = np.empty(params.shape[:-1] + (self.n_inputs,), dtype=np.float32)
-        out[..., :self.dim] = (params - self._c_in) / self._h_in
+        out[..., : self.dim] = (params - self._c_in) / self._h_in
         out[..., self.dim] = t / self.steps
         return out
 
@@ -95,8 +101,7 @@ class Normalisation:
             return
         samples = np.asarray(samples, dtype=np.float64)
         if samples.ndim != 2 or samples.shape[1] != self.sample_size or len(samples) == 0:
-            raise ValueError(f"freeze: need (n, {self.sample_size}) samples, got "
-                             f"{samples.shape}")
+            raise ValueError(f"freeze: need (n, {self.sample_size}) samples, got {samples.shape}")
         center, half = [], []
         for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True):
             values = samples[:, a:b]
@@ -114,8 +119,7 @@ class Normalisation:
         """``out[...] = (raw - c) / h`` per field, float32, without a temporary."""
         center, half = self._need()
         for k, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:], strict=True)):
-            np.subtract(raw[..., a:b], np.float32(center[k]), out=out[..., a:b],
-                        casting="unsafe")
+            np.subtract(raw[..., a:b], np.float32(center[k]), out=out[..., a:b], casting="unsafe")
             out[..., a:b] *= np.float32(1.0 / half[k])
 
     def field(self, u: np.ndarray) -> np.ndarray:
@@ -139,8 +143,11 @@ class Normalisation:
     def single(self) -> tuple[float, float] | None:
         """``(c, h)`` when one affine map serves the whole sample (one field, or all fields
         alike), for code that applies it as two scalars (the ingest process)."""
-        if self.center is None or self.half is None or not (
-                np.all(self.center == self.center[0]) and np.all(self.half == self.half[0])):
+        if (
+            self.center is None
+            or self.half is None
+            or not (np.all(self.center == self.center[0]) and np.all(self.half == self.half[0]))
+        ):
             return None
         return float(self.center[0]), float(self.half[0])
 
@@ -151,15 +158,24 @@ class Normalisation:
     __hash__ = None  # type: ignore[assignment]  # mutable (frozen at the watermark)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lower": self.lower.tolist(), "upper": self.upper.tolist(),
-                "log": self.log_mask.tolist(), "steps": self.steps, "sizes": list(self.sizes),
-                "center": None if self.center is None else self.center.tolist(),
-                "half": None if self.half is None else self.half.tolist()}
+        return {
+            "lower": self.lower.tolist(),
+            "upper": self.upper.tolist(),
+            "log": self.log_mask.tolist(),
+            "steps": self.steps,
+            "sizes": list(self.sizes),
+            "center": None if self.center is None else self.center.tolist(),
+            "half": None if self.half is None else self.half.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Normalisation:
-        return cls(np.asarray(data["lower"]), np.asarray(data["upper"]),
-                   np.asarray(data["log"], dtype=bool), int(data["steps"]),
-                   [int(n) for n in data["sizes"]],
-                   None if data["center"] is None else np.asarray(data["center"]),
-                   None if data["half"] is None else np.asarray(data["half"]))
+        return cls(
+            np.asarray(data["lower"]),
+            np.asarray(data["upper"]),
+            np.asarray(data["log"], dtype=bool),
+            int(data["steps"]),
+            [int(n) for n in data["sizes"]],
+            None if data["center"] is None else np.asarray(data["center"]),
+            None if data["half"] is None else np.asarray(data["half"]),
+        )

@@ -28,8 +28,15 @@ class Reservoir(SampleBuffer):
     kind = "reservoir"
     _SCALARS = (*SampleBuffer._SCALARS, "_size", "_unseen_count", "_n_seen")
 
-    def __init__(self, capacity: int, watermark: int, field_size: int, seed: int = 0,
-                 normalisation: Normalisation | None = None, dim: int | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        watermark: int,
+        field_size: int,
+        seed: int = 0,
+        normalisation: Normalisation | None = None,
+        dim: int | None = None,
+    ) -> None:
         super().__init__(capacity, watermark, field_size, seed, normalisation, dim)
         self._size = 0
         self._unseen_count = 0
@@ -84,7 +91,7 @@ class Reservoir(SampleBuffer):
         np.add.at(self._seen, idx, 1)
         if first.size:
             self._unseen_count -= int(first.size)
-            self._seen_slots[self._n_seen:self._n_seen + first.size] = first
+            self._seen_slots[self._n_seen : self._n_seen + first.size] = first
             self._seen_pos[first] = np.arange(self._n_seen, self._n_seen + first.size)
             self._n_seen += int(first.size)
         return idx
@@ -93,7 +100,7 @@ class Reservoir(SampleBuffer):
         return self._size
 
     def _snapshot_extra(self) -> dict[str, np.ndarray]:
-        return {"_seen_slots": self._seen_slots[:self._n_seen].copy()}
+        return {"_seen_slots": self._seen_slots[: self._n_seen].copy()}
 
     def _restore_extra(self, snap: dict[str, Any]) -> None:
         n = self._n_seen
@@ -104,7 +111,7 @@ class Reservoir(SampleBuffer):
     def seen_counts(self) -> np.ndarray:
         """Copy of the per-sample seen counters of the filled slots."""
         with self._lock:
-            return self._seen[:self._size].copy()
+            return self._seen[: self._size].copy()
 
 
 class FifoBuffer(SampleBuffer):
@@ -113,8 +120,15 @@ class FifoBuffer(SampleBuffer):
     kind = "fifo"
     _SCALARS = (*SampleBuffer._SCALARS, "_head", "_size")
 
-    def __init__(self, capacity: int, watermark: int, field_size: int, seed: int = 0,
-                 normalisation: Normalisation | None = None, dim: int | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        watermark: int,
+        field_size: int,
+        seed: int = 0,
+        normalisation: Normalisation | None = None,
+        dim: int | None = None,
+    ) -> None:
         super().__init__(capacity, watermark, field_size, seed, normalisation, dim)
         self._head = 0  # slot of the oldest sample
         self._size = 0
@@ -150,8 +164,14 @@ class FifoBuffer(SampleBuffer):
         return idx
 
 
-def make_buffer(kind: str, capacity: int, watermark: int, field_size: int, seed: int = 0,
-                normalisation: Normalisation | None = None) -> SampleBuffer:
+def make_buffer(
+    kind: str,
+    capacity: int,
+    watermark: int,
+    field_size: int,
+    seed: int = 0,
+    normalisation: Normalisation | None = None,
+) -> SampleBuffer:
     """The buffer named by the config's ``buffer.kind``."""
     classes = {"reservoir": Reservoir, "fifo": FifoBuffer}
     if kind not in classes:
@@ -159,8 +179,9 @@ def make_buffer(kind: str, capacity: int, watermark: int, field_size: int, seed:
     return classes[kind](capacity, watermark, field_size, seed, normalisation)
 
 
-def buffer_from_config(cfg: dict[str, Any], normalisation: Normalisation | None = None
-                       ) -> SampleBuffer:
+def buffer_from_config(
+    cfg: dict[str, Any], normalisation: Normalisation | None = None
+) -> SampleBuffer:
     """The run's buffer (``buffer.*``, the problem's sample size, ``seed``), normalising by
     default; it recycles samples after the stream when ``training.iterations`` is a budget."""
     from breed.problems import problem_of
@@ -168,7 +189,13 @@ def buffer_from_config(cfg: dict[str, Any], normalisation: Normalisation | None 
     bc = cfg["buffer"]
     problem = problem_of(cfg)
     norm = normalisation or Normalisation.from_problem(problem)
-    buf = make_buffer(bc["kind"], bc["capacity"], bc["watermark"], problem.sample_size,
-                      seed=cfg["seed"], normalisation=norm)
+    buf = make_buffer(
+        bc["kind"],
+        bc["capacity"],
+        bc["watermark"],
+        problem.sample_size,
+        seed=cfg["seed"],
+        normalisation=norm,
+    )
     buf.recycle = cfg["training"].get("iterations") is not None
     return buf

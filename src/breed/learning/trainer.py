@@ -58,8 +58,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"model.device: {spec!r} requested but CUDA is not available")
         if index and int(index) >= torch.cuda.device_count():
-            raise ValueError(f"model.device: {spec!r} but only {torch.cuda.device_count()} "
-                             "CUDA device(s) exist")
+            raise ValueError(
+                f"model.device: {spec!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
         return torch.device(spec) if index else torch.device("cuda")
     raise ValueError(f"model.device: {spec!r} is not auto, cpu, cuda or cuda:N")
 
@@ -67,8 +68,10 @@ def resolve_device(spec: str = "auto") -> torch.device:
 def build_mlp(n_inputs: int, n_outputs: int, hidden: int, layers: int) -> nn.Sequential:
     """d+1 -> L x (H, ReLU) -> S, the paper's fully connected surrogate."""
     if min(n_inputs, n_outputs, hidden, layers) < 1:
-        raise ValueError(f"model: inputs, outputs, hidden and layers must be >= 1, got "
-                         f"{n_inputs}, {n_outputs}, {hidden}, {layers}")
+        raise ValueError(
+            f"model: inputs, outputs, hidden and layers must be >= 1, got "
+            f"{n_inputs}, {n_outputs}, {hidden}, {layers}"
+        )
     mods: list[nn.Module] = []
     width = n_inputs
     for _ in range(layers):
@@ -97,20 +100,27 @@ def resolve_factory(spec: str) -> Any:
 def build_model(arch: dict[str, Any]) -> nn.Module:
     """The model of ``arch`` (what ``model.pt`` records): the MLP, or a factory's module."""
     if arch.get("factory"):
-        model = resolve_factory(arch["factory"])(arch["n_inputs"], (arch["n_outputs"],),
-                                                 **(arch.get("options") or {}))
+        model = resolve_factory(arch["factory"])(
+            arch["n_inputs"], (arch["n_outputs"],), **(arch.get("options") or {})
+        )
         if not isinstance(model, nn.Module):
-            raise ValueError(f"model.factory: {arch['factory']} returned "
-                             f"{type(model).__name__}, not a torch.nn.Module")
+            raise ValueError(
+                f"model.factory: {arch['factory']} returned "
+                f"{type(model).__name__}, not a torch.nn.Module"
+            )
         with torch.no_grad():  # a wrong output size is the config's error, not the first step's
             try:
                 shape = tuple(model(torch.zeros((2, arch["n_inputs"]))).shape)
             except Exception as exc:  # noqa: BLE001 - the user's module: any failure is theirs
-                raise ValueError(f"model.factory: {arch['factory']} fails on a (2, "
-                                 f"{arch['n_inputs']}) input: {exc}".splitlines()[0]) from None
+                raise ValueError(
+                    f"model.factory: {arch['factory']} fails on a (2, "
+                    f"{arch['n_inputs']}) input: {exc}".splitlines()[0]
+                ) from None
         if shape != (2, arch["n_outputs"]):
-            raise ValueError(f"model.factory: {arch['factory']} maps (2, {arch['n_inputs']}) "
-                             f"inputs to {shape}, expected (2, {arch['n_outputs']}) outputs")
+            raise ValueError(
+                f"model.factory: {arch['factory']} maps (2, {arch['n_inputs']}) "
+                f"inputs to {shape}, expected (2, {arch['n_outputs']}) outputs"
+            )
         return model
     return build_mlp(arch["n_inputs"], arch["n_outputs"], arch["hidden"], arch["layers"])
 
@@ -125,8 +135,11 @@ def time_ranges(steps: int) -> dict[str, tuple[int, int]]:
     e1 = max(1, math.floor(0.1 * steps + 0.5))
     e2 = max(e1, math.floor(0.5 * steps + 0.5))
     out = {"t0": (0, 0)}
-    for name, (a, b) in {"t1_10": (1, e1), "t11_50": (e1 + 1, e2),
-                         "t51_100": (e2 + 1, steps)}.items():
+    for name, (a, b) in {
+        "t1_10": (1, e1),
+        "t11_50": (e1 + 1, e2),
+        "t51_100": (e2 + 1, steps),
+    }.items():
         if a <= min(b, steps):
             out[name] = (a, min(b, steps))
     return out
@@ -153,7 +166,7 @@ def validation_metrics(err: np.ndarray) -> dict[str, float | None]:
     for name in ("t0", "t1_10", "t11_50", "t51_100"):
         if name in ranges:
             a, b = ranges[name]
-            out[f"val_mse_{name}"] = float(err[:, a:b + 1].mean())
+            out[f"val_mse_{name}"] = float(err[:, a : b + 1].mean())
         else:
             out[f"val_mse_{name}"] = None
     return out
@@ -171,8 +184,13 @@ class StepResult:
 class Surrogate:
     """A trained model with its normalisation: predicts fields in physical units (inference)."""
 
-    def __init__(self, model: nn.Module, normalisation: Normalisation,
-                 shapes: list[tuple[int, ...]], device: torch.device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        normalisation: Normalisation,
+        shapes: list[tuple[int, ...]],
+        device: torch.device,
+    ) -> None:
         self.model, self.normalisation, self.device = model, normalisation, device
         self.shapes = [tuple(sh) for sh in shapes]
 
@@ -207,8 +225,12 @@ def load_model(path: str | Path, device: str = "cpu") -> Surrogate:
     model = build_model(data["model"])
     model.load_state_dict(data["state_dict"])
     dev = resolve_device(device)
-    return Surrogate(model.to(dev), Normalisation.from_dict(data["normalisation"]),
-                     [tuple(f["shape"]) for f in data["problem"]["fields"]], dev)
+    return Surrogate(
+        model.to(dev),
+        Normalisation.from_dict(data["normalisation"]),
+        [tuple(f["shape"]) for f in data["problem"]["fields"]],
+        dev,
+    )
 
 
 class Trainer:
@@ -220,15 +242,24 @@ class Trainer:
     same initial weights on any device.
     """
 
-    def __init__(self, cfg: dict[str, Any], seed: int | None = None, device: str | None = None,
-                 ddp: bool | None = None) -> None:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        seed: int | None = None,
+        device: str | None = None,
+        ddp: bool | None = None,
+    ) -> None:
         mc = cfg["model"]
         self.problem = problem_of(cfg)
         self.normalisation = Normalisation.from_problem(self.problem)
-        self.arch = {"factory": mc.get("factory"), "options": dict(mc.get("options") or {}),
-                     "hidden": int(mc["hidden"]), "layers": int(mc["layers"]),
-                     "n_inputs": self.normalisation.n_inputs,
-                     "n_outputs": self.problem.sample_size}
+        self.arch = {
+            "factory": mc.get("factory"),
+            "options": dict(mc.get("options") or {}),
+            "hidden": int(mc["hidden"]),
+            "layers": int(mc["layers"]),
+            "n_inputs": self.normalisation.n_inputs,
+            "n_outputs": self.problem.sample_size,
+        }
         self.lr = float(mc["lr"])
         self.seed = int(cfg.get("seed", 0) if seed is None else seed)
         self.device = resolve_device(mc.get("device", "auto") if device is None else device)
@@ -243,8 +274,11 @@ class Trainer:
         self.model = model.to(self.device)  # the bare module: state, evaluation, saving
         self.net: nn.Module = self.model  # what the training step calls
         if ddp is None:
-            ddp = (torch.distributed.is_available() and torch.distributed.is_initialized()
-                   and torch.distributed.get_world_size() > 1)
+            ddp = (
+                torch.distributed.is_available()
+                and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1
+            )
         if ddp:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -260,11 +294,15 @@ class Trainer:
         of the global batch, so the averaged gradient is the global batch's); the reported
         losses are unscaled."""
         if not batch.normalised:
-            raise ValueError("batch is not normalised: create the buffer with "
-                             "normalisation=trainer.normalisation")
+            raise ValueError(
+                "batch is not normalised: create the buffer with "
+                "normalisation=trainer.normalisation"
+            )
         if batch.targets.shape[1:] != (self.arch["n_outputs"],):
-            raise ValueError(f"batch targets have shape {batch.targets.shape}, the model "
-                             f"outputs {self.arch['n_outputs']} values")
+            raise ValueError(
+                f"batch targets have shape {batch.targets.shape}, the model "
+                f"outputs {self.arch['n_outputs']} values"
+            )
         x = torch.from_numpy(np.ascontiguousarray(batch.inputs)).to(self.device)
         y = torch.from_numpy(np.ascontiguousarray(batch.targets)).to(self.device)
         self.net.train()
@@ -291,8 +329,9 @@ class Trainer:
 
     # -- validation and inference ---------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, validation: ValidationSet, chunk_elements: int = EVAL_ELEMENTS
-                 ) -> dict[str, float | None]:
+    def evaluate(
+        self, validation: ValidationSet, chunk_elements: int = EVAL_ELEMENTS
+    ) -> dict[str, float | None]:
         """Metrics of :func:`validation_metrics` on a validation set (``.params`` (n, d)
         physical, ``.fields`` (n, T+1, *sample shape) physical, see :mod:`breed.learning.validation`),
         in model units.
@@ -310,9 +349,11 @@ class Trainer:
         n, t1 = fields.shape[0], fields.shape[1]
         size = self.arch["n_outputs"]
         if math.prod(fields.shape[2:]) != size or params.shape != (n, norm.dim):
-            raise ValueError(f"validation set of shape {fields.shape} (params {params.shape}) "
-                             f"does not fit this problem ({norm.dim} parameters, {size} values "
-                             "per sample)")
+            raise ValueError(
+                f"validation set of shape {fields.shape} (params {params.shape}) "
+                f"does not fit this problem ({norm.dim} parameters, {size} values "
+                "per sample)"
+            )
         if t1 - 1 != norm.steps:
             raise ValueError(f"validation set has {t1 - 1} steps, the run has {norm.steps}")
         inputs = norm.inputs(np.repeat(params, t1, axis=0), np.tile(np.arange(t1), n))
@@ -366,10 +407,14 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Snapshot (deep copy) of the model and optimiser for a checkpoint: later steps do not
         change it. The RNG states are the server's."""
-        return copy.deepcopy({"model": self.model.state_dict(),
-                              "optimizer": self.optimizer.state_dict(),
-                              "iteration": self.iteration,
-                              "normalisation": self.normalisation.to_dict()})
+        return copy.deepcopy(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "iteration": self.iteration,
+                "normalisation": self.normalisation.to_dict(),
+            }
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state_dict`; copies, so ``state`` and this trainer share nothing
@@ -386,10 +431,13 @@ class Trainer:
         :func:`load_model` to predict fields in physical units later. Written atomically."""
         path = Path(path)
         data = {
-            "format": MODEL_FORMAT, "model": self.arch,
+            "format": MODEL_FORMAT,
+            "model": self.arch,
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "normalisation": self.normalisation.to_dict(),
-            "problem": self.problem.describe(), "lr": self.lr, "seed": self.seed,
+            "problem": self.problem.describe(),
+            "lr": self.lr,
+            "seed": self.seed,
             "iteration": self.iteration,
         }
         atomic_write(path, lambda fh: torch.save(data, fh))

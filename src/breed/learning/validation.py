@@ -66,8 +66,11 @@ def fingerprint(identity: dict[str, Any], size: int, seed: int) -> str:
     hold the same trajectories; a run records the one it used."""
     import hashlib
 
-    text = json.dumps({"format": FORMAT, "problem": identity, "size": int(size),
-                       "seed": int(seed)}, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(
+        {"format": FORMAT, "problem": identity, "size": int(size), "seed": int(seed)},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -92,15 +95,31 @@ def halton_params(size: int, seed: int, problem: Problem) -> np.ndarray:
     return problem.from_sampling(halton_design(size, seed, problem.lower, problem.upper))
 
 
-def heat_problem(grid: int = 64, steps: int = 100, dt: float = 0.01, alpha: float = 1.0,
-                 length: float = 10.0, bounds: tuple[float, float] = (100.0, 500.0)) -> Problem:
+def heat_problem(
+    grid: int = 64,
+    steps: int = 100,
+    dt: float = 0.01,
+    alpha: float = 1.0,
+    length: float = 10.0,
+    bounds: tuple[float, float] = (100.0, 500.0),
+) -> Problem:
     from breed.problems.heat2d import heat2d
 
     lo, hi = float(bounds[0]), float(bounds[1])
     if not lo < hi:
         raise ValueError(f"solver.bounds: lower bound {lo} must be below upper bound {hi}")
-    return heat2d({"grid": grid, "steps": steps, "dt": dt, "alpha": alpha, "length": length,
-                   "bounds": [lo, hi], "ranks": 1, "dtype": "float64"})
+    return heat2d(
+        {
+            "grid": grid,
+            "steps": steps,
+            "dt": dt,
+            "alpha": alpha,
+            "length": length,
+            "bounds": [lo, hi],
+            "ranks": 1,
+            "dtype": "float64",
+        }
+    )
 
 
 def compute_validation(problem: Problem, size: int, seed: int) -> ValidationSet:
@@ -108,14 +127,22 @@ def compute_validation(problem: Problem, size: int, seed: int) -> ValidationSet:
     from breed.problems.heat2d_solver import solve
 
     if problem.name != "heat2d":
-        raise ValueError(f"problem {problem.name}: its validation set is made by its own "
-                         "client (breed make-validation --config RUN.yaml)")
+        raise ValueError(
+            f"problem {problem.name}: its validation set is made by its own "
+            "client (breed make-validation --config RUN.yaml)"
+        )
     s = problem.settings
     params = halton_params(size, seed, problem)
     fields = np.empty((size, problem.steps + 1, *problem.fields[0].shape), dtype=np.float32)
     for k in range(size):
-        fields[k] = solve(params[k], grid=s["grid"], steps=s["steps"], dt=s["dt"],
-                          alpha=s["alpha"], length=s["length"])
+        fields[k] = solve(
+            params[k],
+            grid=s["grid"],
+            steps=s["steps"],
+            dt=s["dt"],
+            alpha=s["alpha"],
+            length=s["length"],
+        )
     return ValidationSet(params, fields, problem.identity(), int(seed))
 
 
@@ -124,17 +151,30 @@ def save_validation(vset: ValidationSet, path: str | Path, compress: bool = True
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {
-        "format": np.array(FORMAT), "params": vset.params, "fields": vset.fields,
-        "seed": np.int64(vset.seed), "problem": np.array(json.dumps(vset.problem)),
-        "fingerprint": np.array(vset.fingerprint)}
+        "format": np.array(FORMAT),
+        "params": vset.params,
+        "fields": vset.fields,
+        "seed": np.int64(vset.seed),
+        "problem": np.array(json.dumps(vset.problem)),
+        "fingerprint": np.array(vset.fingerprint),
+    }
     # a file object: numpy must not append ".npz"
     atomic_write(path, lambda fh: (np.savez_compressed if compress else np.savez)(fh, **arrays))
 
 
-def make_validation(path: str | Path, *, size: int = 200, seed: int = 12345, grid: int = 64,
-                    steps: int = 100, dt: float = 0.01, alpha: float = 1.0,
-                    length: float = 10.0, bounds: tuple[float, float] = (100.0, 500.0),
-                    compress: bool = True) -> ValidationSet:
+def make_validation(
+    path: str | Path,
+    *,
+    size: int = 200,
+    seed: int = 12345,
+    grid: int = 64,
+    steps: int = 100,
+    dt: float = 0.01,
+    alpha: float = 1.0,
+    length: float = 10.0,
+    bounds: tuple[float, float] = (100.0, 500.0),
+    compress: bool = True,
+) -> ValidationSet:
     """Compute the heat preset's set and write it to ``path``; returns it."""
     vset = compute_validation(heat_problem(grid, steps, dt, alpha, length, bounds), size, seed)
     save_validation(vset, path, compress)
@@ -150,8 +190,9 @@ def _open(path: Path) -> Any:
 def _header(data: Any, path: Path) -> tuple[dict[str, Any], int, int]:
     """(problem identity, seed, size) of an open set, without reading its fields."""
     if str(data["format"]) != FORMAT:
-        raise ValidationFileError(f"validation file {path}: format "
-                                  f"{str(data['format'])!r}, expected {FORMAT!r}")
+        raise ValidationFileError(
+            f"validation file {path}: format {str(data['format'])!r}, expected {FORMAT!r}"
+        )
     return json.loads(str(data["problem"])), int(data["seed"]), int(data["params"].shape[0])
 
 
@@ -183,12 +224,17 @@ def check_design(stored: tuple[int, int], expected: tuple[int, int], path: str |
         if int(have) != int(want):
             raise ValidationFileError(
                 f"validation file {path}: made with validation.{key} {have} but the run has "
-                f"{want}; remake it with `breed make-validation --config RUN.yaml`")
+                f"{want}; remake it with `breed make-validation --config RUN.yaml`"
+            )
 
 
-def load_validation(path: str | Path, expect_problem: dict[str, Any] | None = None,
-                    expect_design: tuple[int, int] | None = None, *,
-                    expect_solver: dict[str, Any] | None = None) -> ValidationSet:
+def load_validation(
+    path: str | Path,
+    expect_problem: dict[str, Any] | None = None,
+    expect_design: tuple[int, int] | None = None,
+    *,
+    expect_solver: dict[str, Any] | None = None,
+) -> ValidationSet:
     """Read a set; with ``expect_problem`` (a :meth:`Problem.identity`) check it was made for
     that problem, with ``expect_design`` that it has this (size, seed), with ``expect_solver``
     (the heat preset's ``solver`` section) the heat settings present there."""
@@ -210,10 +256,15 @@ def load_validation(path: str | Path, expect_problem: dict[str, Any] | None = No
     n, steps = vset.size, int(identity["steps"])
     d = len(identity["parameters"])
     size_per_step = sum(math.prod(f["shape"]) for f in identity["fields"])
-    if vset.params.shape != (n, d) or vset.fields.shape[:2] != (n, steps + 1) or \
-            math.prod(vset.fields.shape[2:]) != size_per_step:
-        raise ValidationFileError(f"validation file {path}: params {vset.params.shape} and "
-                                  f"fields {vset.fields.shape} do not match its problem")
+    if (
+        vset.params.shape != (n, d)
+        or vset.fields.shape[:2] != (n, steps + 1)
+        or math.prod(vset.fields.shape[2:]) != size_per_step
+    ):
+        raise ValidationFileError(
+            f"validation file {path}: params {vset.params.shape} and "
+            f"fields {vset.fields.shape} do not match its problem"
+        )
     return vset
 
 
@@ -225,9 +276,11 @@ def check_problem(stored: dict[str, Any], expected: dict[str, Any], path: str | 
     if stored.get("name") == expected.get("name") == "heat2d":
         check_solver(heat_view(stored), heat_view(expected), path)
     where = _first_difference(stored, expected, "problem")
-    raise ValidationFileError(f"validation file {path}: made for another problem ({where} "
-                              "differs); remake it with `breed make-validation --config "
-                              "RUN.yaml`")
+    raise ValidationFileError(
+        f"validation file {path}: made for another problem ({where} "
+        "differs); remake it with `breed make-validation --config "
+        "RUN.yaml`"
+    )
 
 
 def _first_difference(a: Any, b: Any, path: str) -> str:
@@ -249,11 +302,15 @@ def check_solver(stored: dict[str, Any], expected: dict[str, Any], path: str | P
             continue
         have, want = stored.get(key), expected[key]
         if have is None:
-            raise ValidationFileError(f"{path}: made without the heat setting {key!r}; "
-                                      "make it again with breed make-validation")
+            raise ValidationFileError(
+                f"{path}: made without the heat setting {key!r}; "
+                "make it again with breed make-validation"
+            )
         if key == "bounds":
-            same = len(want) == 2 and all(math.isclose(float(a), float(b), rel_tol=1e-12)
-                                          for a, b in zip(have, want, strict=True))
+            same = len(want) == 2 and all(
+                math.isclose(float(a), float(b), rel_tol=1e-12)
+                for a, b in zip(have, want, strict=True)
+            )
         elif key in ("grid", "steps"):
             same = int(have) == int(want)
         else:
@@ -261,4 +318,5 @@ def check_solver(stored: dict[str, Any], expected: dict[str, Any], path: str | P
         if not same:
             raise ValidationFileError(
                 f"validation file {path}: solver.{key} is {have} but the run has {want}; "
-                "remake it with `breed make-validation --config RUN.yaml`")
+                "remake it with `breed make-validation --config RUN.yaml`"
+            )

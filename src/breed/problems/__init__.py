@@ -58,8 +58,9 @@ def problem_of(cfg: dict[str, Any]) -> Problem:
             from breed.problems.burgers1d import burgers1d
 
             return burgers1d()
-        raise ConfigError(f"problem: {spec!r} is not a preset ({', '.join(PRESETS)}) nor a "
-                          "description")
+        raise ConfigError(
+            f"problem: {spec!r} is not a preset ({', '.join(PRESETS)}) nor a description"
+        )
     return parse_problem(spec)
 
 
@@ -103,8 +104,11 @@ def parse_parameter(raw: Any, key: str) -> Parameter:
 def parse_field(raw: Any, key: str) -> FieldSpec:
     d = _mapping(raw, key, {"name", "shape", "dtype", "range"}, {"name", "shape"})
     shape = d["shape"]
-    if not isinstance(shape, list) or not shape or not all(
-            isinstance(n, int) and not isinstance(n, bool) for n in shape):
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape)
+    ):
         raise ConfigError(f"{key}.shape: {shape!r} must be a list of integers, e.g. [64, 64]")
     if any(n < 1 for n in shape):
         raise ConfigError(f"{key}.shape: {shape} has an extent below 1")
@@ -133,9 +137,10 @@ def parse_client(raw: Any, key: str) -> ClientCommand:
     if isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1:
         raise ConfigError(f"{key}.ranks: {ranks!r} must be an integer >= 1")
     env = d.get("env") or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and k.isidentifier() and
-                                            isinstance(v, str | int | float)
-                                            for k, v in env.items()):
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and k.isidentifier() and isinstance(v, str | int | float)
+        for k, v in env.items()
+    ):
         raise ConfigError(f"{key}.env: expected a mapping of variable names to strings")
     if any(k.startswith("BREED_") for k in env):
         raise ConfigError(f"{key}.env: BREED_* variables are set by the launcher")
@@ -143,16 +148,18 @@ def parse_client(raw: Any, key: str) -> ClientCommand:
 
 
 def parse_problem(raw: Any) -> Problem:
-    d = _mapping(raw, "problem", {"name", "parameters", "fields", "steps", "client",
-                                  "settings", "statistic"},
-                 {"name", "parameters", "fields", "steps", "client"})
+    d = _mapping(
+        raw,
+        "problem",
+        {"name", "parameters", "fields", "steps", "client", "settings", "statistic"},
+        {"name", "parameters", "fields", "steps", "client"},
+    )
     params, fields = d["parameters"], d["fields"]
     if not isinstance(params, list) or not params:
         raise ConfigError("problem.parameters: at least one parameter is needed")
     if not isinstance(fields, list) or not fields:
         raise ConfigError("problem.fields: at least one field is needed")
-    parameters = tuple(parse_parameter(p, f"problem.parameters.{k}")
-                       for k, p in enumerate(params))
+    parameters = tuple(parse_parameter(p, f"problem.parameters.{k}") for k, p in enumerate(params))
     specs = tuple(parse_field(f, f"problem.fields.{k}") for k, f in enumerate(fields))
     for what, items in (("parameters", parameters), ("fields", specs)):
         names = [x.name for x in items]
@@ -171,11 +178,19 @@ def parse_problem(raw: Any) -> Problem:
     name = d["name"]
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(f"problem.name: {name!r} must be letters, digits, '_', '.', '-'")
-    problem = Problem(name, parameters, specs, steps,
-                      parse_client(d["client"], "problem.client"), settings, statistic)
+    problem = Problem(
+        name,
+        parameters,
+        specs,
+        steps,
+        parse_client(d["client"], "problem.client"),
+        settings,
+        statistic,
+    )
     if problem.sample_size > MAX_SAMPLE:
-        raise ConfigError(f"problem.fields: {problem.sample_size} values per time step, more "
-                          f"than {MAX_SAMPLE}")
+        raise ConfigError(
+            f"problem.fields: {problem.sample_size} values per time step, more than {MAX_SAMPLE}"
+        )
     return problem
 
 
@@ -194,5 +209,13 @@ def check_command(problem: Problem, workdir: Path | None = None) -> None:
         raise ConfigError(f"problem.client.command: {prog!r} is not on PATH")
 
 
-__all__ = ["PRESETS", "ClientCommand", "FieldSpec", "Parameter", "Problem", "check_command",
-           "parse_problem", "problem_of"]
+__all__ = [
+    "PRESETS",
+    "ClientCommand",
+    "FieldSpec",
+    "Parameter",
+    "Problem",
+    "check_command",
+    "parse_problem",
+    "problem_of",
+]

@@ -29,18 +29,22 @@ GRID, STEPS, T_END = 256, 50, 2.0
 SETTINGS: dict[str, float] = {"grid": GRID, "steps": STEPS, "t_end": T_END}
 
 
-def burgers1d(grid: int = GRID, steps: int = STEPS, t_end: float = T_END,
-              ranks: int = 1) -> Problem:
+def burgers1d(
+    grid: int = GRID, steps: int = STEPS, t_end: float = T_END, ranks: int = 1
+) -> Problem:
     return Problem(
         name="burgers1d",
-        parameters=(Parameter("nu", 0.02, 0.3, "log"), Parameter("a", 0.5, 1.5),
-                    Parameter("b", -0.5, 0.5)),
+        parameters=(
+            Parameter("nu", 0.02, 0.3, "log"),
+            Parameter("a", 0.5, 1.5),
+            Parameter("b", -0.5, 0.5),
+        ),
         fields=(FieldSpec("u", (int(grid),), "float64", (-2.0, 2.0)),),
         steps=int(steps),
-        client=ClientCommand((sys.executable, "-m", "breed.problems.burgers1d_client"),
-                             int(ranks)),
+        client=ClientCommand((sys.executable, "-m", "breed.problems.burgers1d_client"), int(ranks)),
         settings={"grid": int(grid), "t_end": float(t_end)},
-        statistic="unit_std")
+        statistic="unit_std",
+    )
 
 
 def initial_potential(y: np.ndarray, a: float, b: float) -> np.ndarray:
@@ -67,11 +71,11 @@ def cole_hopf(params: Any, x: np.ndarray, t: float, *, points: int | None = None
     s = np.linspace(-half, half, n)  # y = x - s
     out = np.empty_like(x)
     for k in range(0, x.size, 64):  # bounded memory: 64 x n at a time
-        xs = x.ravel()[k:k + 64, None]
+        xs = x.ravel()[k : k + 64, None]
         y = xs - s[None, :]
         log_w = -(initial_potential(y, a, b) + s[None, :] ** 2 / (2.0 * t)) / (2.0 * nu)
         num_pos = logsumexp(log_w, axis=1, b=np.maximum(s, 0.0)[None, :] + 0.0 * log_w)
         num_neg = logsumexp(log_w, axis=1, b=np.maximum(-s, 0.0)[None, :] + 0.0 * log_w)
         den = logsumexp(log_w, axis=1)
-        out.ravel()[k:k + 64] = (np.exp(num_pos - den) - np.exp(num_neg - den)) / t
+        out.ravel()[k : k + 64] = (np.exp(num_pos - den) - np.exp(num_neg - den)) / t
     return out

@@ -23,8 +23,9 @@ def rhs(u: np.ndarray, nu: float, dx: float) -> np.ndarray:
     return -(up * up - um * um) / (4.0 * dx) + nu * (up - 2.0 * u + um) / (dx * dx)
 
 
-def solve(params: tuple[float, ...], grid: int, steps: int, t_end: float
-          ) -> Iterator[tuple[int, np.ndarray]]:
+def solve(
+    params: tuple[float, ...], grid: int, steps: int, t_end: float
+) -> Iterator[tuple[int, np.ndarray]]:
     """``(t, u)`` at the ``steps + 1`` output times ``t_end * t / steps``."""
     nu, a, b = params
     x = 2.0 * np.pi * np.arange(grid) / grid

@@ -27,7 +27,9 @@ def heat2d(solver: dict[str, Any]) -> Problem:
         parameters=tuple(Parameter(n, lo, hi) for n in NAMES),
         fields=(FieldSpec("u", (grid, grid), str(solver["dtype"]), (lo, hi), bounded=True),),
         steps=int(solver["steps"]),
-        client=ClientCommand((sys.executable, "-m", "breed.problems.heat2d_client"),
-                             int(solver["ranks"])),
+        client=ClientCommand(
+            (sys.executable, "-m", "breed.problems.heat2d_client"), int(solver["ranks"])
+        ),
         settings={k: solver[k] for k in SETTINGS},
-        statistic="std")
+        statistic="std",
+    )

@@ -62,14 +62,24 @@ def run_heat(client: Client, once: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="breed client", description="Run the heat solver as a streaming "
-                     "client of a breed server (BREED_SERVER, BREED_TOKEN[_FILE], BREED_JOB_ID).")
+    parser = OneLineParser(
+        prog="breed client",
+        description="Run the heat solver as a streaming "
+        "client of a breed server (BREED_SERVER, BREED_TOKEN[_FILE], BREED_JOB_ID).",
+    )
     parser.add_argument("--server", help="server control address (default: $BREED_SERVER)")
-    parser.add_argument("--once", action="store_true",
-                        help="run one simulation then exit (default: until the server says stop)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds to wait for a server reply (default: "
-                             f"$BREED_CLIENT_TIMEOUT or {DEFAULT_TIMEOUT:g})")
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="run one simulation then exit (default: until the server says stop)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for a server reply (default: "
+        f"$BREED_CLIENT_TIMEOUT or {DEFAULT_TIMEOUT:g})",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     # a job killed by its scheduler still tells the server (ABORT) on its way out
     signal.signal(signal.SIGTERM, _terminate)

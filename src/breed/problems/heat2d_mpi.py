@@ -54,18 +54,27 @@ class CGDivergence(RuntimeError):
 class MPIHeatSolver:
     """One rank's share of the implicit Euler solve; :meth:`blocks` yields its row block."""
 
-    def __init__(self, comm: Any, params: Sequence[float] | np.ndarray, grid: int = 64,
-                 dt: float = 0.01, alpha: float = 1.0, length: float = 10.0,
-                 rtol: float = 1e-13, maxiter: int | None = None,
-                 preconditioner: str = "interface") -> None:
+    def __init__(
+        self,
+        comm: Any,
+        params: Sequence[float] | np.ndarray,
+        grid: int = 64,
+        dt: float = 0.01,
+        alpha: float = 1.0,
+        length: float = 10.0,
+        rtol: float = 1e-13,
+        maxiter: int | None = None,
+        preconditioner: str = "interface",
+    ) -> None:
         self.params = check_settings(params, grid, 0, dt, alpha, length)
         self.comm = comm
         self.rank, self.nranks = comm.Get_rank(), comm.Get_size()
         self.grid = int(grid)
         n = self.grid - 2
         if n < self.nranks:
-            raise HeatParameterError(f"grid {grid} has {n} interior rows, fewer than "
-                                     f"{self.nranks} MPI ranks")
+            raise HeatParameterError(
+                f"grid {grid} has {n} interior rows, fewer than {self.nranks} MPI ranks"
+            )
         a, b = split_rows(n, self.nranks, self.rank)
         self.first, self.last = self.rank == 0, self.rank == self.nranks - 1
         # the rank's output rows in the full grid, wall rows included at the ends
@@ -77,8 +86,9 @@ class MPIHeatSolver:
         self.rtol = rtol
         self.maxiter = maxiter if maxiter is not None else 20 * n + 100
         self._rb = self.r * dirichlet_rhs(self.params, self._rows, n, self.first, self.last)
-        self._block_denom = 1.0 + self.r * (dst_eigenvalues(self._rows)[:, None]
-                                            + dst_eigenvalues(n)[None, :])
+        self._block_denom = 1.0 + self.r * (
+            dst_eigenvalues(self._rows)[:, None] + dst_eigenvalues(n)[None, :]
+        )
         self._up = self.rank - 1 if not self.first else _proc_null()
         self._down = self.rank + 1 if not self.last else _proc_null()
         self._above = np.zeros(n)
@@ -86,8 +96,9 @@ class MPIHeatSolver:
         self._sums = np.zeros(3)
         self.iterations: list[int] = []  # CG iterations of each step, for benchmarks
         if preconditioner not in PRECONDITIONERS:
-            raise HeatParameterError(f"preconditioner must be one of {PRECONDITIONERS}, got "
-                                     f"{preconditioner!r}")
+            raise HeatParameterError(
+                f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}"
+            )
         self.preconditioner = preconditioner
         if preconditioner == "interface":
             self._setup_interface(n)
@@ -99,10 +110,12 @@ class MPIHeatSolver:
     def _halo(self, p: np.ndarray) -> None:
         self._above.fill(0.0)
         self._below.fill(0.0)
-        self.comm.Sendrecv(p[0], dest=self._up, sendtag=1, recvbuf=self._below,
-                           source=self._down, recvtag=1)
-        self.comm.Sendrecv(p[-1], dest=self._down, sendtag=2, recvbuf=self._above,
-                           source=self._up, recvtag=2)
+        self.comm.Sendrecv(
+            p[0], dest=self._up, sendtag=1, recvbuf=self._below, source=self._down, recvtag=1
+        )
+        self.comm.Sendrecv(
+            p[-1], dest=self._down, sendtag=2, recvbuf=self._above, source=self._up, recvtag=2
+        )
 
     def apply(self, p: np.ndarray) -> np.ndarray:
         """``(I - r Lap_h) p`` on this rank's rows, neighbours' rows through the halo."""
@@ -175,7 +188,7 @@ class MPIHeatSolver:
         # einsum, not BLAS: multi-threaded BLAS dots crawl on oversubscribed nodes (one
         # OpenBLAS pool per rank) and their rounding may depend on the thread count
         local = np.array([np.einsum("ij,ij->", a, b) for a, b in pairs])
-        sums = self._sums[:len(pairs)]
+        sums = self._sums[: len(pairs)]
         self.comm.Allreduce(local, sums)
         return sums.tolist()
 
@@ -217,17 +230,26 @@ class MPIHeatSolver:
                 u = self.step(u)
             out = np.empty((self.rows, self.grid))
             lo = 1 if self.first else 0
-            out[lo:lo + self._rows, 1:-1] = u
+            out[lo : lo + self._rows, 1:-1] = u
             set_walls(out, self.params, self.first, self.last)
             yield t, out
 
 
-def solve_mpi(comm: Any, params: Sequence[float] | np.ndarray, grid: int = 64, steps: int = 100,
-              dt: float = 0.01, alpha: float = 1.0, length: float = 10.0,
-              rtol: float = 1e-13, preconditioner: str = "interface") -> np.ndarray | None:
+def solve_mpi(
+    comm: Any,
+    params: Sequence[float] | np.ndarray,
+    grid: int = 64,
+    steps: int = 100,
+    dt: float = 0.01,
+    alpha: float = 1.0,
+    length: float = 10.0,
+    rtol: float = 1e-13,
+    preconditioner: str = "interface",
+) -> np.ndarray | None:
     """Collective: the full trajectory (as :func:`breed.problems.heat2d_solver.solve`) on rank 0, else None."""
-    solver = MPIHeatSolver(comm, params, grid, dt, alpha, length, rtol,
-                           preconditioner=preconditioner)
+    solver = MPIHeatSolver(
+        comm, params, grid, dt, alpha, length, rtol, preconditioner=preconditioner
+    )
     counts = comm.gather(solver.rows, root=0)
     out = np.empty((steps + 1, grid, grid)) if comm.Get_rank() == 0 else None
     for t, block in solver.blocks(steps):

@@ -38,16 +38,23 @@ class HeatParameterError(ValueError):
     """Invalid solver parameters or discretisation settings."""
 
 
-def check_settings(params: Sequence[float] | np.ndarray, grid: int, steps: int, dt: float,
-                   alpha: float, length: float) -> np.ndarray:
+def check_settings(
+    params: Sequence[float] | np.ndarray,
+    grid: int,
+    steps: int,
+    dt: float,
+    alpha: float,
+    length: float,
+) -> np.ndarray:
     """Validate the inputs shared by the serial and MPI solvers; return ``params`` as float64."""
     try:
         lam = np.asarray(params, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise HeatParameterError(f"params must be {N_PARAMS} numbers (T0..T4)") from exc
     if lam.shape != (N_PARAMS,):
-        raise HeatParameterError(f"params must be {N_PARAMS} numbers (T0..T4), got shape "
-                                 f"{lam.shape}")
+        raise HeatParameterError(
+            f"params must be {N_PARAMS} numbers (T0..T4), got shape {lam.shape}"
+        )
     if not np.all(np.isfinite(lam)):
         raise HeatParameterError(f"params must be finite, got {lam.tolist()}")
     if isinstance(grid, bool) or not isinstance(grid, int | np.integer) or grid < 3:
@@ -55,8 +62,9 @@ def check_settings(params: Sequence[float] | np.ndarray, grid: int, steps: int, 
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
         raise HeatParameterError(f"steps must be an integer >= 0, got {steps!r}")
     for name, value in (("dt", dt), ("alpha", alpha), ("length", length)):
-        if not (isinstance(value, int | float | np.floating) and math.isfinite(value)
-                and value > 0):
+        if not (
+            isinstance(value, int | float | np.floating) and math.isfinite(value) and value > 0
+        ):
             raise HeatParameterError(f"{name} must be a finite number > 0, got {value!r}")
     return lam
 
@@ -102,8 +110,14 @@ class HeatSolver:
     is bit-identical to ``solve``'s.
     """
 
-    def __init__(self, params: Sequence[float] | np.ndarray, grid: int = 64, dt: float = 0.01,
-                 alpha: float = 1.0, length: float = 10.0) -> None:
+    def __init__(
+        self,
+        params: Sequence[float] | np.ndarray,
+        grid: int = 64,
+        dt: float = 0.01,
+        alpha: float = 1.0,
+        length: float = 10.0,
+    ) -> None:
         self.params = check_settings(params, grid, 0, dt, alpha, length)
         self.grid = int(grid)
         self.dt, self.alpha, self.length = float(dt), float(alpha), float(length)
@@ -123,8 +137,9 @@ class HeatSolver:
             self._write(t, u_hat, out)
             yield out
 
-    def blocks(self, steps: int, row_start: int = 0,
-               row_stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    def blocks(
+        self, steps: int, row_start: int = 0, row_stop: int | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(t, field[row_start:row_stop])`` per step, e.g. one rank's row block."""
         stop = self.grid if row_stop is None else row_stop
         if not 0 <= row_start < stop <= self.grid:
@@ -162,8 +177,14 @@ def _dst(a: np.ndarray) -> np.ndarray:
     return scipy.fft.dstn(a, type=1, norm="ortho")
 
 
-def solve(params: Sequence[float] | np.ndarray, grid: int = 64, steps: int = 100,
-          dt: float = 0.01, alpha: float = 1.0, length: float = 10.0) -> np.ndarray:
+def solve(
+    params: Sequence[float] | np.ndarray,
+    grid: int = 64,
+    steps: int = 100,
+    dt: float = 0.01,
+    alpha: float = 1.0,
+    length: float = 10.0,
+) -> np.ndarray:
     """Trajectory of eqs. (13)-(16): float64 array ``(steps+1, grid, grid)``, index ``[t, i, j]``.
 
     ``i`` runs along x1 (``i=0``: wall T1, ``i=-1``: wall T2, which own the corners), ``j``

@@ -142,11 +142,15 @@ class Problem:
     # -- identity -----------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """What clients are told (ASSIGN) and what fingerprints a validation set."""
-        return {"name": self.name, "steps": self.steps,
-                "parameters": [asdict(p) for p in self.parameters],
-                "fields": [{"name": f.name, "shape": list(f.shape), "dtype": f.dtype}
-                           for f in self.fields],
-                "settings": self.settings}
+        return {
+            "name": self.name,
+            "steps": self.steps,
+            "parameters": [asdict(p) for p in self.parameters],
+            "fields": [
+                {"name": f.name, "shape": list(f.shape), "dtype": f.dtype} for f in self.fields
+            ],
+            "settings": self.settings,
+        }
 
     def identity(self) -> dict[str, Any]:
         """Everything that decides a trajectory: not how a client is started, nor the dtype

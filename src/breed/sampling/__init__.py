@@ -32,8 +32,9 @@ def make_sampler(cfg: dict[str, Any]) -> Sampler:
     try:
         module, cls = SAMPLERS[name].split(":")
     except KeyError:
-        raise ValueError(f"sampler.name: unknown sampler {name!r} "
-                         f"(one of {sorted(SAMPLERS)})") from None
+        raise ValueError(
+            f"sampler.name: unknown sampler {name!r} (one of {sorted(SAMPLERS)})"
+        ) from None
     factory = getattr(importlib.import_module(module), cls)
     if name == "breed":
         return factory(budget, bounds, seed, dim, steps=problem.steps, **opts["breed"])

@@ -64,8 +64,9 @@ class Sampler(ABC):
 
     name: str = "base"
 
-    def __init__(self, budget: int, bounds: tuple[Any, Any], seed: int = 0,
-                 dim: int | None = None) -> None:
+    def __init__(
+        self, budget: int, bounds: tuple[Any, Any], seed: int = 0, dim: int | None = None
+    ) -> None:
         self.budget = int(budget)
         self.lower, self.upper, self.dim = box(bounds, dim)
         self.seed = int(seed)
@@ -83,8 +84,9 @@ class Sampler(ABC):
     def _draw(self, sim_id: int) -> Draw:
         """The parameters of simulation ``sim_id`` (= :attr:`handed`), now handed out."""
 
-    def on_losses(self, iteration: int, sim_ids: np.ndarray, steps: np.ndarray,
-                  losses: np.ndarray) -> np.ndarray | None:
+    def on_losses(
+        self, iteration: int, sim_ids: np.ndarray, steps: np.ndarray, losses: np.ndarray
+    ) -> np.ndarray | None:
         """Per-sample losses of one training batch; returns per-sample deviations if tracked."""
         return None
 

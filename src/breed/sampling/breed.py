@@ -38,9 +38,16 @@ def effective_sample_fraction(weights: np.ndarray) -> float:
     return float(total * total / (len(w) * sq)) if sq > 0 else 0.0
 
 
-def gaussian_children(rng: np.random.Generator, centers: np.ndarray, sigmas: np.ndarray,
-                      lower: Any, upper: Any, shrink: float, max_redraws: int,
-                      width: Any = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def gaussian_children(
+    rng: np.random.Generator,
+    centers: np.ndarray,
+    sigmas: np.ndarray,
+    lower: Any,
+    upper: Any,
+    shrink: float,
+    max_redraws: int,
+    width: Any = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """One child of N(center, diag(sigma * width)^2) per row, within the box [lower, upper]
     (paper Section 3.2; ``width`` per axis scales sigma to each parameter's range).
 
@@ -65,14 +72,19 @@ def gaussian_children(rng: np.random.Generator, centers: np.ndarray, sigmas: np.
     return children, sig, out, redraws
 
 
-def log_mixture_density(x: np.ndarray, centers: np.ndarray, weights: np.ndarray,
-                        sigmas: np.ndarray) -> np.ndarray:
+def log_mixture_density(
+    x: np.ndarray, centers: np.ndarray, weights: np.ndarray, sigmas: np.ndarray
+) -> np.ndarray:
     """log sum_j w_j N(x | c_j, sigma_j^2 I) per row of x (the proposal of eq. 11)."""
     d = x.shape[1]
     d2 = np.square(x[:, None, :] - centers[None, :, :]).sum(axis=2)
     with np.errstate(divide="ignore"):
-        logc = (np.log(weights)[None, :] - 0.5 * d2 / np.square(sigmas)[None, :]
-                - d * np.log(sigmas)[None, :] - 0.5 * d * np.log(2 * np.pi))
+        logc = (
+            np.log(weights)[None, :]
+            - 0.5 * d2 / np.square(sigmas)[None, :]
+            - d * np.log(sigmas)[None, :]
+            - 0.5 * d * np.log(2 * np.pi)
+        )
     return logsumexp(logc, axis=1)
 
 
@@ -81,22 +93,40 @@ class BreedSampler(Sampler):
 
     name = "breed"
 
-    def __init__(self, budget: int, bounds: tuple[Any, Any], seed: int = 0,
-                 dim: int | None = None, *, steps: int = 100, sigma: float = 0.0125,
-                 period: int = 200, window: int = 200,
-                 r_start: float = 0.5, r_end: float = 0.9, r_ramp: float = 3,
-                 shrink: float = 0.3, max_redraws: int = 5, importance_weights: bool = False,
-                 ess_threshold: float | None = None, sigma_is: str = "std",
-                 keep_shrunk_sigma: bool = True) -> None:
+    def __init__(
+        self,
+        budget: int,
+        bounds: tuple[Any, Any],
+        seed: int = 0,
+        dim: int | None = None,
+        *,
+        steps: int = 100,
+        sigma: float = 0.0125,
+        period: int = 200,
+        window: int = 200,
+        r_start: float = 0.5,
+        r_end: float = 0.9,
+        r_ramp: float = 3,
+        shrink: float = 0.3,
+        max_redraws: int = 5,
+        importance_weights: bool = False,
+        ess_threshold: float | None = None,
+        sigma_is: str = "std",
+        keep_shrunk_sigma: bool = True,
+    ) -> None:
         check_sampler_args(budget, bounds, dim)
-        checks = {"sigma": (sigma, sigma > 0), "period": (period, period >= 1),
-                  "window": (window, window >= 1), "r_start": (r_start, 0 <= r_start <= 1),
-                  "r_end": (r_end, 0 <= r_end <= 1), "r_ramp": (r_ramp, r_ramp >= 0),
-                  "shrink": (shrink, 0 < shrink < 1),
-                  "max_redraws": (max_redraws, max_redraws >= 0),
-                  "ess_threshold": (ess_threshold,
-                                    ess_threshold is None or 0 <= ess_threshold <= 1),
-                  "sigma_is": (sigma_is, sigma_is in ("std", "variance"))}
+        checks = {
+            "sigma": (sigma, sigma > 0),
+            "period": (period, period >= 1),
+            "window": (window, window >= 1),
+            "r_start": (r_start, 0 <= r_start <= 1),
+            "r_end": (r_end, 0 <= r_end <= 1),
+            "r_ramp": (r_ramp, r_ramp >= 0),
+            "shrink": (shrink, 0 < shrink < 1),
+            "max_redraws": (max_redraws, max_redraws >= 0),
+            "ess_threshold": (ess_threshold, ess_threshold is None or 0 <= ess_threshold <= 1),
+            "sigma_is": (sigma_is, sigma_is in ("std", "variance")),
+        }
         for key, (value, ok) in checks.items():
             if not ok:
                 raise ValueError(f"sampler.breed.{key}: invalid value {value!r}")
@@ -111,8 +141,7 @@ class BreedSampler(Sampler):
         self.importance_weights = bool(importance_weights)
         self.ess_threshold = None if ess_threshold is None else float(ess_threshold)
         self.stats = LossDeviation(steps, capacity=self.budget)
-        self._rng, self._design = initial_design(seed, budget, self.lower, self.upper,
-                                                 self.dim)
+        self._rng, self._design = initial_design(seed, budget, self.lower, self.upper, self.dim)
         # sigma is a fraction of each parameter's range; densities are taken in the unit box
         # (the Jacobian of the scaling is one constant for every point, so weights agree)
         self._width = self.upper - self.lower
@@ -143,10 +172,13 @@ class BreedSampler(Sampler):
 
     def _row(self, j: int) -> Draw:
         prop = self._source[j] == 1
-        return Draw(params=self._params[j], source=SOURCES[self._source[j]],
-                    generation=int(self._generation[j]),
-                    parent=int(self._parent[j]) if prop else None,
-                    sigma=float(self._sigma[j]) if prop else None)
+        return Draw(
+            params=self._params[j],
+            source=SOURCES[self._source[j]],
+            generation=int(self._generation[j]),
+            parent=int(self._parent[j]) if prop else None,
+            sigma=float(self._sigma[j]) if prop else None,
+        )
 
     def pending_draws(self) -> list[Draw]:
         """The draws not handed out yet (what the next resampling may rewrite)."""
@@ -166,12 +198,14 @@ class BreedSampler(Sampler):
             setattr(self, name, np.concatenate([arr, value]))
 
     # -- training-side hooks ----------------------------------------------------------------
-    def on_losses(self, iteration: int, sim_ids: np.ndarray, steps: np.ndarray,
-                  losses: np.ndarray) -> np.ndarray:
+    def on_losses(
+        self, iteration: int, sim_ids: np.ndarray, steps: np.ndarray, losses: np.ndarray
+    ) -> np.ndarray:
         ids = as_numpy(sim_ids)
         if ids.size and np.issubdtype(ids.dtype, np.integer) and ids.max() >= self.handed:
-            raise ValueError(f"on_losses: sim id {ids.max()} was never handed out "
-                             f"({self.handed} so far)")
+            raise ValueError(
+                f"on_losses: sim id {ids.max()} was never handed out ({self.handed} so far)"
+            )
         return self.stats.update(ids, steps, losses)
 
     def on_simulation_done(self, sim_id: int, steps: int) -> None:
@@ -221,7 +255,7 @@ class BreedSampler(Sampler):
         simulations handed out so far, N_t of them from generation t, p_t = r_t q_t + (1 - r_t) U
         the mixture generation t was drawn from (p_0 = U), in the unit box (U = 1)."""
         x = self._unit(self._params[ids])
-        gens, counts = np.unique(self._generation[:self.handed], return_counts=True)
+        gens, counts = np.unique(self._generation[: self.handed], return_counts=True)
         terms = []
         for g, count in zip(gens.tolist(), counts.tolist(), strict=True):
             logp = np.zeros(len(ids))  # U
@@ -245,22 +279,43 @@ class BreedSampler(Sampler):
         r = mixing_ratio(s - 1, self.r_start, self.r_end, self.r_ramp)
         is_prop = self._rng.random(k) < r
         # the mixture as drawn: members' sigma before this resampling's shrinks
-        self._mixtures.append({"centers": self._unit(self._params[ids]), "w": w,
-                               "sigmas": self._member_sigma[ids].copy(), "r": r})
+        self._mixtures.append(
+            {
+                "centers": self._unit(self._params[ids]),
+                "w": w,
+                "sigmas": self._member_sigma[ids].copy(),
+                "r": r,
+            }
+        )
         rows = self._mixture_rows(self._design[start:].copy(), is_prop, ids, w, generation=s)
         redraws, kept = rows.pop("redraws"), rows.pop("kept_parent")
         for name, value in rows.items():
             getattr(self, name)[start:] = value
         self.generation, self._last_resample, self._proposal = s, int(iteration), (ids, w, r)
-        self.history.append({
-            "iteration": int(iteration), "generation": s, "K": k, "r": r,
-            "proposal": int(is_prop.sum()), "window": len(ids),
-            "ess_fraction": effective_sample_fraction(w), "redraws": redraws,
-            "kept_parent": kept, "seconds": time.perf_counter() - t0})
+        self.history.append(
+            {
+                "iteration": int(iteration),
+                "generation": s,
+                "K": k,
+                "r": r,
+                "proposal": int(is_prop.sum()),
+                "window": len(ids),
+                "ess_fraction": effective_sample_fraction(w),
+                "redraws": redraws,
+                "kept_parent": kept,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         return True
 
-    def _mixture_rows(self, uniform: np.ndarray, is_prop: np.ndarray, ids: np.ndarray | None,
-                      w: np.ndarray | None, generation: int | None = None) -> dict[str, Any]:
+    def _mixture_rows(
+        self,
+        uniform: np.ndarray,
+        is_prop: np.ndarray,
+        ids: np.ndarray | None,
+        w: np.ndarray | None,
+        generation: int | None = None,
+    ) -> dict[str, Any]:
         """Rows for ``len(uniform)`` new points: proposal children where ``is_prop``, else the
         given uniform points. Persists each parent's shrunk sigma."""
         k, n = len(uniform), int(is_prop.sum())
@@ -272,17 +327,28 @@ class BreedSampler(Sampler):
             assert ids is not None and w is not None, "proposal points need a proposal"
             picks = ids[self._rng.choice(len(ids), size=n, p=w)]  # multinomial, eq. 10
             children, used, kept_mask, redraws = gaussian_children(
-                self._rng, self._params[picks], self._member_sigma[picks], self.lower,
-                self.upper, self.shrink, self.max_redraws, self._width)
+                self._rng,
+                self._params[picks],
+                self._member_sigma[picks],
+                self.lower,
+                self.upper,
+                self.shrink,
+                self.max_redraws,
+                self._width,
+            )
             params[is_prop], parent[is_prop], sigma[is_prop] = children, picks, used
             if self.keep_shrunk_sigma:  # a member lends its last, shrunk sigma from now on
                 np.minimum.at(self._member_sigma, picks, used)
                 member[is_prop] = used
             kept = int(kept_mask.sum())
         out: dict[str, Any] = {
-            "_params": params, "_source": is_prop.astype(np.int64),
-            "_generation": np.full(k, gen, dtype=np.int64), "_parent": parent, "_sigma": sigma,
-            "_member_sigma": member}
+            "_params": params,
+            "_source": is_prop.astype(np.int64),
+            "_generation": np.full(k, gen, dtype=np.int64),
+            "_parent": parent,
+            "_sigma": sigma,
+            "_member_sigma": member,
+        }
         if generation is not None:
             out.update(redraws=int(redraws), kept_parent=kept)
         return out
@@ -298,14 +364,20 @@ class BreedSampler(Sampler):
         if self._proposal is not None:
             ids, w, r = self._proposal
             prop = {"ids": ids.tolist(), "w": w.tolist(), "r": r}
-        return {"name": self.name, "seed": self.seed, "budget": self.budget,
-                "handed": self.handed, "generation": self.generation,
-                "last_resample": self._last_resample, "rng": self._rng.bit_generator.state,
-                "table": {name: getattr(self, name).tolist() for name in self._TABLE},
-                "proposal": prop, "history": [dict(h) for h in self.history],
-                "mixtures": [{k: np.asarray(v).tolist() for k, v in m.items()}
-                             for m in self._mixtures],
-                "stats": self.stats.state_dict()}
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "budget": self.budget,
+            "handed": self.handed,
+            "generation": self.generation,
+            "last_resample": self._last_resample,
+            "rng": self._rng.bit_generator.state,
+            "table": {name: getattr(self, name).tolist() for name in self._TABLE},
+            "proposal": prop,
+            "history": [dict(h) for h in self.history],
+            "mixtures": [{k: np.asarray(v).tolist() for k, v in m.items()} for m in self._mixtures],
+            "stats": self.stats.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_resume(state, self)
@@ -318,11 +390,19 @@ class BreedSampler(Sampler):
         self._last_resample = int(state["last_resample"])
         self._rng.bit_generator.state = state["rng"]
         prop = state["proposal"]
-        self._proposal = None if prop is None else (
-            np.asarray(prop["ids"], dtype=np.int64), np.asarray(prop["w"]), float(prop["r"]))
+        self._proposal = (
+            None
+            if prop is None
+            else (np.asarray(prop["ids"], dtype=np.int64), np.asarray(prop["w"]), float(prop["r"]))
+        )
         self.history = [dict(h) for h in state["history"]]
-        self._mixtures = [{"centers": np.asarray(m["centers"], dtype=float).reshape(
-            -1, self.dim), "w": np.asarray(m["w"], dtype=float),
-            "sigmas": np.asarray(m["sigmas"], dtype=float), "r": float(m["r"])}
-            for m in state.get("mixtures", [])]
+        self._mixtures = [
+            {
+                "centers": np.asarray(m["centers"], dtype=float).reshape(-1, self.dim),
+                "w": np.asarray(m["w"], dtype=float),
+                "sigmas": np.asarray(m["sigmas"], dtype=float),
+                "r": float(m["r"]),
+            }
+            for m in state.get("mixtures", [])
+        ]
         self.draws = [self._row(j) for j in range(self.handed)]

@@ -75,8 +75,9 @@ class LossDeviation:
             return
         old = (self.mean, self.count, self.seen, self.expected, self.stamp)
         self._alloc(max(rows, 2 * len(self.seen)))
-        for new, src in zip((self.mean, self.count, self.seen, self.expected, self.stamp), old,
-                            strict=True):
+        for new, src in zip(
+            (self.mean, self.count, self.seen, self.expected, self.stamp), old, strict=True
+        ):
             new[: len(src)] = src
 
     def update(self, sim_ids: Any, steps: Any, losses: Any) -> np.ndarray:
@@ -84,8 +85,10 @@ class LossDeviation:
         sim_ids, steps = as_numpy(sim_ids), as_numpy(steps)
         losses = as_numpy(losses).astype(np.float64, copy=False)
         if not (len(sim_ids) == len(steps) == len(losses)):
-            raise ValueError(f"on_losses: sim_ids, steps and losses differ in length "
-                             f"({len(sim_ids)}, {len(steps)}, {len(losses)})")
+            raise ValueError(
+                f"on_losses: sim_ids, steps and losses differ in length "
+                f"({len(sim_ids)}, {len(steps)}, {len(losses)})"
+            )
         if len(losses) == 0:
             return np.empty(0)
         for name, arr in (("sim_ids", sim_ids), ("steps", steps)):
@@ -122,8 +125,10 @@ class LossDeviation:
     def set_steps(self, sim_id: int, steps: int) -> None:
         """Simulation ``sim_id`` has ``steps`` time steps, t = 0..steps-1 (on_simulation_done)."""
         if not 1 <= int(steps) <= self.width:
-            raise ValueError(f"on_simulation_done: {steps} time steps, expected 1..{self.width} "
-                             f"(t = 0..solver.steps)")
+            raise ValueError(
+                f"on_simulation_done: {steps} time steps, expected 1..{self.width} "
+                f"(t = 0..solver.steps)"
+            )
         if int(sim_id) < 0:
             raise ValueError(f"on_simulation_done: negative sim id {sim_id}")
         j = int(sim_id)
@@ -154,20 +159,27 @@ class LossDeviation:
         """
         ids = self.eligible()
         order = np.lexsort((ids, self.stamp[ids]))
-        return ids[order][-int(n):] if n > 0 else ids[:0]
+        return ids[order][-int(n) :] if n > 0 else ids[:0]
 
     def state_dict(self) -> dict[str, Any]:
         used = np.flatnonzero((self.seen > 0) | (self.expected != self.width))
         rows = int(used[-1]) + 1 if len(used) else 0
-        return {"steps": self.steps, "batches": self.batches, "rows": rows,
-                "mean": self.mean[:rows].tolist(), "count": self.count[:rows].tolist(),
-                "seen": self.seen[:rows].tolist(), "expected": self.expected[:rows].tolist(),
-                "stamp": self.stamp[:rows].tolist()}
+        return {
+            "steps": self.steps,
+            "batches": self.batches,
+            "rows": rows,
+            "mean": self.mean[:rows].tolist(),
+            "count": self.count[:rows].tolist(),
+            "seen": self.seen[:rows].tolist(),
+            "expected": self.expected[:rows].tolist(),
+            "stamp": self.stamp[:rows].tolist(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["steps"]) != self.steps:
-            raise ValueError(f"sampler checkpoint: steps is {state['steps']}, "
-                             f"this run has {self.steps}")
+            raise ValueError(
+                f"sampler checkpoint: steps is {state['steps']}, this run has {self.steps}"
+            )
         rows = int(state["rows"])
         self._alloc(max(rows, len(self.seen)))
         self.batches = int(state["batches"])

@@ -30,8 +30,9 @@ class QMCSampler(Sampler):
 
     engine_class: type[qmc.QMCEngine] = qmc.Halton
 
-    def __init__(self, budget: int, bounds: tuple[Any, Any], seed: int = 0,
-                 dim: int | None = None) -> None:
+    def __init__(
+        self, budget: int, bounds: tuple[Any, Any], seed: int = 0, dim: int | None = None
+    ) -> None:
         check_sampler_args(budget, bounds, dim)
         super().__init__(budget, bounds, seed, dim)
         self._engine = _engine(self.engine_class, self.dim, self.seed)
@@ -54,8 +55,7 @@ class QMCSampler(Sampler):
         return Draw(params=self._points[sim_id], source=self.name, generation=0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "seed": self.seed, "budget": self.budget,
-                "handed": self.handed}
+        return {"name": self.name, "seed": self.seed, "budget": self.budget, "handed": self.handed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_resume(state, self)
@@ -98,8 +98,9 @@ class ValidationDesign(QMCSampler):
 
     name = "validation"
 
-    def __init__(self, budget: int, bounds: tuple[Any, Any], seed: int = 0,
-                 dim: int | None = None) -> None:
+    def __init__(
+        self, budget: int, bounds: tuple[Any, Any], seed: int = 0, dim: int | None = None
+    ) -> None:
         from breed.learning.validation import halton_design
 
         check_sampler_args(budget, bounds, dim)
@@ -107,5 +108,7 @@ class ValidationDesign(QMCSampler):
         self._points = halton_design(self.budget, self.seed, self.lower, self.upper)
 
     def _extend(self) -> None:
-        raise ValueError("validation design: every point was handed out (a simulation "
-                         "given up cannot be redrawn: launcher.on_give_up must be drop)")
+        raise ValueError(
+            "validation design: every point was handed out (a simulation "
+            "given up cannot be redrawn: launcher.on_give_up must be drop)"
+        )

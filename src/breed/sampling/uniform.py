@@ -22,8 +22,9 @@ def check_sampler_args(budget: int, bounds: tuple[Any, Any], dim: int | None) ->
     box(bounds, dim)
 
 
-def initial_design(seed: int, budget: int, lower: np.ndarray, upper: np.ndarray,
-                   dim: int) -> tuple[np.random.Generator, np.ndarray]:
+def initial_design(
+    seed: int, budget: int, lower: np.ndarray, upper: np.ndarray, dim: int
+) -> tuple[np.random.Generator, np.ndarray]:
     """The S uniform points of iteration 0 and the generator positioned right after them."""
     rng = np.random.default_rng(int(seed))
     return rng, rng.uniform(lower, upper, size=(int(budget), dim))
@@ -34,7 +35,9 @@ def check_resume(state: dict[str, Any], sampler: Sampler) -> None:
     for key in ("name", "seed", "budget"):
         mine = getattr(sampler, key)
         if state.get(key) != mine:
-            raise ValueError(f"sampler checkpoint: {key} is {state.get(key)!r}, this run has {mine!r}")
+            raise ValueError(
+                f"sampler checkpoint: {key} is {state.get(key)!r}, this run has {mine!r}"
+            )
 
 
 class UniformSampler(Sampler):
@@ -42,12 +45,12 @@ class UniformSampler(Sampler):
 
     name = "uniform"
 
-    def __init__(self, budget: int, bounds: tuple[Any, Any], seed: int = 0,
-                 dim: int | None = None) -> None:
+    def __init__(
+        self, budget: int, bounds: tuple[Any, Any], seed: int = 0, dim: int | None = None
+    ) -> None:
         check_sampler_args(budget, bounds, dim)
         super().__init__(budget, bounds, seed, dim)
-        self._rng, self._design = initial_design(seed, budget, self.lower, self.upper,
-                                                 self.dim)
+        self._rng, self._design = initial_design(seed, budget, self.lower, self.upper, self.dim)
 
     def _draw(self, sim_id: int) -> Draw:
         if sim_id < self.budget:
@@ -57,8 +60,13 @@ class UniformSampler(Sampler):
         return Draw(params=params, source="uniform", generation=0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "seed": self.seed, "budget": self.budget,
-                "handed": self.handed, "rng": self._rng.bit_generator.state}
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "budget": self.budget,
+            "handed": self.handed,
+            "rng": self._rng.bit_generator.state,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_resume(state, self)

@@ -70,8 +70,14 @@ class Assembler:
         self.duplicates = 0  # blocks ignored: same rank and step again, or step already complete
         self.stale = 0  # blocks ignored: the simulation had already finished on every rank
 
-    def expect(self, sim_id: int, shape: tuple[int, int], dtype: np.dtype | str = "float64",
-               nranks: int | None = None, field: int = 0) -> None:
+    def expect(
+        self,
+        sim_id: int,
+        shape: tuple[int, int],
+        dtype: np.dtype | str = "float64",
+        nranks: int | None = None,
+        field: int = 0,
+    ) -> None:
         """Declare a field's wire shape (and the rank count) before its data arrives."""
         sim = self._sims.setdefault(sim_id, _Sim())
         want = (int(shape[0]), int(shape[1]))
@@ -91,11 +97,14 @@ class Assembler:
         if block.ndim != 2 or block.shape[0] == 0:
             raise ProtocolError(f"sim {msg.sim_id}: a block must be 2-D with at least one row")
         if not 0 <= msg.field < self.nfields:
-            raise ProtocolError(f"sim {msg.sim_id}: field {msg.field} out of range for "
-                                f"{self.nfields} fields")
+            raise ProtocolError(
+                f"sim {msg.sim_id}: field {msg.field} out of range for {self.nfields} fields"
+            )
         if msg.row_offset < 0 or msg.row_offset + msg.rows > msg.global_rows:
-            raise ProtocolError(f"sim {msg.sim_id}: rows [{msg.row_offset}, "
-                                f"{msg.row_offset + msg.rows}) outside 0..{msg.global_rows}")
+            raise ProtocolError(
+                f"sim {msg.sim_id}: rows [{msg.row_offset}, "
+                f"{msg.row_offset + msg.rows}) outside 0..{msg.global_rows}"
+            )
         shape = (msg.global_rows, int(block.shape[1]))
         sim = self._sims.setdefault(msg.sim_id, _Sim())
         stream = sim.streams.get(msg.field)
@@ -110,22 +119,24 @@ class Assembler:
             self.stale += 1
             return None
         self._check_nranks(msg.sim_id, sim, msg.nranks, shape[0])
-        self._check_layout(msg.sim_id, msg.field, sim, stream, msg.rank, msg.row_offset,
-                           msg.rows)
+        self._check_layout(msg.sim_id, msg.field, sim, stream, msg.rank, msg.row_offset, msg.rows)
         if msg.nranks == 1:  # the whole field in one block: nothing to reassemble or copy
             full = block
         else:
             part = stream.partial.get(msg.step)
             if part is None:
                 if self._partial_count(sim) >= self.max_partial_steps:
-                    raise ProtocolError(f"sim {msg.sim_id}: more than {self.max_partial_steps} "
-                                        "incomplete steps buffered")
-                part = stream.partial[msg.step] = _Partial(np.empty(stream.shape, stream.dtype),
-                                                           set())
+                    raise ProtocolError(
+                        f"sim {msg.sim_id}: more than {self.max_partial_steps} "
+                        "incomplete steps buffered"
+                    )
+                part = stream.partial[msg.step] = _Partial(
+                    np.empty(stream.shape, stream.dtype), set()
+                )
             elif msg.rank in part.ranks:
                 self.duplicates += 1
                 return None
-            part.field[msg.row_offset:msg.row_offset + msg.rows] = block
+            part.field[msg.row_offset : msg.row_offset + msg.rows] = block
             part.ranks.add(msg.rank)
             if len(part.ranks) < msg.nranks:
                 return None
@@ -175,8 +186,10 @@ class Assembler:
         if forget_completed:
             del self._sims[sim_id]
             return
-        self._sims[sim_id] = _Sim(completed=sim.completed, streams={
-            k: _Stream(s.shape, s.dtype) for k, s in sim.streams.items()})
+        self._sims[sim_id] = _Sim(
+            completed=sim.completed,
+            streams={k: _Stream(s.shape, s.dtype) for k, s in sim.streams.items()},
+        )
 
     def completed_steps(self, sim_id: int) -> frozenset[int]:
         """Steps of ``sim_id`` already handed out by :meth:`add`."""
@@ -198,20 +211,25 @@ class Assembler:
     @property
     def buffered_bytes(self) -> int:
         """Memory held by incomplete steps, all simulations together."""
-        return sum(p.field.nbytes for s in self._sims.values() for st in s.streams.values()
-                   for p in st.partial.values()) + sum(
-            a.nbytes for s in self._sims.values() for d in s.parts.values() for a in d.values())
+        return sum(
+            p.field.nbytes
+            for s in self._sims.values()
+            for st in s.streams.values()
+            for p in st.partial.values()
+        ) + sum(a.nbytes for s in self._sims.values() for d in s.parts.values() for a in d.values())
 
     # -- checks -----------------------------------------------------------------------------
     @staticmethod
-    def _check_shape(sim_id: int, fld: int, stream: _Stream, shape: tuple[int, int],
-                     dtype: np.dtype) -> None:
+    def _check_shape(
+        sim_id: int, fld: int, stream: _Stream, shape: tuple[int, int], dtype: np.dtype
+    ) -> None:
         if shape != stream.shape:
-            raise ProtocolError(f"sim {sim_id} field {fld}: shape {shape[0]}x{shape[1]}, "
-                                f"expected {stream.shape[0]}x{stream.shape[1]}")
+            raise ProtocolError(
+                f"sim {sim_id} field {fld}: shape {shape[0]}x{shape[1]}, "
+                f"expected {stream.shape[0]}x{stream.shape[1]}"
+            )
         if dtype != stream.dtype:
-            raise ProtocolError(f"sim {sim_id} field {fld}: dtype {dtype}, expected "
-                                f"{stream.dtype}")
+            raise ProtocolError(f"sim {sim_id} field {fld}: dtype {dtype}, expected {stream.dtype}")
 
     @staticmethod
     def _check_nranks(sim_id: int, sim: _Sim, nranks: int, rows: int | None) -> None:
@@ -223,23 +241,32 @@ class Assembler:
             raise ProtocolError(f"sim {sim_id}: nranks {nranks}, expected {sim.nranks}")
 
     @staticmethod
-    def _check_layout(sim_id: int, fld: int, sim: _Sim, stream: _Stream, rank: int,
-                      offset: int, rows: int) -> None:
+    def _check_layout(
+        sim_id: int, fld: int, sim: _Sim, stream: _Stream, rank: int, offset: int, rows: int
+    ) -> None:
         if rank >= (sim.nranks or 0):
             raise ProtocolError(f"sim {sim_id}: rank {rank} out of range for {sim.nranks} ranks")
         known = stream.layout.get(rank)
         if known is not None:
             if known != (offset, rows):
-                raise ProtocolError(f"sim {sim_id}: rank {rank} sent rows [{offset}, "
-                                    f"{offset + rows}), earlier [{known[0]}, {sum(known)})")
+                raise ProtocolError(
+                    f"sim {sim_id}: rank {rank} sent rows [{offset}, "
+                    f"{offset + rows}), earlier [{known[0]}, {sum(known)})"
+                )
             return
         for other, (o, n) in stream.layout.items():
             if offset < o + n and o < offset + rows:
-                raise ProtocolError(f"sim {sim_id}: rank {rank} rows [{offset}, {offset + rows})"
-                                    f" overlap rank {other} rows [{o}, {o + n})")
+                raise ProtocolError(
+                    f"sim {sim_id}: rank {rank} rows [{offset}, {offset + rows})"
+                    f" overlap rank {other} rows [{o}, {o + n})"
+                )
         stream.layout[rank] = (offset, rows)
-        if len(stream.layout) == sim.nranks and sum(n for _, n in stream.layout.values()) != \
-                stream.shape[0]:
+        if (
+            len(stream.layout) == sim.nranks
+            and sum(n for _, n in stream.layout.values()) != stream.shape[0]
+        ):
             del stream.layout[rank]
-            raise ProtocolError(f"sim {sim_id} field {fld}: the blocks of {sim.nranks} ranks "
-                                f"do not cover the {stream.shape[0]} rows")
+            raise ProtocolError(
+                f"sim {sim_id} field {fld}: the blocks of {sim.nranks} ranks "
+                f"do not cover the {stream.shape[0]} rows"
+            )

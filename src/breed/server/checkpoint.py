@@ -77,9 +77,11 @@ def load(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
         what = next((x.strip() for x in first if "GLOBAL" in x or "Unsupported" in x), "")
-        raise CheckpointError(f"checkpoint {path}: refused, it holds objects other than "
-                              f"tensors and plain data{f' ({what})' if what else ''}; a crafted "
-                              "or foreign file is never loaded") from None
+        raise CheckpointError(
+            f"checkpoint {path}: refused, it holds objects other than "
+            f"tensors and plain data{f' ({what})' if what else ''}; a crafted "
+            "or foreign file is never loaded"
+        ) from None
     except (OSError, RuntimeError, EOFError, ValueError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"checkpoint {path}: unreadable ({reason})") from None
@@ -103,7 +105,8 @@ class Checkpointer:
 
     def due(self, iteration: int) -> bool:
         return iteration % self.interval == 0 or (
-            self.pending and time.monotonic() >= self._retry_at)
+            self.pending and time.monotonic() >= self._retry_at
+        )
 
     def write(self, state: Callable[[], dict[str, Any]], iteration: int) -> bool:
         """Write ``state()`` as the checkpoint of ``iteration``; False if it failed."""
@@ -114,15 +117,23 @@ class Checkpointer:
             self.pending = True
             self.last_error = exc.strerror or str(exc)
             self._retry_at = time.monotonic() + self._delay
-            log.error("checkpoint at iteration %d not written (%s); keeping %s, retrying in "
-                      "%g s", iteration, self.last_error,
-                      "none" if self.last_iteration is None else
-                      f"the one of iteration {self.last_iteration}", self._delay)
+            log.error(
+                "checkpoint at iteration %d not written (%s); keeping %s, retrying in %g s",
+                iteration,
+                self.last_error,
+                "none"
+                if self.last_iteration is None
+                else f"the one of iteration {self.last_iteration}",
+                self._delay,
+            )
             self._delay = min(2 * self._delay, RETRY_MAX_S)
             return False
         if self.pending:
-            log.info("checkpoint written again at iteration %d after %d failures", iteration,
-                     self.failures)
+            log.info(
+                "checkpoint written again at iteration %d after %d failures",
+                iteration,
+                self.failures,
+            )
         self.pending, self._delay = False, RETRY_FIRST_S
         self.last_iteration = iteration
         return True
@@ -131,11 +142,19 @@ class Checkpointer:
         """One line for the console while writes are failing, else None."""
         if not self.pending:
             return None
-        kept = ("no checkpoint yet" if self.last_iteration is None
-                else f"the checkpoint of iteration {self.last_iteration} is kept")
-        return (f"checkpoint writes are failing ({self.failures} so far: {self.last_error}); "
-                f"{kept}, retrying")
+        kept = (
+            "no checkpoint yet"
+            if self.last_iteration is None
+            else f"the checkpoint of iteration {self.last_iteration} is kept"
+        )
+        return (
+            f"checkpoint writes are failing ({self.failures} so far: {self.last_error}); "
+            f"{kept}, retrying"
+        )
 
     def summary(self) -> dict[str, Any]:
-        return {"failures": self.failures, "last_error": self.last_error,
-                "last_iteration": self.last_iteration}
+        return {
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "last_iteration": self.last_iteration,
+        }

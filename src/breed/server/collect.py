@@ -41,14 +41,26 @@ class TrajectoryStore:
     def can_accept(self) -> bool:
         return True
 
-    def put(self, params: np.ndarray, step: int, values: np.ndarray, sim_id: int,
-            timeout: float | None = None) -> bool:
+    def put(
+        self,
+        params: np.ndarray,
+        step: int,
+        values: np.ndarray,
+        sim_id: int,
+        timeout: float | None = None,
+    ) -> bool:
         with self._lock:
             self._store(int(sim_id), int(step), values)
         return True
 
-    def offer_many(self, params: np.ndarray, steps: np.ndarray, fields: np.ndarray,
-                   sim_ids: np.ndarray, normalised: bool = False) -> int:
+    def offer_many(
+        self,
+        params: np.ndarray,
+        steps: np.ndarray,
+        fields: np.ndarray,
+        sim_ids: np.ndarray,
+        normalised: bool = False,
+    ) -> int:
         with self._lock:
             for s, t, v in zip(sim_ids, steps, fields, strict=True):
                 self._store(int(s), int(t), v)
@@ -56,8 +68,7 @@ class TrajectoryStore:
 
     def _store(self, sim_id: int, step: int, values: np.ndarray) -> None:
         if not 0 <= sim_id < self.size:
-            raise ValueError(f"collection: simulation {sim_id} outside the design of "
-                             f"{self.size}")
+            raise ValueError(f"collection: simulation {sim_id} outside the design of {self.size}")
         self.values[sim_id, step] = np.asarray(values).reshape(-1)
         if not self.have[sim_id, step]:
             self.have[sim_id, step] = True
@@ -71,8 +82,13 @@ class TrajectoryStore:
         return self._closed
 
     def stats(self) -> dict[str, Any]:
-        return {"kind": self.kind, "capacity": int(self.have.size), "fill": self.received,
-                "received": self.received, "unseen": 0}
+        return {
+            "kind": self.kind,
+            "capacity": int(self.have.size),
+            "fill": self.received,
+            "received": self.received,
+            "unseen": 0,
+        }
 
     def validation_set(self, params: np.ndarray, seed: int) -> Any:
         """The collected trajectories as a validation set (one field: its own shape)."""
@@ -81,11 +97,15 @@ class TrajectoryStore:
         missing = np.argwhere(~self.have)
         if len(missing):
             s, t = missing[0]
-            raise RuntimeError(f"collection incomplete: simulation {s} step {t} (and "
-                               f"{len(missing) - 1} more) never arrived")
+            raise RuntimeError(
+                f"collection incomplete: simulation {s} step {t} (and "
+                f"{len(missing) - 1} more) never arrived"
+            )
         fields = self.values
         if len(self.problem.fields) == 1:
-            fields = fields.reshape(self.size, self.problem.steps + 1,
-                                    *self.problem.fields[0].shape)
-        return ValidationSet(np.asarray(params, dtype=np.float64), fields,
-                             self.problem.identity(), int(seed))
+            fields = fields.reshape(
+                self.size, self.problem.steps + 1, *self.problem.fields[0].shape
+            )
+        return ValidationSet(
+            np.asarray(params, dtype=np.float64), fields, self.problem.identity(), int(seed)
+        )

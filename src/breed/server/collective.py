@@ -40,8 +40,8 @@ class Collective:
             port = comm.bcast(port, root=0)
             backend = "nccl" if device.startswith("cuda") else "gloo"
             torch.distributed.init_process_group(
-                backend, init_method=f"tcp://{host}:{port}", rank=self.rank,
-                world_size=self.size)
+                backend, init_method=f"tcp://{host}:{port}", rank=self.rank, world_size=self.size
+            )
 
     @property
     def is_root(self) -> bool:
@@ -50,14 +50,16 @@ class Collective:
     def agree(self, samples: int, all_seen: bool, data_finished: bool, stop: bool) -> Agreement:
         if self.size == 1:
             return Agreement(samples, all_seen, data_finished, stop)
-        flags = torch.tensor([samples, int(all_seen), int(data_finished), int(stop)],
-                             dtype=torch.int64)
+        flags = torch.tensor(
+            [samples, int(all_seen), int(data_finished), int(stop)], dtype=torch.int64
+        )
         torch.distributed.all_reduce(flags)
         n, seen, finished, stop_votes = (int(v) for v in flags)
         return Agreement(n, seen == self.size, finished > 0, stop_votes > 0)
 
-    def gather_losses(self, sim_ids: np.ndarray, steps: np.ndarray, losses: np.ndarray,
-                      batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def gather_losses(
+        self, sim_ids: np.ndarray, steps: np.ndarray, losses: np.ndarray, batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every rank's per-sample losses of this iteration, concatenated (rank 0's sampler
         sees the global batch, so eq. 4's batch mean and std are the DDP batch's)."""
         if self.size == 1:

@@ -27,11 +27,19 @@ WAIT_S = 0.5  # retry_after of a WAIT
 class ControlHandler:
     """Answers one control message at a time; the receiver thread owns the socket."""
 
-    def __init__(self, token: bytes, table: SimTable, problem: Problem, counts: Counter[str],
-                 send: Callable[[list[bytes]], object], status: Callable[[], dict[str, Any]],
-                 on_launcher: Callable[[dict[str, Any]], None],
-                 on_assign: Callable[[int], None], on_abort: Callable[[int], None],
-                 data_address: Callable[[int], str]) -> None:
+    def __init__(
+        self,
+        token: bytes,
+        table: SimTable,
+        problem: Problem,
+        counts: Counter[str],
+        send: Callable[[list[bytes]], object],
+        status: Callable[[], dict[str, Any]],
+        on_launcher: Callable[[dict[str, Any]], None],
+        on_assign: Callable[[int], None],
+        on_abort: Callable[[int], None],
+        data_address: Callable[[int], str],
+    ) -> None:
         self.token, self.table, self.problem, self.counts = token, table, problem, counts
         self.send, self.status, self.on_launcher = send, status, on_launcher
         self.on_assign, self.on_abort, self.data_address = on_assign, on_abort, data_address
@@ -88,9 +96,17 @@ class ControlHandler:
         else:
             self.counts["assigned"] += 1
             self.on_assign(got.sim_id)  # before the reply: its data path must know the sim
-            self.reply(ident, Kind.ASSIGN, {
-                "sim_id": got.sim_id, "params": got.params, "attempt": got.attempts,
-                "data": self.data_address(got.sim_id), **self._describe})
+            self.reply(
+                ident,
+                Kind.ASSIGN,
+                {
+                    "sim_id": got.sim_id,
+                    "params": got.params,
+                    "attempt": got.attempts,
+                    "data": self.data_address(got.sim_id),
+                    **self._describe,
+                },
+            )
 
     def _abort(self, ident: bytes, body: dict[str, Any]) -> None:
         """A client gives up its simulation: handed out again now. Only the job that holds
@@ -98,12 +114,12 @@ class ControlHandler:
         sim_id = body.get("sim_id")
         if isinstance(sim_id, int) and self.table.known(sim_id):
             holder = self.table.job_of(sim_id)
-            if self.job_keys.enforcing and holder is not None and \
-                    str(body.get("job_id")) != holder:
-                self._reject(f"ABORT of simulation {sim_id} by job {body.get('job_id')!r}, "
-                             f"held by {holder}", "bad_job_key")
-                self.reply(ident, Kind.REJECT, {"reason": f"simulation {sim_id} is not "
-                                                          "this job's"})
+            if self.job_keys.enforcing and holder is not None and str(body.get("job_id")) != holder:
+                self._reject(
+                    f"ABORT of simulation {sim_id} by job {body.get('job_id')!r}, held by {holder}",
+                    "bad_job_key",
+                )
+                self.reply(ident, Kind.REJECT, {"reason": f"simulation {sim_id} is not this job's"})
                 return
             outcome = self.table.fail(sim_id, f"client abort: {body.get('reason', '')}")
             self.on_abort(sim_id)

@@ -37,13 +37,19 @@ class DataPath:
     """Decode, check (simulation known, the problem's steps, fields, shapes, dtypes, finite,
     bounded range) and reassemble STEP messages; FINISH messages go to ``on_finish``."""
 
-    def __init__(self, token: bytes, spec: StepSpec, max_payload: int,
-                 known: Callable[[int], bool], *,
-                 on_finish: Callable[[FinishMessage, bool], None] | None = None,
-                 reply: Callable[[bytes, list[bytes]], None] | None = None,
-                 on_refused: Callable[[int, str], None] | None = None,
-                 on_seen: Callable[[int], None] | None = None,
-                 counts: Counter[str] | None = None) -> None:
+    def __init__(
+        self,
+        token: bytes,
+        spec: StepSpec,
+        max_payload: int,
+        known: Callable[[int], bool],
+        *,
+        on_finish: Callable[[FinishMessage, bool], None] | None = None,
+        reply: Callable[[bytes, list[bytes]], None] | None = None,
+        on_refused: Callable[[int, str], None] | None = None,
+        on_seen: Callable[[int], None] | None = None,
+        counts: Counter[str] | None = None,
+    ) -> None:
         self.token, self.spec, self.max_payload = token, spec, max_payload
         self.known = known
         self.on_finish, self.reply, self.on_refused = on_finish, reply, on_refused
@@ -55,14 +61,14 @@ class DataPath:
         # broken client's late messages never fail the next attempt (another connection)
         self.refused: dict[tuple[int, bytes], str] = {}
 
-    def decode(self, ident: bytes, frames: list[bytes],
-               wait_for: Callable[[int], object] | None = None) -> StepMessage | FinishMessage | None:
+    def decode(
+        self, ident: bytes, frames: list[bytes], wait_for: Callable[[int], object] | None = None
+    ) -> StepMessage | FinishMessage | None:
         """A checked STEP or FINISH, or None (rejected and counted). ``wait_for(sim_id)`` may
         fetch an assignment that trails the client's first step (process mode)."""
         self.authentic = False
         if len(frames) > 2 and len(frames[2]) > self.max_payload:
-            self.reject(f"frame of {len(frames[2])} bytes, at most {self.max_payload}",
-                        "oversized")
+            self.reject(f"frame of {len(frames[2])} bytes, at most {self.max_payload}", "oversized")
             return None
         try:
             msg = decode(frames, self.token, max_payload=self.max_payload)
@@ -78,8 +84,7 @@ class DataPath:
             if not self.known(msg.sim_id) and wait_for is not None:
                 wait_for(msg.sim_id)  # a rank that failed at once: FINISH before any step
             if not self.known(msg.sim_id):
-                self.reject(f"FINISH for unknown simulation {msg.sim_id}",
-                            "unknown_sim")
+                self.reject(f"FINISH for unknown simulation {msg.sim_id}", "unknown_sim")
                 return None
             return msg
         if not isinstance(msg, StepMessage):
@@ -99,8 +104,7 @@ class DataPath:
             return None
         return msg
 
-    def assemble(self, ident: bytes, msg: StepMessage
-                 ) -> tuple[int, int, np.ndarray] | None:
+    def assemble(self, ident: bytes, msg: StepMessage) -> tuple[int, int, np.ndarray] | None:
         """The sample ``(sim_id, step, values)`` this block completes, or None. A block of a
         step already completed (a retried client re-sending) is counted and dropped."""
         before = self.assembler.duplicates
@@ -119,9 +123,9 @@ class DataPath:
         sim_id, step, fields = out
         return sim_id, step, sample_of(fields)
 
-    def handle(self, ident: bytes, frames: list[bytes],
-               wait_for: Callable[[int], object] | None = None
-               ) -> tuple[int, int, np.ndarray] | None:
+    def handle(
+        self, ident: bytes, frames: list[bytes], wait_for: Callable[[int], object] | None = None
+    ) -> tuple[int, int, np.ndarray] | None:
         """Decode and assemble one message (both ingest modes' whole path): a completed
         sample is returned; a FINISH goes to ``on_finish(msg, every_rank)``."""
         msg = self.decode(ident, frames, wait_for)
@@ -144,8 +148,9 @@ class DataPath:
         """Tell the client at once (REJECT on its connection) and the table (once per
         attempt): a client that breaks the problem will not get better by waiting."""
         if self.reply is not None:
-            self.reply(ident, encode_control(Kind.REJECT, self.token,
-                                             {"reason": reason, "sim_id": sim_id}))
+            self.reply(
+                ident, encode_control(Kind.REJECT, self.token, {"reason": reason, "sim_id": sim_id})
+            )
         if (sim_id, ident) not in self.refused:
             self.refused[(sim_id, ident)] = reason
             if self.on_refused is not None:
@@ -158,13 +163,17 @@ class DataPath:
             return
         reason = self.refused.get((msg.sim_id, ident))
         if reason is None and msg.steps_sent != self.spec.steps + 1:
-            reason = (f"sent {msg.steps_sent} time steps, the problem has "
-                      f"{self.spec.steps + 1} (t = 0..{self.spec.steps})")
+            reason = (
+                f"sent {msg.steps_sent} time steps, the problem has "
+                f"{self.spec.steps + 1} (t = 0..{self.spec.steps})"
+            )
             self.refuse(ident, msg.sim_id, reason)
             return
         if reason is not None:
-            self.reply(ident, encode_control(Kind.REJECT, self.token,
-                                             {"reason": reason, "sim_id": msg.sim_id}))
+            self.reply(
+                ident,
+                encode_control(Kind.REJECT, self.token, {"reason": reason, "sim_id": msg.sim_id}),
+            )
         else:
             self.reply(ident, encode_control(Kind.PONG, self.token, {"sim_id": msg.sim_id}))
 
@@ -193,15 +202,17 @@ class StepSpec:
 
     @classmethod
     def of(cls, problem: Problem) -> StepSpec:
-        return cls(problem.steps, tuple(f.wire_shape for f in problem.fields),
-                   tuple(np.dtype(f.dtype) for f in problem.fields),
-                   tuple(f.range if f.bounded else None for f in problem.fields),
-                   tuple(f.name for f in problem.fields))
+        return cls(
+            problem.steps,
+            tuple(f.wire_shape for f in problem.fields),
+            tuple(np.dtype(f.dtype) for f in problem.fields),
+            tuple(f.range if f.bounded else None for f in problem.fields),
+            tuple(f.name for f in problem.fields),
+        )
 
     @property
     def max_block_bytes(self) -> int:
-        return max(r * c * d.itemsize for (r, c), d in zip(self.shapes, self.dtypes,
-                                                          strict=True))
+        return max(r * c * d.itemsize for (r, c), d in zip(self.shapes, self.dtypes, strict=True))
 
 
 def check_step(msg: StepMessage, spec: StepSpec) -> tuple[str, str] | None:
@@ -213,11 +224,15 @@ def check_step(msg: StepMessage, spec: StepSpec) -> tuple[str, str] | None:
     rows, cols = spec.shapes[msg.field]
     name = spec.names[msg.field]
     if msg.global_rows != rows or msg.block.shape[1] != cols:
-        return (f"field {name}: {msg.global_rows} rows x {msg.block.shape[1]}, the problem "
-                f"has {rows} x {cols}"), "bad_shape"
+        return (
+            f"field {name}: {msg.global_rows} rows x {msg.block.shape[1]}, the problem "
+            f"has {rows} x {cols}"
+        ), "bad_shape"
     if msg.block.dtype != spec.dtypes[msg.field]:
-        return f"field {name}: dtype {msg.block.dtype}, the problem has " \
-            f"{spec.dtypes[msg.field]}", "bad_dtype"
+        return (
+            f"field {name}: dtype {msg.block.dtype}, the problem has {spec.dtypes[msg.field]}",
+            "bad_dtype",
+        )
     if not np.isfinite(msg.block).all():
         return f"non-finite values in sim {msg.sim_id} step {msg.step}", "non_finite"
     bounds = spec.ranges[msg.field]
@@ -225,8 +240,9 @@ def check_step(msg: StepMessage, spec: StepSpec) -> tuple[str, str] | None:
         lo, hi = bounds
         tol = 0.01 * (hi - lo)
         if msg.block.min() < lo - tol or msg.block.max() > hi + tol:
-            return (f"values outside the bounds [{lo:g}, {hi:g}] in sim {msg.sim_id} step "
-                    f"{msg.step}"), "out_of_range"
+            return (
+                f"values outside the bounds [{lo:g}, {hi:g}] in sim {msg.sim_id} step {msg.step}"
+            ), "out_of_range"
     return None
 
 

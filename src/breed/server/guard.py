@@ -109,8 +109,14 @@ class ConnectionGuard:
     :meth:`prove` with the ``SRCFD`` of each authentic message, :meth:`sweep` once a second.
     """
 
-    def __init__(self, sock: zmq.Socket, name: str, timeout: float, limit: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        name: str,
+        timeout: float,
+        limit: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name, self.timeout, self.limit, self.clock = name, timeout, limit, clock
         self._sock = sock
         self.monitor = sock.get_monitor_socket(EVENTS)
@@ -138,8 +144,10 @@ class ConnectionGuard:
             else:
                 self._drop(fd)
         if self.unproven > self.limit:
-            for fd in sorted((f for f, c in self.conns.items() if not c.proven),
-                             key=lambda f: self.conns[f].since)[:self.unproven - self.limit]:
+            for fd in sorted(
+                (f for f, c in self.conns.items() if not c.proven),
+                key=lambda f: self.conns[f].since,
+            )[: self.unproven - self.limit]:
                 self._shed(fd, f"more than {self.limit} connections without the run token")
 
     def prove(self, fd: int) -> None:
@@ -151,8 +159,9 @@ class ConnectionGuard:
     def sweep(self) -> None:
         self.events()
         now = self.clock()
-        for fd in [f for f, c in self.conns.items()
-                   if not c.proven and now - c.since > self.timeout]:
+        for fd in [
+            f for f, c in self.conns.items() if not c.proven and now - c.since > self.timeout
+        ]:
             self._shed(fd, f"no message with the run token within {self.timeout:g} s")
 
     def _drop(self, fd: int) -> None:

@@ -45,8 +45,9 @@ class SampleRing:
     every architecture (it is taken once per batch of samples, not per sample).
     """
 
-    def __init__(self, slots: int, field_size: int, name: str | None = None,
-                 lock: Any = None) -> None:
+    def __init__(
+        self, slots: int, field_size: int, name: str | None = None, lock: Any = None
+    ) -> None:
         self.slots, self.field_size = int(slots), int(field_size)
         nbytes = 16 + self.slots * (META * 8 + self.field_size * 4)
         self.owner = name is None
@@ -54,8 +55,12 @@ class SampleRing:
         buf = self.shm.buf
         self.counters = np.ndarray((2,), dtype=np.int64, buffer=buf, offset=0)
         self.meta = np.ndarray((self.slots, META), dtype=np.float64, buffer=buf, offset=16)
-        self.fields = np.ndarray((self.slots, self.field_size), dtype=np.float32, buffer=buf,
-                                 offset=16 + self.slots * META * 8)
+        self.fields = np.ndarray(
+            (self.slots, self.field_size),
+            dtype=np.float32,
+            buffer=buf,
+            offset=16 + self.slots * META * 8,
+        )
         if self.owner:
             self.counters[:] = 0
         self.lock = lock if lock is not None else mp.get_context("spawn").Lock()
@@ -74,15 +79,20 @@ class SampleRing:
         head, tail = self._counts()
         return self.slots - (head + self._pending - tail)
 
-    def write(self, sim_id: int, step: float, field: np.ndarray | None = None,
-              extra: tuple[float, ...] = ()) -> None:
+    def write(
+        self,
+        sim_id: int,
+        step: float,
+        field: np.ndarray | None = None,
+        extra: tuple[float, ...] = (),
+    ) -> None:
         """Stage one record (the caller checked :meth:`free`); visible after :meth:`publish`.
         A sample has its ``field``; a FINISH or REFUSED mark has none and ``extra`` data."""
         slot = (int(self.counters[0]) + self._pending) % self.slots
         row = self.meta[slot]
         row[0], row[1] = sim_id, step
         row[2:] = 0.0
-        row[2:2 + len(extra)] = extra
+        row[2 : 2 + len(extra)] = extra
         if field is not None:
             self.fields[slot] = field.reshape(-1)
         self._pending += 1
@@ -164,11 +174,16 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
             pass  # the client is gone or its queue full: it learns at its next call
 
     seen: set[int] = set()  # simulations streamed since the last report (liveness)
-    path = DataPath(spec.token, spec.spec, spec.max_payload, known.__contains__,
-                    on_finish=lambda m, every: marks.append((m.sim_id, FINISH,
-                                                             (float(every),))),
-                    reply=reply, on_refused=lambda s, _: marks.append((s, REFUSED, ())),
-                    on_seen=seen.add)
+    path = DataPath(
+        spec.token,
+        spec.spec,
+        spec.max_payload,
+        known.__contains__,
+        on_finish=lambda m, every: marks.append((m.sim_id, FINISH, (float(every),))),
+        reply=reply,
+        on_refused=lambda s, _: marks.append((s, REFUSED, ())),
+        on_seen=seen.add,
+    )
     center = None if spec.center is None else np.float32(spec.center)
     inv = None if spec.scale is None else np.float32(1.0 / spec.scale)
     last_report = time.monotonic()
@@ -188,15 +203,15 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
                         frames, fd = receive(sock, watch)
                     except zmq.Again:
                         break
-                    out = path.handle(frames[0], frames[1:], lambda s: _apply(
-                        inbox, path, known, wait=2.0, sim=s))
+                    out = path.handle(
+                        frames[0], frames[1:], lambda s: _apply(inbox, path, known, wait=2.0, sim=s)
+                    )
                     if fd is not None and path.authentic:
                         guard.prove(fd)
                     if out is not None:
                         sim_id, step, values = out
                         values = np.asarray(values, dtype=np.float32)
-                        ring.write(sim_id, step, values if inv is None else
-                                   (values - center) * inv)
+                        ring.write(sim_id, step, values if inv is None else (values - center) * inv)
                     for sim_id, kind, extra in marks:  # in order with the steps
                         ring.write(sim_id, kind, extra=extra)
                     marks.clear()
@@ -217,15 +232,19 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
         ring.close()
 
 
-def _apply(inbox: Any, path: DataPath, known: set[int], wait: float,
-           sim: int | None = None) -> bool:
+def _apply(
+    inbox: Any, path: DataPath, known: set[int], wait: float, sim: int | None = None
+) -> bool:
     """Apply assignment messages from the server; with ``sim``, wait up to ``wait`` s for it
     (its assignment can trail the client's first step). False once told to stop."""
     deadline = time.monotonic() + wait
     while True:
         try:
-            msg = inbox.get(timeout=max(0.0, deadline - time.monotonic())) if (
-                sim is not None and sim not in known) else inbox.get_nowait()
+            msg = (
+                inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+                if (sim is not None and sim not in known)
+                else inbox.get_nowait()
+            )
         except queue.Empty:
             return True
         if msg[0] == "assign":  # a new attempt: fresh layout, completed steps still dropped
@@ -245,9 +264,12 @@ class IngestProcess:
         self.ring = SampleRing(spec.slots, spec.field_size, lock=ctx.Lock())
         spec = WorkerSpec(**{**spec.__dict__, "ring": self.ring.name})
         self.inbox, self.outbox = ctx.Queue(), ctx.Queue()
-        self.proc = ctx.Process(target=_worker, args=(spec, self.ring.lock, self.inbox,
-                                                      self.outbox), name="breed-ingest",
-                                daemon=True)
+        self.proc = ctx.Process(
+            target=_worker,
+            args=(spec, self.ring.lock, self.inbox, self.outbox),
+            name="breed-ingest",
+            daemon=True,
+        )
         self.proc.start()
         self.counts: Counter[str] = Counter()
         self._seen: set[int] = set()

@@ -70,12 +70,20 @@ class ReceiverOptions:
 class Receiver(threading.Thread):
     """Receives time steps and control messages for one server rank."""
 
-    def __init__(self, *, token: bytes, host: str, table: StepTable, buffer: Buffer,
-                 problem: Problem,
-                 status: Callable[[], dict[str, Any]], on_sim_done: Callable[[int], None],
-                 on_launcher: Callable[[dict], None],
-                 options: ReceiverOptions = ReceiverOptions(),
-                 ledger: StepLedger | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        token: bytes,
+        host: str,
+        table: StepTable,
+        buffer: Buffer,
+        problem: Problem,
+        status: Callable[[], dict[str, Any]],
+        on_sim_done: Callable[[int], None],
+        on_launcher: Callable[[dict], None],
+        options: ReceiverOptions = ReceiverOptions(),
+        ledger: StepLedger | None = None,
+    ) -> None:
         super().__init__(name="breed-receiver", daemon=True)
         self.token, self.table, self.buffer, self.problem = token, table, buffer, problem
         self.status, self.on_sim_done = status, on_sim_done
@@ -100,22 +108,39 @@ class Receiver(threading.Thread):
         self._ctx: zmq.Context = zmq.Context.instance()
         addr = resolve_host(host)
         self.guards: dict[zmq.Socket, ConnectionGuard] = {}
-        self.path = DataPath(token, self.spec, self.max_payload, self.table.known,
-                             on_finish=lambda msg, every: self.sink.finish(msg.sim_id, every),
-                             reply=self._reply_data, on_refused=self.sink.refused,
-                             on_seen=self.sink.seen, counts=self.counts)
+        self.path = DataPath(
+            token,
+            self.spec,
+            self.max_payload,
+            self.table.known,
+            on_finish=lambda msg, every: self.sink.finish(msg.sim_id, every),
+            reply=self._reply_data,
+            on_refused=self.sink.refused,
+            on_seen=self.sink.seen,
+            counts=self.counts,
+        )
         self.ingest: IngestProcess | None = None
         self.data: zmq.Socket | None = None
         if options.ingest == "process":  # the data socket lives in a child process
             norm = buffer.normalisation  # None: raw samples (a collection run)
             single = norm.single() if norm is not None else None
-            self.ingest = IngestProcess(WorkerSpec(
-                token=token, bind=f"tcp://{addr}", ring="", slots=RING_SLOTS,
-                field_size=problem.sample_size, spec=self.spec, max_payload=self.max_payload,
-                max_message=int(self.max_message),
-                center=None if single is None else single[0],
-                scale=None if single is None else single[1], hwm=DATA_HWM,
-                curve_secret=options.curve_secret, connection_limit=options.connection_limit))
+            self.ingest = IngestProcess(
+                WorkerSpec(
+                    token=token,
+                    bind=f"tcp://{addr}",
+                    ring="",
+                    slots=RING_SLOTS,
+                    field_size=problem.sample_size,
+                    spec=self.spec,
+                    max_payload=self.max_payload,
+                    max_message=int(self.max_message),
+                    center=None if single is None else single[0],
+                    scale=None if single is None else single[1],
+                    hwm=DATA_HWM,
+                    curve_secret=options.curve_secret,
+                    connection_limit=options.connection_limit,
+                )
+            )
             self.ring_normalised = single is not None
             self.data_address = self.ingest.address
         else:
@@ -123,8 +148,9 @@ class Receiver(threading.Thread):
             self.data.setsockopt(zmq.RCVHWM, DATA_HWM)
             port = self.data.bind_to_random_port(f"tcp://{addr}")
             self.data_address = f"tcp://{addr}:{port}"
-            self.guards[self.data] = ConnectionGuard(self.data, "data", DATA_PROOF_S,
-                                                     options.connection_limit, self.active)
+            self.guards[self.data] = ConnectionGuard(
+                self.data, "data", DATA_PROOF_S, options.connection_limit, self.active
+            )
         self.data_addresses: list[str] = [self.data_address]
         self.control: zmq.Socket | None = None
         self.control_address = None
@@ -133,15 +159,22 @@ class Receiver(threading.Thread):
             self.control = self._socket(zmq.ROUTER, options.curve_secret)
             port = self.control.bind_to_random_port(f"tcp://{addr}")
             self.control_address = f"tcp://{addr}:{port}"
-            self.guards[self.control] = ConnectionGuard(self.control, "control",
-                                                        CONTROL_PROOF_S,
-                                                        options.connection_limit)
+            self.guards[self.control] = ConnectionGuard(
+                self.control, "control", CONTROL_PROOF_S, options.connection_limit
+            )
             assert isinstance(table, SimTable), "the control rank owns the simulation table"
             self.controller = ControlHandler(
-                token, table, problem, self.counts, self.control.send_multipart,
-                lambda: {**status(), **self.fault_status()}, on_launcher, self._assigned,
+                token,
+                table,
+                problem,
+                self.counts,
+                self.control.send_multipart,
+                lambda: {**status(), **self.fault_status()},
+                on_launcher,
+                self._assigned,
                 self.path.assembler.discard,
-                lambda s: self.data_addresses[s % len(self.data_addresses)])
+                lambda s: self.data_addresses[s % len(self.data_addresses)],
+            )
 
     def _socket(self, kind: int, curve_secret: bytes | None) -> zmq.Socket:
         sock = self._ctx.socket(kind)
@@ -186,8 +219,11 @@ class Receiver(threading.Thread):
                 for mon, guard in monitors.items():
                     if mon in events:
                         guard.events()
-                if self.controller is not None and self.control is not None \
-                        and self.control in events:
+                if (
+                    self.controller is not None
+                    and self.control is not None
+                    and self.control in events
+                ):
                     self._drain(self.control, self.controller.handle, limit=64)
                 if self.data is not None and self.data in events:
                     self._drain(self.data, self._on_data, limit=256)
@@ -220,8 +256,12 @@ class Receiver(threading.Thread):
             job = self._sims().job_of(sim_id)
             if job is not None:
                 self.stale_jobs.add(job)
-            log.warning("simulation %d (job %s) silent for more than %g s; handed out again "
-                        "or given up", sim_id, job, self.simulation_timeout)
+            log.warning(
+                "simulation %d (job %s) silent for more than %g s; handed out again or given up",
+                sim_id,
+                job,
+                self.simulation_timeout,
+            )
 
     def _drain(self, sock: zmq.Socket, handler: Callable[[list], bool], limit: int) -> None:
         guard = self.guards.get(sock)
@@ -279,8 +319,12 @@ class Receiver(threading.Thread):
         consumed, start = 0, 0
         with self.sink.lock:
             for end in [*marks.tolist(), len(meta)]:
-                stored = self.sink.store(sims[start:end], steps[start:end], fields[start:end],
-                                         normalised=self.ring_normalised)
+                stored = self.sink.store(
+                    sims[start:end],
+                    steps[start:end],
+                    fields[start:end],
+                    normalised=self.ring_normalised,
+                )
                 consumed += stored
                 if stored < end - start:
                     break
@@ -314,7 +358,9 @@ class Receiver(threading.Thread):
         and the steps received (operators, fault-injection tests)."""
         with self.ingest_lock:
             sims = self._sims()
-            steps = {str(s): [sims.job_of(s), self.ledger.count(s)]
-                     for s in sims.in_flight_ids()}
-        return {"stale_jobs": sorted(self.stale_jobs), "in_flight_steps": steps,
-                "unique_steps": self.ledger.total()}
+            steps = {str(s): [sims.job_of(s), self.ledger.count(s)] for s in sims.in_flight_ids()}
+        return {
+            "stale_jobs": sorted(self.stale_jobs),
+            "in_flight_steps": steps,
+            "unique_steps": self.ledger.total(),
+        }

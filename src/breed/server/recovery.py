@@ -85,34 +85,57 @@ class StepLedger:
 
     def state_dict(self) -> dict[str, Any]:
         rows = int(np.flatnonzero(self._count)[-1]) + 1 if self._count.any() else 0
-        return {"steps": self.steps, "rows": rows,
-                "bits": np.packbits(self._bits[:rows], axis=None).tobytes()}
+        return {
+            "steps": self.steps,
+            "rows": rows,
+            "bits": np.packbits(self._bits[:rows], axis=None).tobytes(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["steps"]) != self.steps:
-            raise ValueError(f"checkpoint ledger has {state['steps']} steps per simulation, "
-                             f"this run {self.steps}")
+            raise ValueError(
+                f"checkpoint ledger has {state['steps']} steps per simulation, "
+                f"this run {self.steps}"
+            )
         rows = int(state["rows"])
-        flat = np.unpackbits(np.frombuffer(state["bits"], dtype=np.uint8),
-                             count=rows * self.steps).astype(bool)
+        flat = np.unpackbits(
+            np.frombuffer(state["bits"], dtype=np.uint8), count=rows * self.steps
+        ).astype(bool)
         self._bits = flat.reshape(rows, self.steps).copy()
         self._count = self._bits.sum(axis=1).astype(np.int64)
 
 
 # -- the whole server state -------------------------------------------------------------------
-def capture(*, ingest_lock: AbstractContextManager[Any], ledger: StepLedger, table: SimTable,
-            buffer: SampleBuffer, counts: dict[str, int]) -> dict[str, Any]:
+def capture(
+    *,
+    ingest_lock: AbstractContextManager[Any],
+    ledger: StepLedger,
+    table: SimTable,
+    buffer: SampleBuffer,
+    counts: dict[str, int],
+) -> dict[str, Any]:
     """One consistent cut of what the receiver thread changes (see the module docstring).
 
     Lock order: ingest -> table -> sampler, the receiver's own order.
     """
     with ingest_lock:
-        return {**table.snapshot(), "ledger": ledger.state_dict(),
-                "buffer_data": buffer.snapshot(), "receiver_counts": dict(counts)}
+        return {
+            **table.snapshot(),
+            "ledger": ledger.state_dict(),
+            "buffer_data": buffer.snapshot(),
+            "receiver_counts": dict(counts),
+        }
 
 
-def restore(state: dict[str, Any], *, ledger: StepLedger, table: SimTable, sampler: Sampler,
-            buffer: SampleBuffer, counts: dict[str, int]) -> None:
+def restore(
+    state: dict[str, Any],
+    *,
+    ledger: StepLedger,
+    table: SimTable,
+    sampler: Sampler,
+    buffer: SampleBuffer,
+    counts: dict[str, int],
+) -> None:
     """Inverse of :func:`capture`, before the receiver thread starts."""
     sampler.load_state_dict(state["sampler"])
     table.load_state_dict(state["table"])
@@ -163,6 +186,9 @@ def truncate_logs(run_dir: Path, iteration: int) -> dict[str, int]:
             atomic_write_bytes(path, "".join(x + "\n" for x in keep).encode())
         dropped[path.name] = n
     if any(dropped.values()):
-        log.info("resume at iteration %d: dropped rows written after the checkpoint: %s",
-                 iteration, dropped)
+        log.info(
+            "resume at iteration %d: dropped rows written after the checkpoint: %s",
+            iteration,
+            dropped,
+        )
     return dropped

@@ -61,8 +61,15 @@ from breed.server.sink import Buffer
 
 log = logging.getLogger("breed.server")
 # files the server writes atomically (a kill mid-write leaves a partial file to clean up)
-SERVER_WRITES = (rundir.SERVER_INFO, rundir.SAMPLES, rundir.SUMMARY, rundir.MODEL,
-                 rundir.VALIDATION, rundir.METRICS, rundir.PER_SAMPLE)
+SERVER_WRITES = (
+    rundir.SERVER_INFO,
+    rundir.SAMPLES,
+    rundir.SUMMARY,
+    rundir.MODEL,
+    rundir.VALIDATION,
+    rundir.METRICS,
+    rundir.PER_SAMPLE,
+)
 
 
 FINAL_WRITE_S = 120.0  # how long the final writes are retried (someone may free the disk)
@@ -72,10 +79,15 @@ class ResultsNotWritten(RuntimeError):
     """The run trained to its end, but its results could not be written."""
 
     def __init__(self, reason: str | None, checkpointer: Checkpointer) -> None:
-        kept = ("no checkpoint was written" if checkpointer.last_iteration is None else
-                f"the checkpoint of iteration {checkpointer.last_iteration} is kept")
-        super().__init__(f"the final results could not be written ({reason}); {kept}: make "
-                         "room and run `breed run --resume RUN_DIR`")
+        kept = (
+            "no checkpoint was written"
+            if checkpointer.last_iteration is None
+            else f"the checkpoint of iteration {checkpointer.last_iteration} is kept"
+        )
+        super().__init__(
+            f"the final results could not be written ({reason}); {kept}: make "
+            "room and run `breed run --resume RUN_DIR`"
+        )
 
 
 class LoopClock:
@@ -107,48 +119,65 @@ class LoopClock:
         return 0.0 if self.first is None else time.monotonic() - self.first
 
     def metrics(self) -> dict[str, float]:
-        return {"samples_per_s": self.samples / max(self.elapsed(), 1e-9),
-                "waited": self.waited, "wait_s": self.wait_s, "train_s": self.train_s}
+        return {
+            "samples_per_s": self.samples / max(self.elapsed(), 1e-9),
+            "waited": self.waited,
+            "wait_s": self.wait_s,
+            "train_s": self.train_s,
+        }
 
     def summary(self, iterations: int) -> dict[str, float]:
-        return {"train_loop_s": self.elapsed(), "samples_trained": self.samples,
-                "waiting_fraction": self.waited / max(iterations, 1),
-                "waited_iterations": self.waited, **self.metrics()}
+        return {
+            "train_loop_s": self.elapsed(),
+            "samples_trained": self.samples,
+            "waiting_fraction": self.waited / max(iterations, 1),
+            "waited_iterations": self.waited,
+            **self.metrics(),
+        }
 
 
 class Server:
     """Wires sampler, simulation table, buffer, receiver and trainer for one run directory."""
 
-    def __init__(self, run_dir: Path, resume: bool = False,
-                 collective: Collective | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, resume: bool = False, collective: Collective | None = None
+    ) -> None:
         self.run_dir = run_dir
         comm = mpi_world() if collective is None else None
-        root = collective.is_root if collective is not None else (
-            comm is None or comm.Get_rank() == 0)
+        root = (
+            collective.is_root if collective is not None else (comm is None or comm.Get_rank() == 0)
+        )
         # one server per run directory, for its whole life (rank 0 speaks for all ranks);
         # taken before anything else, so a second server changes nothing
-        self.lock = (rundir.RunLock(run_dir, rundir.SERVER_LOCK, "breed server").acquire()
-                     if root else None)
+        self.lock = (
+            rundir.RunLock(run_dir, rundir.SERVER_LOCK, "breed server").acquire() if root else None
+        )
         self.cfg: dict[str, Any] = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
         cfg, lc = self.cfg, self.cfg["launcher"]
-        self.token = token_from_hex(os.environ.get("BREED_TOKEN")
-                                    or (run_dir / "token").read_text())
+        self.token = token_from_hex(
+            os.environ.get("BREED_TOKEN") or (run_dir / "token").read_text()
+        )
         soft, hard = raise_fd_limit()  # a stranger's idle connections cost descriptors
         log.info("file descriptor limit %d (hard %d)", soft, hard)
         seed = cfg["seed"]
         torch.manual_seed(seed)
         if cfg["training"]["threads"]:
             torch.set_num_threads(cfg["training"]["threads"])
-        self.coll = collective or Collective(comm, resolve_host(lc["host"]),
-                                             resolve_device(cfg["model"]["device"]).type)
+        self.coll = collective or Collective(
+            comm, resolve_host(lc["host"]), resolve_device(cfg["model"]["device"]).type
+        )
         self.root = self.coll.is_root
         if self.root:
-            removed = rundir.remove_partial_writes(run_dir / rundir.CHECKPOINTS,
-                                                   (rundir.CHECKPOINT,))
+            removed = rundir.remove_partial_writes(
+                run_dir / rundir.CHECKPOINTS, (rundir.CHECKPOINT,)
+            )
             removed += rundir.remove_partial_writes(run_dir, SERVER_WRITES)
             if removed:
-                log.info("removed %d partial files of writes killed half-way: %s", len(removed),
-                         ", ".join(p.name for p in removed))
+                log.info(
+                    "removed %d partial files of writes killed half-way: %s",
+                    len(removed),
+                    ", ".join(p.name for p in removed),
+                )
         self.problem = problem_of(cfg)
         self.sampler_lock = threading.Lock()
         # one sampler and one simulation table, on rank 0 (Breed needs every rank's losses)
@@ -162,20 +191,29 @@ class Server:
             assert self.link is not None
             self.table = RemoteTable(self.link)
         else:
-            table_args = (cfg["study"]["simulations"], self.sampler, self.sampler_lock,
-                          lc["max_retries"], lc["on_give_up"])
-            self.table = (SimTable(*table_args, problem=self.problem) if self.link is None else
-                          ShardedTable(*table_args, problem=self.problem, link=self.link))
+            table_args = (
+                cfg["study"]["simulations"],
+                self.sampler,
+                self.sampler_lock,
+                lc["max_retries"],
+                lc["on_give_up"],
+            )
+            self.table = (
+                SimTable(*table_args, problem=self.problem)
+                if self.link is None
+                else ShardedTable(*table_args, problem=self.problem, link=self.link)
+            )
         self.trainer = Trainer(cfg, seed=seed)  # wrapped in DDP when ranks > 1
         # collect: whole trajectories for a validation set (breed.server.collect), no training
         self.collecting = cfg["training"]["mode"] == "collect"
-        self.store = (TrajectoryStore(self.problem, cfg["study"]["simulations"])
-                      if self.collecting else None)
-        self._buffer = (None if self.collecting else
-                        buffer_from_config(cfg, self.trainer.normalisation))
+        self.store = (
+            TrajectoryStore(self.problem, cfg["study"]["simulations"]) if self.collecting else None
+        )
+        self._buffer = (
+            None if self.collecting else buffer_from_config(cfg, self.trainer.normalisation)
+        )
         self.intake: Buffer = self.store or self.buffer  # where the receiver puts samples
-        self.validation = self._validation_set() if self.root and not self.collecting \
-            else None
+        self.validation = self._validation_set() if self.root and not self.collecting else None
         self.finished = threading.Event()
         self.failure: str | None = None  # why the run ended without its results
         self.released = threading.Event()  # the launcher saw the end: no need to linger
@@ -186,20 +224,30 @@ class Server:
         self.job_map: dict[str, str] = {}  # launcher job name -> scheduler job id
         self.last_validation: dict[str, Any] | None = None
         self.receiver = Receiver(
-            token=self.token, host=lc["host"], table=self.table, buffer=self.intake,
-            problem=self.problem, status=self.status, on_sim_done=self._on_sim_done,
-            on_launcher=self._on_launcher, options=ReceiverOptions(
-                simulation_timeout=lc["simulation_timeout"], control=self.root,
+            token=self.token,
+            host=lc["host"],
+            table=self.table,
+            buffer=self.intake,
+            problem=self.problem,
+            status=self.status,
+            on_sim_done=self._on_sim_done,
+            on_launcher=self._on_launcher,
+            options=ReceiverOptions(
+                simulation_timeout=lc["simulation_timeout"],
+                control=self.root,
                 max_message=lc["max_message_bytes"],
                 curve_secret=load_curve_secret(run_dir) if lc["curve"] else None,
                 ingest=lc["ingest"] if self.coll.size == 1 else "thread",
                 # every client rank may connect at once (a start, a restart); strangers beyond
-                connection_limit=2 * lc["max_jobs"] * self.problem.client.ranks + 64))
+                connection_limit=2 * lc["max_jobs"] * self.problem.client.ranks + 64,
+            ),
+        )
         # rank r receives the simulations with sim_id % R == r
         self.receiver.data_addresses = self.coll.allgather(self.receiver.data_address)
         self.checkpoint_path = run_dir / rundir.CHECKPOINTS / rundir.CHECKPOINT
-        self.checkpointer = Checkpointer(self.checkpoint_path,
-                                         cfg["training"]["checkpoint_interval"])
+        self.checkpointer = Checkpointer(
+            self.checkpoint_path, cfg["training"]["checkpoint_interval"]
+        )
         if resume and self.checkpoint_path.exists():
             self._load_checkpoint()
         elif resume and self.root:  # died before its first checkpoint: start over
@@ -214,20 +262,25 @@ class Server:
         if not path.exists() and self.problem.name == "heat2d":
             log.info("making the validation set (%d trajectories) in %s", vc["size"], path)
             save_validation(compute_validation(self.problem, vc["size"], vc["seed"]), path)
-        return load_validation(path, expect_problem=self.problem.identity(),
-                               expect_design=(vc["size"], vc["seed"]))
+        return load_validation(
+            path, expect_problem=self.problem.identity(), expect_design=(vc["size"], vc["seed"])
+        )
 
     # -- callbacks from the receiver thread ---------------------------------------------
     def status(self) -> dict[str, Any]:
-        return {"finished": self.finished.is_set(), "failed": self.failure,
-                "iteration": self.iteration,
-                "sims_done": self.sims.done_count(), "sims_assigned": self.sims.drawn,
-                "in_flight": self.sims.in_flight(), "target": self.sims.target,
-                "wanted_clients": self.sims.wanted_clients(
-                    self.cfg["launcher"]["max_jobs"]),
-                "buffer": self.intake.stats(), "rejected": dict(self.receiver.counts),
-                "warnings": {k: w for k, w in (("checkpoint", self.checkpointer.warning()),)
-                             if w}}
+        return {
+            "finished": self.finished.is_set(),
+            "failed": self.failure,
+            "iteration": self.iteration,
+            "sims_done": self.sims.done_count(),
+            "sims_assigned": self.sims.drawn,
+            "in_flight": self.sims.in_flight(),
+            "target": self.sims.target,
+            "wanted_clients": self.sims.wanted_clients(self.cfg["launcher"]["max_jobs"]),
+            "buffer": self.intake.stats(),
+            "rejected": dict(self.receiver.counts),
+            "warnings": {k: w for k, w in (("checkpoint", self.checkpointer.warning()),) if w},
+        }
 
     def _on_sim_done(self, sim_id: int) -> None:
         if self.sampler is None:
@@ -252,22 +305,27 @@ class Server:
         self.receiver.start()
         if self.root:
             assert self.receiver.control_address is not None  # rank 0 answers control
-            rundir.ServerInfo(control=self.receiver.control_address,
-                              data=self.receiver.data_addresses, pid=os.getpid(),
-                              ranks=self.coll.size, host=self.cfg["launcher"]["host"]
-                              ).write(self.run_dir)
+            rundir.ServerInfo(
+                control=self.receiver.control_address,
+                data=self.receiver.data_addresses,
+                pid=os.getpid(),
+                ranks=self.coll.size,
+                host=self.cfg["launcher"]["host"],
+            ).write(self.run_dir)
         if self.collecting:
             return self._collect()
         tc = self.cfg["training"]
         tb_dir = self.run_dir / rundir.TENSORBOARD if tc["tensorboard"] else None
         metrics = MetricsLog(self.run_dir / rundir.METRICS, tb_dir) if self.root else None
-        per_sample = (CsvLog(self.run_dir / rundir.PER_SAMPLE, PER_SAMPLE_COLUMNS)
-                      if tc["per_sample_log"] and self.root else None)
+        per_sample = (
+            CsvLog(self.run_dir / rundir.PER_SAMPLE, PER_SAMPLE_COLUMNS)
+            if tc["per_sample_log"] and self.root
+            else None
+        )
         clock = LoopClock()
         try:
             self._loop(metrics, per_sample, clock)
-            if metrics is not None and self.iteration and \
-                    self.iteration != clock.last_validated:
+            if metrics is not None and self.iteration and self.iteration != clock.last_validated:
                 self._validate(metrics)
         finally:
             if metrics is not None:
@@ -279,16 +337,24 @@ class Server:
             self.receiver.merge_worker_counts()
         buffers = self.coll.allgather(self.buffer.stats())
         budget = self.cfg["training"]["iterations"]
-        summary = {"iterations": self.iteration, "wall_time": time.time() - self.start,
-                   "iteration_budget": budget,  # over it: the data outlasted the budget
-                   "budget_exceeded": budget is not None and self.iteration > budget,
-                   "ranks": self.coll.size, **clock.summary(self.iteration),
-                   "sims_done": self.sims.done_count() if self.root else None,
-                   "target": self.sims.target if self.root else None,
-                   "rejected": dict(self.receiver.counts), "buffer": buffers[0],
-                   "buffers": buffers, "final_validation": self.last_validation,
-                   "validation_fingerprint": self.validation.fingerprint if self.validation
-                   is not None else None, "problem": self.problem.name}
+        summary = {
+            "iterations": self.iteration,
+            "wall_time": time.time() - self.start,
+            "iteration_budget": budget,  # over it: the data outlasted the budget
+            "budget_exceeded": budget is not None and self.iteration > budget,
+            "ranks": self.coll.size,
+            **clock.summary(self.iteration),
+            "sims_done": self.sims.done_count() if self.root else None,
+            "target": self.sims.target if self.root else None,
+            "rejected": dict(self.receiver.counts),
+            "buffer": buffers[0],
+            "buffers": buffers,
+            "final_validation": self.last_validation,
+            "validation_fingerprint": self.validation.fingerprint
+            if self.validation is not None
+            else None,
+            "problem": self.problem.name,
+        }
         if self.root:
             try:
                 self._write_results(summary)
@@ -305,9 +371,14 @@ class Server:
             self.finished.wait(0.05)
         seed = self.cfg["validation"]["seed"]
         rows = {r.sim_id: r for r in self.sims.records.values() if r.status == "done"}
-        summary = {"mode": "collect", "wall_time": time.time() - self.start,
-                   "sims_done": len(rows), "target": self.cfg["study"]["simulations"],
-                   "rejected": dict(self.receiver.counts), "problem": self.problem.name}
+        summary = {
+            "mode": "collect",
+            "wall_time": time.time() - self.start,
+            "sims_done": len(rows),
+            "target": self.cfg["study"]["simulations"],
+            "rejected": dict(self.receiver.counts),
+            "problem": self.problem.name,
+        }
         try:
             assert self.store is not None
             params = np.array([rows[j].params for j in range(self.store.size)])
@@ -341,15 +412,15 @@ class Server:
                 atomic_write_json(self.run_dir / rundir.SUMMARY, summary)
                 return
             except OSError as exc:
-                log.error("final results not written (%s); retrying in %g s",
-                          exc.strerror or exc, delay)
+                log.error(
+                    "final results not written (%s); retrying in %g s", exc.strerror or exc, delay
+                )
                 if time.monotonic() + delay > deadline:
                     raise ResultsNotWritten(exc.strerror or str(exc), self.checkpointer) from None
                 time.sleep(delay)
                 delay = min(2 * delay, 30.0)
 
-    def _loop(self, metrics: JsonLines | None, per_sample: CsvLog | None,
-              clock: LoopClock) -> None:
+    def _loop(self, metrics: JsonLines | None, per_sample: CsvLog | None, clock: LoopClock) -> None:
         tc, size = self.cfg["training"], self.coll.size
         batch_size = self.cfg["model"]["batch_size"]
         max_it, budget = tc["max_iterations"], tc["iterations"]
@@ -364,10 +435,12 @@ class Server:
             batch = self.buffer.sample_batch(batch_size, timeout=0.05 if size == 1 else 0.002)
             ag = self.coll.agree(
                 samples=0 if batch is None else len(batch),
-                all_seen=seen_before if budget is not None else
-                batch is None and self.buffer.finished(),  # a drawn batch is trained
+                all_seen=seen_before
+                if budget is not None
+                else batch is None and self.buffer.finished(),  # a drawn batch is trained
                 data_finished=self.root and self.sims.finished(),
-                stop=max_it is not None and self.iteration >= max_it)
+                stop=max_it is not None and self.iteration >= max_it,
+            )
             if ag.data_finished and not self.buffer.closed:
                 self.buffer.close()  # end of stream: the reservoir stops recycling samples
             spent = budget is None or self.iteration >= budget  # the same on every rank
@@ -398,10 +471,17 @@ class Server:
             if self.iteration % tc["log_interval"] == 0:
                 self._watch_launcher()
                 mu, sigma = batch_moments(losses)
-                metrics.write({"kind": "train", "iteration": self.iteration,
-                               "time": time.time() - self.start,
-                               "batch_loss": mu, "batch_loss_std": sigma,
-                               **self._buffer_metrics(), **clock.metrics()})
+                metrics.write(
+                    {
+                        "kind": "train",
+                        "iteration": self.iteration,
+                        "time": time.time() - self.start,
+                        "batch_loss": mu,
+                        "batch_loss_std": sigma,
+                        **self._buffer_metrics(),
+                        **clock.metrics(),
+                    }
+                )
                 if per_sample is not None:
                     self._log_samples(per_sample, ids, steps, losses, deltas, mu)
             if self.iteration % tc["validation_interval"] == 0:
@@ -442,8 +522,12 @@ class Server:
         timeout = self.cfg["launcher"]["ping_timeout"]
         silent = self.last_ping is not None and time.monotonic() - self.last_ping > timeout
         if silent and not self.launcher_lost:
-            log.warning("no ping from the launcher for %g s: checkpointing; resume it with "
-                        "`breed run --resume %s`", timeout, self.run_dir)
+            log.warning(
+                "no ping from the launcher for %g s: checkpointing; resume it with "
+                "`breed run --resume %s`",
+                timeout,
+                self.run_dir,
+            )
             self.save_checkpoint()
         elif self.launcher_lost and not silent:
             log.info("the launcher is back")
@@ -451,28 +535,54 @@ class Server:
 
     def _buffer_metrics(self) -> dict[str, Any]:
         stats = self.buffer.stats()
-        return {"samples_received": stats["received"], "buffer_fill": stats["fill"],
-                "receiver_paused_s": self.receiver.paused_s,
-                "receiver_longest_pause_s": self.receiver.active.longest_stop}
+        return {
+            "samples_received": stats["received"],
+            "buffer_fill": stats["fill"],
+            "receiver_paused_s": self.receiver.paused_s,
+            "receiver_longest_pause_s": self.receiver.active.longest_stop,
+        }
 
     def _validate(self, metrics: JsonLines) -> None:
         assert self.validation is not None  # rank 0 of a training run
         vals = self.trainer.evaluate(self.validation)
         self.last_validation = {"iteration": self.iteration, **vals}
-        metrics.write({"kind": "validation", "iteration": self.iteration,
-                       "time": time.time() - self.start, **vals})
+        metrics.write(
+            {
+                "kind": "validation",
+                "iteration": self.iteration,
+                "time": time.time() - self.start,
+                **vals,
+            }
+        )
         log.info("iteration %d: validation MSE %.4g", self.iteration, vals["val_mse"])
 
-    def _log_samples(self, out: CsvLog, ids: np.ndarray, steps: np.ndarray,
-                     losses: np.ndarray, deltas: np.ndarray | None, batch_loss: float) -> None:
+    def _log_samples(
+        self,
+        out: CsvLog,
+        ids: np.ndarray,
+        steps: np.ndarray,
+        losses: np.ndarray,
+        deltas: np.ndarray | None,
+        batch_loss: float,
+    ) -> None:
         with self.sampler_lock:
             qs = self._root_sampler().qualities(ids)
         uniform = [self.sims.records[int(s)].source == "uniform" for s in ids]
-        out.write_rows([
-            [self.iteration, int(ids[k]), int(steps[k]), float(losses[k]), batch_loss,
-             None if deltas is None else float(deltas[k]),
-             None if np.isnan(qs[k]) else float(qs[k]), int(uniform[k])]
-            for k in range(len(ids))])
+        out.write_rows(
+            [
+                [
+                    self.iteration,
+                    int(ids[k]),
+                    int(steps[k]),
+                    float(losses[k]),
+                    batch_loss,
+                    None if deltas is None else float(deltas[k]),
+                    None if np.isnan(qs[k]) else float(qs[k]),
+                    int(uniform[k]),
+                ]
+                for k in range(len(ids))
+            ]
+        )
 
     def write_samples(self) -> None:
         rows = self.sims.rows()
@@ -484,10 +594,15 @@ class Server:
     def save_checkpoint(self) -> bool:
         """Write a checkpoint now; False if the write failed (it is retried, see
         :class:`~breed.server.checkpoint.Checkpointer`)."""
-        return self.checkpointer.write(lambda: {
-            "trainer": self.trainer.state_dict(),
-            "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-            **self._receiver_state()}, self.iteration)
+        return self.checkpointer.write(
+            lambda: {
+                "trainer": self.trainer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(),
+                **self._receiver_state(),
+            },
+            self.iteration,
+        )
 
     def _load_checkpoint(self) -> None:
         state = load_checkpoint(self.checkpoint_path)
@@ -495,19 +610,33 @@ class Server:
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         if self.root:  # multi-rank: the other ranks' ledgers and buffers are not saved yet
-            restore(state, ledger=self.receiver.ledger, table=self.sims,
-                    sampler=self._root_sampler(),
-                    buffer=self.buffer, counts=self.receiver.counts)
+            restore(
+                state,
+                ledger=self.receiver.ledger,
+                table=self.sims,
+                sampler=self._root_sampler(),
+                buffer=self.buffer,
+                counts=self.receiver.counts,
+            )
             truncate_logs(self.run_dir, self.iteration)
-            log.info("resumed from %s at iteration %d (%d simulations done, %d steps "
-                     "received)", self.checkpoint_path, self.iteration,
-                     self.sims.done_count(), self.receiver.ledger.total())
+            log.info(
+                "resumed from %s at iteration %d (%d simulations done, %d steps received)",
+                self.checkpoint_path,
+                self.iteration,
+                self.sims.done_count(),
+                self.receiver.ledger.total(),
+            )
 
     def _receiver_state(self) -> dict[str, Any]:
         """Table, sampler, received-steps ledger and buffer samples in one consistent cut
         (breed.server.recovery): what a restart needs to lose and duplicate nothing."""
-        return capture(ingest_lock=self.receiver.ingest_lock, ledger=self.receiver.ledger,
-                       table=self.sims, buffer=self.buffer, counts=self.receiver.counts)
+        return capture(
+            ingest_lock=self.receiver.ingest_lock,
+            ledger=self.receiver.ledger,
+            table=self.sims,
+            buffer=self.buffer,
+            counts=self.receiver.counts,
+        )
 
     def close(self, linger: float = 0.0) -> None:
         """Keep answering (STOP to clients, pongs) until the launcher releases us or
@@ -526,8 +655,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="breed server", description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    parser.add_argument("--linger", type=float, default=5.0,
-                        help="seconds to keep answering after training ends")
+    parser.add_argument(
+        "--linger", type=float, default=5.0, help="seconds to keep answering after training ends"
+    )
     args = parser.parse_args(argv)
     (args.run_dir / "logs").mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

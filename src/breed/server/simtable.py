@@ -25,8 +25,19 @@ from breed.sampling.base import Sampler
 
 IN_FLIGHT = ("assigned", "running")
 # samples.csv: sim_id, one column per parameter (the problem's names), then these
-RECORD_COLUMNS = ["source", "generation", "parent", "sigma", "Q", "status", "attempts",
-                  "job_id", "assign_time", "start_time", "end_time"]
+RECORD_COLUMNS = [
+    "source",
+    "generation",
+    "parent",
+    "sigma",
+    "Q",
+    "status",
+    "attempts",
+    "job_id",
+    "assign_time",
+    "start_time",
+    "end_time",
+]
 
 
 def columns(names: list[str]) -> list[str]:
@@ -56,10 +67,19 @@ class SimRecord:
     def row(self, q: float | None, names: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {"sim_id": self.sim_id}
         out.update(zip(names, self.params, strict=True))
-        out.update(source=self.source, generation=self.generation, parent=self.parent,
-                   sigma=self.sigma, Q=q, status=self.status, attempts=self.attempts,
-                   job_id=self.job_id, assign_time=self.assign_time,
-                   start_time=self.start_time, end_time=self.end_time)
+        out.update(
+            source=self.source,
+            generation=self.generation,
+            parent=self.parent,
+            sigma=self.sigma,
+            Q=q,
+            status=self.status,
+            attempts=self.attempts,
+            job_id=self.job_id,
+            assign_time=self.assign_time,
+            start_time=self.start_time,
+            end_time=self.end_time,
+        )
         return out
 
 
@@ -85,15 +105,20 @@ class StepTable(Protocol):
 class SimTable:
     """Thread-safe: the receiver thread hands out work, the launcher reports failures."""
 
-    def __init__(self, budget: int, sampler: Sampler, sampler_lock: threading.Lock,
-                 max_retries: int = 2, on_give_up: str = "resample",
-                 problem: Problem | None = None) -> None:
+    def __init__(
+        self,
+        budget: int,
+        sampler: Sampler,
+        sampler_lock: threading.Lock,
+        max_retries: int = 2,
+        on_give_up: str = "resample",
+        problem: Problem | None = None,
+    ) -> None:
         self.budget = budget
         self.sampler = sampler
         # draws are in sampling space; records hold physical parameters (log axes undone)
         self.to_params = problem.from_sampling if problem is not None else np.asarray
-        self.names = problem.names if problem is not None else [
-            f"p{k}" for k in range(sampler.dim)]
+        self.names = problem.names if problem is not None else [f"p{k}" for k in range(sampler.dim)]
         self.sampler_lock = sampler_lock
         self.max_retries = max_retries
         self.on_give_up = on_give_up
@@ -116,8 +141,14 @@ class SimTable:
             elif self.drawn < self._to_draw():
                 with self.sampler_lock:
                     sim_id, draw = self.sampler.handed, self.sampler.next()
-                rec = SimRecord(sim_id, [float(x) for x in self.to_params(draw.params)],
-                                draw.source, draw.generation, draw.parent, draw.sigma)
+                rec = SimRecord(
+                    sim_id,
+                    [float(x) for x in self.to_params(draw.params)],
+                    draw.source,
+                    draw.generation,
+                    draw.parent,
+                    draw.sigma,
+                )
                 self.records[rec.sim_id] = rec
             else:
                 return "stop" if self._finished() else "wait"
@@ -137,8 +168,10 @@ class SimTable:
 
     def _finished(self) -> bool:
         return self.done_count() >= self.target or (
-            not self.retry and not any(r.status in IN_FLIGHT for r in self.records.values())
-            and self.drawn >= self._to_draw())
+            not self.retry
+            and not any(r.status in IN_FLIGHT for r in self.records.values())
+            and self.drawn >= self._to_draw()
+        )
 
     # -- progress -----------------------------------------------------------------------
     def known(self, sim_id: int) -> bool:
@@ -180,8 +213,9 @@ class SimTable:
 
     def fail_job(self, job_id: str, reason: str) -> list[int]:
         """A client job died: fail every simulation it was running."""
-        ids = [r.sim_id for r in self.records.values()
-               if r.job_id == job_id and r.status in IN_FLIGHT]
+        ids = [
+            r.sim_id for r in self.records.values() if r.job_id == job_id and r.status in IN_FLIGHT
+        ]
         for sim_id in ids:
             self.fail(sim_id, reason)
         return ids
@@ -191,8 +225,11 @@ class SimTable:
         liveness clock."""
         now = self.clock()
         with self._lock:
-            ids = [r.sim_id for r in self.records.values()
-                   if r.status in IN_FLIGHT and now - r.last_seen > timeout]
+            ids = [
+                r.sim_id
+                for r in self.records.values()
+                if r.status in IN_FLIGHT and now - r.last_seen > timeout
+            ]
         for sim_id in ids:
             self.fail(sim_id, f"silent for more than {timeout:g} s")
         return ids
@@ -238,8 +275,11 @@ class SimTable:
 
     def state_dict(self) -> dict[str, Any]:
         with self._lock:
-            return {"records": [asdict(r) for r in self.records.values()],
-                    "retry": list(self.retry), "target": self.target}
+            return {
+                "records": [asdict(r) for r in self.records.values()],
+                "retry": list(self.retry),
+                "target": self.target,
+            }
 
     def snapshot(self) -> dict[str, Any]:
         """The table and its sampler in one cut (both locks, the hand-out order): every record

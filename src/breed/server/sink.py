@@ -43,15 +43,28 @@ class Buffer(Protocol):
 
     def stats(self) -> dict[str, Any]: ...
 
-    def offer_many(self, params: np.ndarray, steps: np.ndarray, fields: np.ndarray,
-                   sim_ids: np.ndarray, normalised: bool = False) -> int: ...
+    def offer_many(
+        self,
+        params: np.ndarray,
+        steps: np.ndarray,
+        fields: np.ndarray,
+        sim_ids: np.ndarray,
+        normalised: bool = False,
+    ) -> int: ...
 
 
 class SampleSink:
     """Ledger + buffer + table progress + the FINISH and refusal policy, for one rank."""
 
-    def __init__(self, table: StepTable, buffer: Buffer, steps: int, counts: Counter[str],
-                 on_sim_done: Callable[[int], None], ledger: StepLedger | None = None) -> None:
+    def __init__(
+        self,
+        table: StepTable,
+        buffer: Buffer,
+        steps: int,
+        counts: Counter[str],
+        on_sim_done: Callable[[int], None],
+        ledger: StepLedger | None = None,
+    ) -> None:
         self.table, self.buffer, self.counts = table, buffer, counts
         self.steps = steps  # T: a simulation has the T + 1 steps t = 0..T
         self.on_sim_done = on_sim_done
@@ -63,19 +76,30 @@ class SampleSink:
         if self.table.known(sim_id):
             self.table.on_step(sim_id)
 
-    def store(self, sims: np.ndarray, steps: np.ndarray, fields: np.ndarray,
-              normalised: bool = False) -> int:
+    def store(
+        self, sims: np.ndarray, steps: np.ndarray, fields: np.ndarray, normalised: bool = False
+    ) -> int:
         """Store a run of samples in order; returns how many were consumed (stored or dropped).
         Stops at the first one the buffer refuses (the rest wait: back-pressure)."""
         with self.lock:
             known = np.array([self.table.known(int(s)) for s in sims], dtype=bool)
-            keep = known & ~np.array([self.ledger.has(int(s), int(t))
-                                      for s, t in zip(sims, steps, strict=True)], dtype=bool)
+            keep = known & ~np.array(
+                [self.ledger.has(int(s), int(t)) for s, t in zip(sims, steps, strict=True)],
+                dtype=bool,
+            )
             idx = np.flatnonzero(keep)
             params = {int(s): self.table.params_of(int(s)) for s in np.unique(sims[idx])}
-            stored = self.buffer.offer_many(
-                np.array([params[int(s)] for s in sims[idx]]).reshape(len(idx), -1),
-                steps[idx], fields[idx], sims[idx], normalised=normalised) if len(idx) else 0
+            stored = (
+                self.buffer.offer_many(
+                    np.array([params[int(s)] for s in sims[idx]]).reshape(len(idx), -1),
+                    steps[idx],
+                    fields[idx],
+                    sims[idx],
+                    normalised=normalised,
+                )
+                if len(idx)
+                else 0
+            )
             consumed = int(idx[stored]) if stored < len(idx) else len(sims)
             self.counts["unknown_sim"] += int((~known[:consumed]).sum())  # given up meanwhile
             self.counts["duplicate_steps"] += int((known & ~keep)[:consumed].sum())
@@ -85,8 +109,7 @@ class SampleSink:
             for sim_id in {int(s) for s in sims[:consumed]}:
                 if self.table.known(sim_id):
                     self.table.on_step(sim_id)
-                    if self.ledger.count(sim_id) == self.steps + 1 and \
-                            self.table.complete(sim_id):
+                    if self.ledger.count(sim_id) == self.steps + 1 and self.table.complete(sim_id):
                         self.on_sim_done(sim_id)
             return consumed
 
@@ -100,8 +123,11 @@ class SampleSink:
             have = self.ledger.count(sim_id)
             if have == self.steps + 1 or not every_rank:  # complete, or ranks still to come
                 return
-            self._fail(sim_id, f"client finished with {self.steps + 1 - have} steps missing",
-                       "incomplete_sims")
+            self._fail(
+                sim_id,
+                f"client finished with {self.steps + 1 - have} steps missing",
+                "incomplete_sims",
+            )
 
     def refused(self, sim_id: int, reason: str) -> None:
         """The client broke the problem: its simulation fails now."""
@@ -117,4 +143,3 @@ class SampleSink:
         if counter is not None:
             self.counts[counter] += 1
         log.warning("simulation %d: %s -> %s", sim_id, reason, outcome)
-
