@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from breed import procs
 from breed.launcher.launcher import ServerLink
 from breed.protocol import token_from_hex
 from breed.server.checkpoint import load as load_checkpoint
@@ -68,28 +69,19 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def belongs(pid: int, run_dir: Path) -> bool:
-    """The process carries this run's directory in its environment (so a reused pid is not
-    taken for one of ours)."""
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return f"BREED_RUN_DIR={run_dir.resolve()}".encode() in env
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    """The process carries this run's directory (a reused pid is not taken for ours)."""
+    return procs.carries(pid, {"BREED_RUN_DIR": str(run_dir.resolve())})
 
 
 def run_processes(run_dir: Path) -> list[int]:
     """Every live process of this run (server, clients, their MPI ranks)."""
     out = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and belongs(int(entry.name), run_dir) and alive(int(entry.name)):
+        if (
+            entry.name.isdigit()
+            and belongs(int(entry.name), run_dir)
+            and procs.alive(int(entry.name))
+        ):
             out.append(int(entry.name))
     return out
 
@@ -238,7 +230,7 @@ def stop_mid_stream(run: RunUnderTest, steps: int, timeout: float = 90) -> tuple
                 continue
             job, pgid = rows[0]["name"], int(rows[0]["pgid"])
             slice_s, last, stable = 0.002, None, 0
-            while time.monotonic() < deadline and alive(pgid):
+            while time.monotonic() < deadline and procs.alive(pgid):
                 time.sleep(0.1)
                 pong = run.ping() or {}
                 mine = {

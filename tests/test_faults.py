@@ -16,7 +16,6 @@ import pytest
 from faultkit import (
     PACED,
     RunUnderTest,
-    alive,
     audit,
     freeze_busy_job,
     metrics,
@@ -25,6 +24,7 @@ from faultkit import (
     stop_mid_stream,
 )
 
+from breed.procs import alive
 from breed.server.checkpoint import load as load_checkpoint
 
 pytestmark = pytest.mark.faults

@@ -71,23 +71,30 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
     lc, problem = cfg["launcher"], problem_of(cfg)
     check_command(problem)
     if lc["server_ranks"] > 1 and not Normalisation.from_problem(problem).frozen:
-        raise ConfigError("launcher.server_ranks: a field without a declared range has its "
-                          "scale estimated from the first samples, which needs one server rank; "
-                          "declare problem.fields.N.range")
+        raise ConfigError(
+            "launcher.server_ranks: a field without a declared range has its "
+            "scale estimated from the first samples, which needs one server rank; "
+            "declare problem.fields.N.range"
+        )
     tc = cfg["training"]
     if tc["iterations"] is not None:
         if cfg["buffer"]["kind"] != "reservoir":
-            raise ConfigError("training.iterations: a budget is spent on the reservoir after "
-                              "the stream; buffer.kind fifo trains on each sample once")
+            raise ConfigError(
+                "training.iterations: a budget is spent on the reservoir after "
+                "the stream; buffer.kind fifo trains on each sample once"
+            )
         if tc["max_iterations"] is not None and tc["max_iterations"] < tc["iterations"]:
-            raise ConfigError(f"training.iterations: {tc['iterations']} is more than "
-                              f"training.max_iterations {tc['max_iterations']}")
+            raise ConfigError(
+                f"training.iterations: {tc['iterations']} is more than "
+                f"training.max_iterations {tc['max_iterations']}"
+            )
     if cfg["model"]["factory"]:  # a user's model: built once here so a bad one stops the run
         from breed.learning.trainer import build_model
 
         try:
-            build_model({**cfg["model"], "n_inputs": problem.dim + 1,
-                         "n_outputs": problem.sample_size})
+            build_model(
+                {**cfg["model"], "n_inputs": problem.dim + 1, "n_outputs": problem.sample_size}
+            )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     device = str(cfg["model"]["device"]).strip().lower()
@@ -104,8 +111,9 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
         except FileNotFoundError as exc:
             raise ConfigError(str(exc)) from None
     if cfg["training"]["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("training.tensorboard: needs the tensorboard package "
-                          "(pip install 'breed[tensorboard]')")
+        raise ConfigError(
+            "training.tensorboard: needs the tensorboard package (pip install 'breed[tensorboard]')"
+        )
     if cfg["validation"]["file"] is not None:
         from breed.learning.validation import ValidationFileError, check_validation_file
 
@@ -117,11 +125,12 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
         raise ConfigError("launcher.curve: this libzmq was built without CURVE support")
     block = StepSpec.of(problem).max_block_bytes
     if lc["max_message_bytes"] is not None and lc["max_message_bytes"] < block + 1024:
-        raise ConfigError(f"launcher.max_message_bytes: {lc['max_message_bytes']} is below "
-                          f"the largest field ({block} bytes) + 1024")
+        raise ConfigError(
+            f"launcher.max_message_bytes: {lc['max_message_bytes']} is below "
+            f"the largest field ({block} bytes) + 1024"
+        )
     try:
-        return make_backend(lc["backend"], {**lc.get(lc["backend"], {}),
-                                            "mpiexec": lc["mpiexec"]})
+        return make_backend(lc["backend"], {**lc.get(lc["backend"], {}), "mpiexec": lc["mpiexec"]})
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
 
@@ -155,13 +164,20 @@ class ServerProcess:
         env = {**os.environ, "BREED_RUN_DIR": str(run_dir.resolve())}
         env.pop("BREED_TOKEN", None)  # the server reads DIR/token
         with open(run_dir / rundir.LOGS / rundir.SERVER_LOG, "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return cls(run_dir, proc, proc.pid)
 
     @classmethod
-    def attach(cls, run_dir: Path, token: bytes, curve: bytes | None,
-               timeout: float) -> ServerProcess | None:
+    def attach(
+        cls, run_dir: Path, token: bytes, curve: bytes | None, timeout: float
+    ) -> ServerProcess | None:
         """The server of ``server.json`` if it is still this run's and answers a ping."""
         try:
             info = rundir.ServerInfo.read(run_dir)
@@ -198,8 +214,10 @@ class ServerProcess:
                 reason = last_error_line(log_path, "breed server: ")
                 if reason and self.exit_code() == 2:  # refused: a bad input, nothing started
                     raise ConfigError(reason)
-                raise LauncherError(f"the server exited before listening: "
-                                    f"{reason or 'no reason given'}; see {log_path}")
+                raise LauncherError(
+                    f"the server exited before listening: "
+                    f"{reason or 'no reason given'}; see {log_path}"
+                )
             time.sleep(0.05)
         raise LauncherError(f"the server did not start within {timeout:g} s")
 
@@ -288,15 +306,19 @@ def last_error_line(path: Path, prefix: str) -> str | None:
             lines = fh.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return None
-    hits = [x[len(prefix):] for x in lines if x.startswith(prefix)]
+    hits = [x[len(prefix) :] for x in lines if x.startswith(prefix)]
     return hits[-1] if hits else None
 
 
-def client_env(endpoints: rundir.ServerInfo, token: str, curve: bytes | None,
-               run_dir: Path) -> dict[str, str]:
+def client_env(
+    endpoints: rundir.ServerInfo, token: str, curve: bytes | None, run_dir: Path
+) -> dict[str, str]:
     """What a client job needs, through its environment only (never its command line)."""
-    env = {"BREED_SERVER": endpoints.control, "BREED_TOKEN": token,
-           "BREED_RUN_DIR": str(run_dir.resolve())}
+    env = {
+        "BREED_SERVER": endpoints.control,
+        "BREED_TOKEN": token,
+        "BREED_RUN_DIR": str(run_dir.resolve()),
+    }
     if curve is not None:
         env[ENV_CURVE] = curve.decode()
     return env
@@ -313,9 +335,15 @@ def read_token(run_dir: Path) -> str:
     return token
 
 
-def supervise(cfg: dict[str, Any], run_dir: Path, launcher: Launcher, server: ServerProcess,
-              token: str, curve: bytes | None,
-              progress: Progress) -> tuple[ServerStatus, ServerProcess]:
+def supervise(
+    cfg: dict[str, Any],
+    run_dir: Path,
+    launcher: Launcher,
+    server: ServerProcess,
+    token: str,
+    curve: bytes | None,
+    progress: Progress,
+) -> tuple[ServerStatus, ServerProcess]:
     """Launcher loop with server restarts (``launcher.on_server_death``)."""
     lc = cfg["launcher"]
     restarts = 0
@@ -323,8 +351,9 @@ def supervise(cfg: dict[str, Any], run_dir: Path, launcher: Launcher, server: Se
         endpoints = server.wait_ready()
         launcher.client_env = client_env(endpoints, token, curve, run_dir)
         launcher.server_alive = server.alive
-        link = ServerLink(endpoints.control, token_from_hex(token), timeout=5.0,
-                          curve_serverkey=curve)
+        link = ServerLink(
+            endpoints.control, token_from_hex(token), timeout=5.0, curve_serverkey=curve
+        )
         try:
             status = launcher.run(link, progress)
             launcher.shutdown()
@@ -334,13 +363,22 @@ def supervise(cfg: dict[str, Any], run_dir: Path, launcher: Launcher, server: Se
             if lc["on_server_death"] == "fail":
                 raise
             if restarts >= lc["max_server_restarts"]:
-                raise LauncherError(f"{exc}; gave up after {restarts} server restarts "
-                                    "(launcher.max_server_restarts)") from None
+                raise LauncherError(
+                    f"{exc}; gave up after {restarts} server restarts "
+                    "(launcher.max_server_restarts)"
+                ) from None
             restarts += 1
-            log.warning("%s: restarting it from its checkpoint (%d of %d)", exc, restarts,
-                        lc["max_server_restarts"])
-            print(f"breed run: {exc}; restarting it from its checkpoint ({restarts} of "
-                  f"{lc['max_server_restarts']})", file=sys.stderr)
+            log.warning(
+                "%s: restarting it from its checkpoint (%d of %d)",
+                exc,
+                restarts,
+                lc["max_server_restarts"],
+            )
+            print(
+                f"breed run: {exc}; restarting it from its checkpoint ({restarts} of "
+                f"{lc['max_server_restarts']})",
+                file=sys.stderr,
+            )
             server.kill()
             cancelled = launcher.cancel_all("server restart")
             log.info("cancelled %d client jobs of the dead server", len(cancelled))
@@ -362,8 +400,11 @@ def ensure_validation(cfg: dict[str, Any], run_dir: Path) -> None:
     from breed.launcher.collection import collect_validation
     from breed.learning.validation import save_validation
 
-    print(f"breed run: collecting the validation set ({cfg['validation']['size']} "
-          f"simulations of {problem.name}) in {path}.collect", file=sys.stderr)
+    print(
+        f"breed run: collecting the validation set ({cfg['validation']['size']} "
+        f"simulations of {problem.name}) in {path}.collect",
+        file=sys.stderr,
+    )
     try:
         save_validation(collect_validation(cfg, path), path)
     except RuntimeError as exc:
@@ -382,14 +423,25 @@ def resolve_paths(cfg: dict[str, Any], base: Path) -> dict[str, Any]:
         cmd = cmd.split()
     if not isinstance(cmd, list):
         return cfg
-    out = [sys.executable if a == PYTHON else
-           str((base / a).resolve()) if isinstance(a, str) and not Path(a).is_absolute()
-           and (base / a).is_file() else a for a in cmd]
+    out = [
+        sys.executable
+        if a == PYTHON
+        else str((base / a).resolve())
+        if isinstance(a, str) and not Path(a).is_absolute() and (base / a).is_file()
+        else a
+        for a in cmd
+    ]
     return {**cfg, "problem": {**spec, "client": {**spec["client"], "command": out}}}
 
 
-def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = False,
-        backend: Backend | None = None, jobs: list[dict[str, str]] | None = None) -> int:
+def run(
+    cfg: dict[str, Any],
+    run_dir: Path,
+    argv: list[str],
+    resume: bool = False,
+    backend: Backend | None = None,
+    jobs: list[dict[str, str]] | None = None,
+) -> int:
     """Launch (or resume) the run in ``run_dir``, which the caller has created or checked and
     holds the launcher lock of."""
     # the launcher lock makes this process the only writer of its files
@@ -397,8 +449,10 @@ def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = Fals
     try:
         token = read_token(run_dir) if resume else prepare_run_dir(cfg, run_dir, argv)
     except OSError as exc:  # a full disk, say: nothing has started yet
-        print(f"breed run: cannot write the run directory {run_dir}: {exc.strerror or exc}",
-              file=sys.stderr)
+        print(
+            f"breed run: cannot write the run directory {run_dir}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 2
     handler = logging.FileHandler(run_dir / rundir.LOGS / rundir.LAUNCHER_LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -412,8 +466,14 @@ def run(cfg: dict[str, Any], run_dir: Path, argv: list[str], resume: bool = Fals
         handler.close()
 
 
-def _launch(cfg: dict[str, Any], run_dir: Path, token: str, resume: bool,
-            backend: Backend | None, jobs: list[dict[str, str]] | None) -> int:
+def _launch(
+    cfg: dict[str, Any],
+    run_dir: Path,
+    token: str,
+    resume: bool,
+    backend: Backend | None,
+    jobs: list[dict[str, str]] | None,
+) -> int:
     lc = cfg["launcher"]
     curve = ensure_curve_keys(run_dir) if lc["curve"] else None
     if backend is None:
@@ -426,10 +486,13 @@ def _launch(cfg: dict[str, Any], run_dir: Path, token: str, resume: bool,
         ensure_validation(cfg, run_dir)
         if resume:
             launcher.adopt(jobs if jobs is not None else read_jobs(run_dir))
-            server = ServerProcess.attach(run_dir, token_from_hex(token), curve,
-                                          lc["ping_timeout"])
-            log.info("resume: %s", "re-attached to the running server" if server else
-                     "restarting the server from its checkpoint")
+            server = ServerProcess.attach(run_dir, token_from_hex(token), curve, lc["ping_timeout"])
+            log.info(
+                "resume: %s",
+                "re-attached to the running server"
+                if server
+                else "restarting the server from its checkpoint",
+            )
         if server is None:
             server = ServerProcess.start(cfg, run_dir, resume=resume)
         status, server = supervise(cfg, run_dir, launcher, server, token, curve, progress)
@@ -438,11 +501,14 @@ def _launch(cfg: dict[str, Any], run_dir: Path, token: str, resume: bool,
         code = server.wait(timeout=120)
         if code != 0:
             reason = last_error_line(run_dir / rundir.LOGS / rundir.SERVER_LOG, "breed server: ")
-            raise LauncherError(f"the server exited with code {code}"
-                                f"{f': {reason}' if reason else ''}; see logs/server.log")
+            raise LauncherError(
+                f"the server exited with code {code}"
+                f"{f': {reason}' if reason else ''}; see logs/server.log"
+            )
         if status.get("sims_done", 0) < status.get("target", 0):
-            raise LauncherError(f"only {status['sims_done']} of {status['target']} "
-                                "simulations finished")
+            raise LauncherError(
+                f"only {status['sims_done']} of {status['target']} simulations finished"
+            )
         return 0
     except LauncherError as exc:
         print(f"breed run: {exc}", file=sys.stderr)
@@ -451,8 +517,9 @@ def _launch(cfg: dict[str, Any], run_dir: Path, token: str, resume: bool,
         print(f"breed run: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("breed run: interrupted; resume with `breed run --resume "
-              f"{run_dir}`", file=sys.stderr)
+        print(
+            f"breed run: interrupted; resume with `breed run --resume {run_dir}`", file=sys.stderr
+        )
         return 130
     finally:
         progress.close()
@@ -466,21 +533,39 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = OneLineParser(prog="breed run", description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", type=Path, help="run configuration (YAML)")
-    parser.add_argument("--output", "-o", type=Path, help="run directory (default: output key); "
-                        "must not exist or be empty")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set model.hidden=32")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                        help="continue an interrupted run from its directory")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="move an existing run directory aside (DIR.old-TIME) and start afresh")
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        help="run directory (default: output key); must not exist or be empty",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set model.hidden=32",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its directory",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="move an existing run directory aside (DIR.old-TIME) and start afresh",
+    )
     args = parser.parse_args(argv)
     lock: rundir.RunLock | None = None
     try:
         if args.resume is not None:
             if args.config is not None or args.set or args.output or args.overwrite:
-                raise ConfigError("--resume RUN_DIR takes no config, --set, --output or "
-                                  "--overwrite (the run keeps its own)")
+                raise ConfigError(
+                    "--resume RUN_DIR takes no config, --set, --output or "
+                    "--overwrite (the run keeps its own)"
+                )
             run_dir = args.resume
             rundir.check_resumable(run_dir)
             # held from here on; named as ours only once the run directory proved sound, so
