@@ -26,8 +26,9 @@ TINY = {
 
 
 def breed(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "breed", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "breed", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def write_config(tmp_path: Path, **changes) -> Path:
@@ -45,11 +46,13 @@ def read_samples(run: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize(("persistent", "ingest"),
-                         [(True, "thread"), (False, "thread"), (True, "process")])
+@pytest.mark.parametrize(
+    ("persistent", "ingest"), [(True, "thread"), (False, "thread"), (True, "process")]
+)
 def test_tiny_run_completes_with_outputs(tmp_path: Path, persistent: bool, ingest: str) -> None:
-    cfg = write_config(tmp_path, launcher={**TINY["launcher"], "persistent": persistent,
-                                           "ingest": ingest})
+    cfg = write_config(
+        tmp_path, launcher={**TINY["launcher"], "persistent": persistent, "ingest": ingest}
+    )
     run = tmp_path / "run"
     proc = breed("run", str(cfg), "--output", str(run))
     assert proc.returncode == 0, proc.stderr + (run / "logs" / "server.log").read_text()
@@ -83,8 +86,9 @@ def test_same_seed_same_parameters(tmp_path: Path) -> None:
     for name in ("a", "b"):
         proc = breed("run", str(cfg), "--output", str(tmp_path / name))
         assert proc.returncode == 0, proc.stderr
-        params.append(sorted(tuple(r[f"T{k}"] for k in range(5))
-                             for r in read_samples(tmp_path / name)))
+        params.append(
+            sorted(tuple(r[f"T{k}"] for k in range(5)) for r in read_samples(tmp_path / name))
+        )
     assert params[0] == params[1]
 
 
@@ -117,13 +121,13 @@ def test_tensorboard_scalars_mirror_metrics(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_an_iteration_budget_is_spent_after_the_stream_whatever_the_timing(
-        tmp_path: Path) -> None:
+def test_an_iteration_budget_is_spent_after_the_stream_whatever_the_timing(tmp_path: Path) -> None:
     """training.iterations: the data (6 simulations) is all in and seen long before 400
     iterations; training goes on with batches from the reservoir until exactly 400, so two
     runs compare at equal iterations however fast their clients were."""
-    cfg = write_config(tmp_path, training={**TINY["training"], "iterations": 400,
-                                           "validation_interval": 100})
+    cfg = write_config(
+        tmp_path, training={**TINY["training"], "iterations": 400, "validation_interval": 100}
+    )
     run = tmp_path / "run"
     proc = breed("run", str(cfg), "--output", str(run))
     assert proc.returncode == 0, proc.stderr
@@ -132,8 +136,11 @@ def test_an_iteration_budget_is_spent_after_the_stream_whatever_the_timing(
     assert not summary["budget_exceeded"] and summary["sims_done"] == 6
     assert summary["buffer"]["received"] == 6 * 11  # every step once (T = 10)
     assert summary["buffer"]["unseen"] == 0
-    validations = [json.loads(x)["iteration"] for x in (run / "metrics.jsonl").read_text()
-                   .splitlines() if '"validation"' in x]
+    validations = [
+        json.loads(x)["iteration"]
+        for x in (run / "metrics.jsonl").read_text().splitlines()
+        if '"validation"' in x
+    ]
     assert validations[-1] == 400
     bad = write_config(tmp_path, training={"iterations": 10}, buffer={"kind": "fifo"})
     proc = breed("run", str(bad), "--output", str(tmp_path / "bad"))

@@ -19,8 +19,10 @@ import time
 try:
     from breed.launcher.scheduler_text import OAR_STATES
 except ImportError:
-    sys.exit("oar-status.py: breed is not importable by this python3; run Snakemake from "
-             "breed's environment")
+    sys.exit(
+        "oar-status.py: breed is not importable by this python3; run Snakemake from "
+        "breed's environment"
+    )
 
 ACTIVE = {name for name, state in OAR_STATES.items() if not state.finished}
 ATTEMPTS, PAUSE_S = 3, 2.0
@@ -38,8 +40,10 @@ def _fields(text: str) -> dict:
             return {"state": job.get("state"), "exit_code": job.get("exit_code")}
     state = re.search(r"^\s*state\s*=\s*(\w+)", text, re.MULTILINE)
     code = re.search(r"^\s*exit_code\s*=\s*(-?\d+)", text, re.MULTILINE)
-    return {"state": state.group(1) if state else None,
-            "exit_code": int(code.group(1)) if code else None}
+    return {
+        "state": state.group(1) if state else None,
+        "exit_code": int(code.group(1)) if code else None,
+    }
 
 
 def parse_status(text: str) -> str:

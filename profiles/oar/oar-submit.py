@@ -38,12 +38,24 @@ def oarsub_argv(props: dict, jobscript: str, workdir: str, logdir: str) -> list[
     res = props.get("resources", {})
     cores = max(1, int(props.get("threads", 1)))
     name = f"smk-{props.get('rule') or props.get('groupid') or 'job'}"
-    argv = ["oarsub", "--name", name[:60], "--directory", workdir,
-            "-l", f"/nodes=1/core={cores},walltime={walltime(res.get('runtime', DEFAULT_RUNTIME_MIN))}",
-            "--stdout", os.path.join(logdir, "%jobid%.out"),
-            "--stderr", os.path.join(logdir, "%jobid%.err")]
-    for key, flag in (("oar_queue", "--queue"), ("oar_project", "--project"),
-                      ("oar_properties", "--property")):
+    argv = [
+        "oarsub",
+        "--name",
+        name[:60],
+        "--directory",
+        workdir,
+        "-l",
+        f"/nodes=1/core={cores},walltime={walltime(res.get('runtime', DEFAULT_RUNTIME_MIN))}",
+        "--stdout",
+        os.path.join(logdir, "%jobid%.out"),
+        "--stderr",
+        os.path.join(logdir, "%jobid%.err"),
+    ]
+    for key, flag in (
+        ("oar_queue", "--queue"),
+        ("oar_project", "--project"),
+        ("oar_properties", "--property"),
+    ):
         if res.get(key):
             argv += [flag, str(res[key])]
     if res.get("oar_extra"):
@@ -69,8 +81,9 @@ def main(argv: list[str]) -> int:
     cmd = oarsub_argv(read_properties(jobscript), jobscript, workdir, logdir)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.stderr.write(f"{shlex.join(cmd)} failed ({proc.returncode}):\n"
-                         f"{proc.stdout}{proc.stderr}")
+        sys.stderr.write(
+            f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+        )
         return proc.returncode
     try:
         print(parse_job_id(proc.stdout))

@@ -22,7 +22,6 @@ with Client() as client:
                 client.send(t, {"u": u, "v": v})
             client.finish()
     except ClientError as exc:
-        print(f"bad_shape_client: told after {time.monotonic() - first_bad:.3f} s",
-              file=sys.stderr)
+        print(f"bad_shape_client: told after {time.monotonic() - first_bad:.3f} s", file=sys.stderr)
         print(f"bad_shape_client: {exc}", file=sys.stderr)
         sys.exit(3)

@@ -33,8 +33,16 @@ def main(argv: list[str]) -> int:
     if comm.Get_rank() == 0:
         if out != "-":
             np.save(out, traj)
-        print(json.dumps({"nranks": comm.Get_size(), "seconds": elapsed,
-                          "cg_iterations_first_steps": probe.iterations}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "nranks": comm.Get_size(),
+                    "seconds": elapsed,
+                    "cg_iterations_first_steps": probe.iterations,
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

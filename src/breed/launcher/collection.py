@@ -25,8 +25,13 @@ def collection_config(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     out["output"] = str(run_dir)
     out["study"] = {**out["study"], "simulations": cfg["validation"]["size"]}
     out["sampler"] = {**out["sampler"], "name": "validation"}
-    out["training"] = {**out["training"], "mode": "collect", "progress": False,
-                       "tensorboard": False, "per_sample_log": False}
+    out["training"] = {
+        **out["training"],
+        "mode": "collect",
+        "progress": False,
+        "tensorboard": False,
+        "per_sample_log": False,
+    }
     out["launcher"] = {**out["launcher"], "on_give_up": "drop", "server_ranks": 1}
     out["validation"] = {**out["validation"], "file": None}
     return validate(out)
@@ -44,11 +49,13 @@ def collect_validation(cfg: dict[str, Any], output: str | Path) -> ValidationSet
     backend = runner.check_runtime(ccfg)
     rundir.create(run_dir, overwrite=True)  # a failed earlier attempt is moved aside
     with rundir.RunLock(run_dir, rundir.LAUNCHER_LOCK, "breed run (validation)"):
-        code = runner.run(ccfg, run_dir, ["make-validation", "--output", str(output)],
-                          backend=backend)
+        code = runner.run(
+            ccfg, run_dir, ["make-validation", "--output", str(output)], backend=backend
+        )
     if code != 0:
-        raise RuntimeError(f"collecting the validation set failed (exit {code}); see "
-                           f"{run_dir / rundir.LOGS}")
+        raise RuntimeError(
+            f"collecting the validation set failed (exit {code}); see {run_dir / rundir.LOGS}"
+        )
     vset = load_validation(run_dir / rundir.TRAJECTORIES)
     shutil.rmtree(run_dir, ignore_errors=True)  # in memory now; a failed one stays, for its logs
     return vset

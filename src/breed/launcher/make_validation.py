@@ -32,8 +32,12 @@ SOLVER_FLAGS = ("grid", "steps", "dt", "alpha", "length", "bounds")
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="breed make-validation", description=__doc__.splitlines()[0])
     p.add_argument("--output", "-o", required=True, type=Path, help="file to write (.npz)")
-    p.add_argument("--config", type=Path, help="take the solver settings (and validation.size "
-                   "and .seed unless given) from this run config")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="take the solver settings (and validation.size "
+        "and .seed unless given) from this run config",
+    )
     p.add_argument("--size", type=int, help="trajectories (default 200)")
     p.add_argument("--seed", type=int, help="seed of the scrambled Halton sequence (12345)")
     p.add_argument("--grid", type=int, help="M, nodes per side (64)")
@@ -41,8 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dt", type=float, help="time step in s (0.01)")
     p.add_argument("--alpha", type=float, help="thermal diffusivity (1.0)")
     p.add_argument("--length", type=float, help="side of the domain in m (10.0)")
-    p.add_argument("--bounds", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="bounds of T0..T4 in K (100 500)")
+    p.add_argument(
+        "--bounds",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="bounds of T0..T4 in K (100 500)",
+    )
     p.add_argument("--no-compress", action="store_true", help="write an uncompressed .npz")
     return p
 
@@ -54,8 +63,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     given = [f for f in SOLVER_FLAGS if getattr(args, f) is not None]
     if args.config is not None:
         if given:
-            raise _UsageError(f"--{given[0]} cannot be combined with --config (the solver "
-                              "settings come from the config)")
+            raise _UsageError(
+                f"--{given[0]} cannot be combined with --config (the solver "
+                "settings come from the config)"
+            )
         cfg = load_config(args.config)
     else:
         solver = {f: getattr(args, f) for f in given}
@@ -97,12 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"breed make-validation: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"breed make-validation: cannot write {args.output}: {exc.strerror or exc}",
-              file=sys.stderr)
+        print(
+            f"breed make-validation: cannot write {args.output}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 1
-    print(f"wrote {vset.size} trajectories of {problem.name} ({problem.steps} steps, seed "
-          f"{vc['seed']}, fingerprint {vset.fingerprint}) to {args.output} in "
-          f"{time.perf_counter() - t0:.1f} s")
+    print(
+        f"wrote {vset.size} trajectories of {problem.name} ({problem.steps} steps, seed "
+        f"{vc['seed']}, fingerprint {vset.fingerprint}) to {args.output} in "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     return 0
 
 
