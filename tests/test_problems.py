@@ -118,7 +118,7 @@ def test_a_users_solver_runs_end_to_end_with_breed_steering(tmp_path: Path) -> N
     run = tmp_path / "results" / "toy"
     rows = (run / "samples.csv").read_text().splitlines()
     assert rows[0].startswith("sim_id,a,k,w,source,")
-    assert sum(",done," in r for r in rows[1:]) == 24
+    assert sum(",done," in r for r in rows[1:]) == 40
     assert any(",proposal," in r for r in rows[1:])  # Breed steered some simulations
     summary = json.loads((run / "summary.json").read_text())
     assert summary["problem"] == "toy" and summary["final_validation"]["val_mse"] < 1.0
@@ -143,7 +143,7 @@ def test_a_users_solver_runs_end_to_end_with_breed_steering(tmp_path: Path) -> N
 @pytest.mark.mpi
 @pytest.mark.timeout(300)
 def test_a_users_solver_with_two_mpi_ranks_per_client(tmp_path: Path) -> None:
-    proc = run_toy(tmp_path, "--set", "problem.client.ranks=2")
+    proc = run_toy(tmp_path, "--set", "problem.client.ranks=2", "--set", "study.simulations=24")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["sims_done"] == 24
