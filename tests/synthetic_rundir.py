@@ -16,14 +16,35 @@ import pandas as pd
 
 from breed.study import RunSpec
 
-SAMPLE_COLUMNS = ["sim_id", "T0", "T1", "T2", "T3", "T4", "source", "generation", "parent",
-                  "sigma", "Q", "status", "attempts", "job_id", "assign_time", "start_time",
-                  "end_time"]
+SAMPLE_COLUMNS = [
+    "sim_id",
+    "T0",
+    "T1",
+    "T2",
+    "T3",
+    "T4",
+    "source",
+    "generation",
+    "parent",
+    "sigma",
+    "Q",
+    "status",
+    "attempts",
+    "job_id",
+    "assign_time",
+    "start_time",
+    "end_time",
+]
 
 
-def write_synthetic_run(run_dir: Path, spec: RunSpec, iterations: int = 200,
-                        simulations: int = 40, log_interval: int = 10,
-                        validation_interval: int = 50) -> None:
+def write_synthetic_run(
+    run_dir: Path,
+    spec: RunSpec,
+    iterations: int = 200,
+    simulations: int = 40,
+    log_interval: int = 10,
+    validation_interval: int = 50,
+) -> None:
     """Fill ``run_dir`` with synthetic metrics.jsonl, samples.csv, per_sample_loss.csv and
     summary.json for ``spec`` (method, seed and model taken from it)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -34,19 +55,40 @@ def write_synthetic_run(run_dir: Path, spec: RunSpec, iterations: int = 200,
     iterations += 10 * seed  # runs of different seeds stop at different iterations
     rows = []
     for it in range(log_interval, iterations + 1, log_interval):
-        rows.append({"kind": "train", "iteration": it, "time": it * 0.01,
-                     "batch_loss": scale * np.exp(-it / 80) * rng.lognormal(0, 0.2),
-                     "batch_loss_std": 0.01, "samples_received": it * 5,
-                     "samples_per_s": 100.0, "buffer_fill": 0.5, "waited": 0})
+        rows.append(
+            {
+                "kind": "train",
+                "iteration": it,
+                "time": it * 0.01,
+                "batch_loss": scale * np.exp(-it / 80) * rng.lognormal(0, 0.2),
+                "batch_loss_std": 0.01,
+                "samples_received": it * 5,
+                "samples_per_s": 100.0,
+                "buffer_fill": 0.5,
+                "waited": 0,
+            }
+        )
     val_iters = list(range(validation_interval, iterations + 1, validation_interval))
     if val_iters[-1] != iterations:
         val_iters.append(iterations)
     for it in val_iters:
         v = scale * 1.2 * np.exp(-it / 90) * rng.lognormal(0, 0.05)
-        rows.append({"kind": "validation", "iteration": it, "time": it * 0.01, "val_mse": v,
-                     "traj_err_mean": np.sqrt(v), "traj_err_p99": 3 * np.sqrt(v),
-                     "traj_err_max": 5 * np.sqrt(v), "val_mse_no_t0": v, "val_mse_t0": v / 10,
-                     "val_mse_t1_10": v * 2, "val_mse_t11_50": v, "val_mse_t51_100": v / 2})
+        rows.append(
+            {
+                "kind": "validation",
+                "iteration": it,
+                "time": it * 0.01,
+                "val_mse": v,
+                "traj_err_mean": np.sqrt(v),
+                "traj_err_p99": 3 * np.sqrt(v),
+                "traj_err_max": 5 * np.sqrt(v),
+                "val_mse_no_t0": v,
+                "val_mse_t0": v / 10,
+                "val_mse_t1_10": v * 2,
+                "val_mse_t11_50": v,
+                "val_mse_t51_100": v / 2,
+            }
+        )
     rows.sort(key=lambda r: (r["iteration"], r["kind"] == "validation"))
     with open(run_dir / "metrics.jsonl", "w") as fh:
         for row in rows:
@@ -74,17 +116,30 @@ def write_synthetic_run(run_dir: Path, spec: RunSpec, iterations: int = 200,
     it = rng.integers(1, iterations + 1, n)
     batch = scale * np.exp(-it / 80)
     sample_loss = batch * rng.lognormal(0, 0.5, n)
-    per_sample = pd.DataFrame({
-        "iteration": it, "sim_id": rng.integers(0, simulations, n),
-        "step": rng.integers(0, 11, n), "sample_loss": sample_loss, "batch_loss": batch,
-        "delta": np.maximum(sample_loss - batch, 0) / batch,
-        "Q": rng.uniform(0, 1, n) + 0.3 * np.log(sample_loss / batch),
-        "uniform": rng.integers(0, 2, n) if breed else 1})
+    per_sample = pd.DataFrame(
+        {
+            "iteration": it,
+            "sim_id": rng.integers(0, simulations, n),
+            "step": rng.integers(0, 11, n),
+            "sample_loss": sample_loss,
+            "batch_loss": batch,
+            "delta": np.maximum(sample_loss - batch, 0) / batch,
+            "Q": rng.uniform(0, 1, n) + 0.3 * np.log(sample_loss / batch),
+            "uniform": rng.integers(0, 2, n) if breed else 1,
+        }
+    )
     per_sample.to_csv(run_dir / "per_sample_loss.csv", index=False)
     last = [r for r in rows if r["kind"] == "validation"][-1]
-    (run_dir / "summary.json").write_text(json.dumps({
-        "iterations": iterations, "wall_time": iterations * 0.01, "sims_done": simulations - 1,
-        "final_validation": {k: v for k, v in last.items() if k != "kind"}}))
+    (run_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "iterations": iterations,
+                "wall_time": iterations * 0.01,
+                "sims_done": simulations - 1,
+                "final_validation": {k: v for k, v in last.items() if k != "kind"},
+            }
+        )
+    )
 
 
 def write_synthetic_study(root: Path, specs: list[RunSpec], **kwargs: int) -> None:

@@ -12,10 +12,18 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("breed.launcher.runner", "Run one on-line training study from a YAML config."),
-    "server": ("breed.server.server", "Start the training server (normally started by `breed run`)."),
-    "client": ("breed.problems.heat2d_client",
-               "Run the heat-equation solver as a streaming client."),
-    "make-validation": ("breed.launcher.make_validation", "Compute the fixed Halton validation set."),
+    "server": (
+        "breed.server.server",
+        "Start the training server (normally started by `breed run`).",
+    ),
+    "client": (
+        "breed.problems.heat2d_client",
+        "Run the heat-equation solver as a streaming client.",
+    ),
+    "make-validation": (
+        "breed.launcher.make_validation",
+        "Compute the fixed Halton validation set.",
+    ),
 }
 
 

@@ -107,20 +107,20 @@ class Assignment:
             attempt = int(body.get("attempt", 0))
             names = tuple(str(p["name"]) for p in body["parameters"])
             steps = int(body["steps"])
-            fields = tuple(FieldInfo(str(f["name"]), tuple(int(n) for n in f["shape"]),
-                                     str(f["dtype"])) for f in body["fields"])
+            fields = tuple(
+                FieldInfo(str(f["name"]), tuple(int(n) for n in f["shape"]), str(f["dtype"]))
+                for f in body["fields"]
+            )
             settings = dict(body.get("settings") or {})
         except (KeyError, TypeError, ValueError) as exc:
             raise ClientError(f"malformed ASSIGN from the server: {exc!r}") from None
         if isinstance(sim_id, bool) or not isinstance(sim_id, int) or sim_id < 0:
             raise ClientError(f"malformed ASSIGN: sim_id {sim_id!r}")
-        if len(params) != len(names) or not params or not all(math.isfinite(p)
-                                                              for p in params):
+        if len(params) != len(names) or not params or not all(math.isfinite(p) for p in params):
             raise ClientError(f"malformed ASSIGN: params {body['params']!r}")
         if not isinstance(data, str) or not data:
             raise ClientError(f"malformed ASSIGN: data address {data!r}")
-        if not fields or any(f.dtype not in ("float32", "float64") or not f.shape
-                             for f in fields):
+        if not fields or any(f.dtype not in ("float32", "float64") or not f.shape for f in fields):
             raise ClientError(f"malformed ASSIGN: fields {body['fields']!r}")
         return cls(sim_id, params, data, attempt, names, steps, fields, settings)
 
@@ -141,8 +141,9 @@ def load_token(token: bytes | str | None = None) -> bytes:
             try:
                 return protocol.token_from_hex(Path(path).read_text())
             except OSError as exc:
-                raise ClientConfigError(f"cannot read BREED_TOKEN_FILE {path}: "
-                                        f"{exc.strerror}") from None
+                raise ClientConfigError(
+                    f"cannot read BREED_TOKEN_FILE {path}: {exc.strerror}"
+                ) from None
     except AuthError as exc:
         raise ClientConfigError(str(exc)) from None
     raise ClientConfigError("no run token: set BREED_TOKEN or BREED_TOKEN_FILE")
@@ -150,8 +151,9 @@ def load_token(token: bytes | str | None = None) -> bytes:
 
 def timeout_from_env(value: float | None = None) -> float:
     """Seconds to wait for a server reply: argument, ``BREED_CLIENT_TIMEOUT`` or 30."""
-    raw: Any = value if value is not None else os.environ.get("BREED_CLIENT_TIMEOUT",
-                                                              DEFAULT_TIMEOUT)
+    raw: Any = (
+        value if value is not None else os.environ.get("BREED_CLIENT_TIMEOUT", DEFAULT_TIMEOUT)
+    )
     try:
         seconds = float(raw)
     except (TypeError, ValueError):
@@ -164,9 +166,17 @@ def timeout_from_env(value: float | None = None) -> float:
 class Client:
     """One client process (or one MPI job): request, send, finish, abort. See module doc."""
 
-    def __init__(self, server: str | None = None, token: bytes | str | None = None, *,
-                 job_id: str | None = None, timeout: float | None = None,
-                 send_timeout: float | None = None, sndhwm: int = DATA_SNDHWM, comm: Any = None) -> None:
+    def __init__(
+        self,
+        server: str | None = None,
+        token: bytes | str | None = None,
+        *,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        send_timeout: float | None = None,
+        sndhwm: int = DATA_SNDHWM,
+        comm: Any = None,
+    ) -> None:
         self.comm = comm
         self.rank = comm.Get_rank() if comm is not None else 0
         self.nranks = comm.Get_size() if comm is not None else 1
@@ -180,8 +190,9 @@ class Client:
         self.finished = 0  # simulations this client finished
         self.timeout = timeout_from_env(timeout)
         # backpressure may legitimately stall a while; only a server gone for long is an error
-        self.send_timeout = max(10 * self.timeout, 60.0) if send_timeout is None else \
-            float(send_timeout)
+        self.send_timeout = (
+            max(10 * self.timeout, 60.0) if send_timeout is None else float(send_timeout)
+        )
         self.sndhwm = sndhwm
         self.curve_serverkey = security.curve_from_env()  # BREED_CURVE_SERVERKEY: encrypt
         self.assignment: Assignment | None = None
@@ -213,8 +224,9 @@ class Client:
             sock.connect(self.server)
         except (zmq.ZMQError, ValueError) as exc:
             sock.close()
-            raise ClientConfigError(f"invalid server address {self.server!r} or "
-                                    f"{security.ENV_CURVE}: {exc}") from None
+            raise ClientConfigError(
+                f"invalid server address {self.server!r} or {security.ENV_CURVE}: {exc}"
+            ) from None
         return sock
 
     def _call(self, kind: Kind, body: dict[str, Any]) -> protocol.ControlMessage:
@@ -227,13 +239,17 @@ class Client:
             # a REQ socket that missed its reply cannot be reused: start a fresh one
             self._req.close()
             self._req = self._connect_req()
-            raise ClientError(f"no reply from server {self.server} within {self.timeout:g} s "
-                              "(wrong address or server down?)") from None
+            raise ClientError(
+                f"no reply from server {self.server} within {self.timeout:g} s "
+                "(wrong address or server down?)"
+            ) from None
         try:
             msg = protocol.decode(frames, self.token)
         except AuthError:
-            raise ClientError(f"server {self.server} reply failed the run-token check "
-                              "(wrong BREED_TOKEN for this run?)") from None
+            raise ClientError(
+                f"server {self.server} reply failed the run-token check "
+                "(wrong BREED_TOKEN for this run?)"
+            ) from None
         except ProtocolError as exc:
             raise ClientError(f"undecodable reply from server {self.server}: {exc}") from None
         if not isinstance(msg, protocol.ControlMessage):
@@ -244,8 +260,12 @@ class Client:
         return msg
 
     def _request_root(self) -> Assignment | None:
-        body = {"client": f"{socket.gethostname()}:{os.getpid()}", "job_id": self.job_id,
-                "job_key": self.job_key, "nranks": self.nranks}
+        body = {
+            "client": f"{socket.gethostname()}:{os.getpid()}",
+            "job_id": self.job_id,
+            "job_key": self.job_key,
+            "nranks": self.nranks,
+        }
         while True:
             msg = self._call(Kind.REQUEST, body)
             if msg.kind is Kind.ASSIGN:
@@ -298,8 +318,9 @@ class Client:
                 sock.connect(address)
             except zmq.ZMQError as exc:
                 sock.close()
-                raise ClientError(f"invalid data address {address!r} from the server: "
-                                  f"{exc}") from None
+                raise ClientError(
+                    f"invalid data address {address!r} from the server: {exc}"
+                ) from None
             self._push[address] = sock
         return sock
 
@@ -308,8 +329,9 @@ class Client:
         try:
             self._data_socket(self.assignment.data).send_multipart(frames, copy=False)
         except zmq.Again:
-            raise ClientError(f"server {self.assignment.data} took no data for "
-                              f"{self.send_timeout:g} s") from None
+            raise ClientError(
+                f"server {self.assignment.data} took no data for {self.send_timeout:g} s"
+            ) from None
 
     def _answers(self, wait: float) -> protocol.ControlMessage | None:
         """The server's next answer on the data connection within ``wait`` s (a REJECT of
@@ -322,13 +344,19 @@ class Client:
         try:
             msg = protocol.decode(sock.recv_multipart(), self.token)
         except ProtocolError as exc:
-            raise ClientError(f"undecodable answer from server {self.assignment.data}: "
-                              f"{exc}") from None
-        if isinstance(msg, protocol.ControlMessage) and msg.kind is Kind.REJECT and \
-                msg.body.get("sim_id", self.assignment.sim_id) == self.assignment.sim_id:
-            raise ClientError(f"server rejected the data of simulation "
-                              f"{self.assignment.sim_id}: "
-                              f"{msg.body.get('reason', 'no reason given')}")
+            raise ClientError(
+                f"undecodable answer from server {self.assignment.data}: {exc}"
+            ) from None
+        if (
+            isinstance(msg, protocol.ControlMessage)
+            and msg.kind is Kind.REJECT
+            and msg.body.get("sim_id", self.assignment.sim_id) == self.assignment.sim_id
+        ):
+            raise ClientError(
+                f"server rejected the data of simulation "
+                f"{self.assignment.sim_id}: "
+                f"{msg.body.get('reason', 'no reason given')}"
+            )
         return msg if isinstance(msg, protocol.ControlMessage) else None
 
     def send(self, step: int, fields: Any, row_offset: int = 0) -> None:
@@ -343,11 +371,20 @@ class Client:
         for k, (info, block) in enumerate(zip(job.fields, self._ordered(fields), strict=True)):
             block = np.asarray(block, dtype=info.dtype)
             if block.ndim == 0:
-                raise ClientError(f"field {info.name}: a scalar, the problem declares shape "
-                                  f"{list(info.shape)}")
+                raise ClientError(
+                    f"field {info.name}: a scalar, the problem declares shape {list(info.shape)}"
+                )
             frames = protocol.encode_step(
-                self.token, job.sim_id, step, block, rank=self.rank, nranks=self.nranks,
-                row_offset=row_offset, global_rows=info.shape[0], field=k)
+                self.token,
+                job.sim_id,
+                step,
+                block,
+                rank=self.rank,
+                nranks=self.nranks,
+                row_offset=row_offset,
+                global_rows=info.shape[0],
+                field=k,
+            )
             self._push_frames(frames)
         self._steps_sent += 1
 
@@ -359,16 +396,20 @@ class Client:
             unknown = sorted(set(fields) - set(names))
             missing = [n for n in names if n not in fields]
             if unknown or missing:
-                raise ClientError(f"send(): fields {unknown or missing} "
-                                  f"{'are not' if unknown else 'are missing from'} the "
-                                  f"problem's {names}")
+                raise ClientError(
+                    f"send(): fields {unknown or missing} "
+                    f"{'are not' if unknown else 'are missing from'} the "
+                    f"problem's {names}"
+                )
             return [fields[n] for n in names]
         if len(job.fields) == 1:
             return [fields]
         if isinstance(fields, list | tuple) and len(fields) == len(job.fields):
             return list(fields)
-        raise ClientError(f"send(): the problem has {len(job.fields)} fields "
-                          f"{[f.name for f in job.fields]}: pass a mapping name -> array")
+        raise ClientError(
+            f"send(): the problem has {len(job.fields)} fields "
+            f"{[f.name for f in job.fields]}: pass a mapping name -> array"
+        )
 
     def finish(self) -> None:
         """Tell the server this rank sent all its steps of the current simulation, and wait
@@ -376,18 +417,26 @@ class Client:
         job = self.assignment
         if job is None:
             raise ClientError("finish() without an assignment")
-        self._push_frames(protocol.encode_finish(self.token, job.sim_id, self._steps_sent,
-                                                 rank=self.rank, nranks=self.nranks))
+        self._push_frames(
+            protocol.encode_finish(
+                self.token, job.sim_id, self._steps_sent, rank=self.rank, nranks=self.nranks
+            )
+        )
         deadline = time.monotonic() + self.send_timeout
         try:
             while True:  # the ack comes after every step this rank sent (one connection)
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ClientError(f"server {job.data} did not acknowledge the end of "
-                                      f"simulation {job.sim_id} within {self.send_timeout:g} s")
+                    raise ClientError(
+                        f"server {job.data} did not acknowledge the end of "
+                        f"simulation {job.sim_id} within {self.send_timeout:g} s"
+                    )
                 msg = self._answers(left)
-                if msg is not None and msg.kind is Kind.PONG and \
-                        msg.body.get("sim_id") == job.sim_id:
+                if (
+                    msg is not None
+                    and msg.kind is Kind.PONG
+                    and msg.body.get("sim_id") == job.sim_id
+                ):
                     self.finished += 1
                     break
         finally:
@@ -401,8 +450,15 @@ class Client:
         if self.rank != 0:
             return False
         try:
-            self._call(Kind.ABORT, {"sim_id": sim_id, "reason": reason[:1000],
-                                    "job_id": self.job_id, "job_key": self.job_key})
+            self._call(
+                Kind.ABORT,
+                {
+                    "sim_id": sim_id,
+                    "reason": reason[:1000],
+                    "job_id": self.job_id,
+                    "job_key": self.job_key,
+                },
+            )
         except ClientError:
             return False
         return True
@@ -431,8 +487,9 @@ def mpi_world() -> Any:
 
     Checked through the launcher's environment first so a serial client never initialises MPI.
     """
-    size = next((os.environ[v] for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
-                 if os.environ.get(v)), None)
+    size = next(
+        (os.environ[v] for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE") if os.environ.get(v)), None
+    )
     if size is None:  # PMIx (Slurm's srun --mpi=pmix) and MPICH's hydra say less
         if not any(os.environ.get(v) for v in ("PMIX_RANK", "MPI_LOCALNRANKS")):
             return None

@@ -72,8 +72,16 @@ class Kind(IntEnum):
     REJECT = 10  # server -> anyone: your message was refused (JSON: reason)
 
 
-CONTROL_KINDS = {Kind.REQUEST, Kind.ASSIGN, Kind.STOP, Kind.WAIT, Kind.ABORT, Kind.PING,
-                 Kind.PONG, Kind.REJECT}
+CONTROL_KINDS = {
+    Kind.REQUEST,
+    Kind.ASSIGN,
+    Kind.STOP,
+    Kind.WAIT,
+    Kind.ABORT,
+    Kind.PING,
+    Kind.PONG,
+    Kind.REJECT,
+}
 
 
 @dataclass(frozen=True)
@@ -163,14 +171,25 @@ def encode_step(
         raise ValueError(f"unsupported dtype {block.dtype}; use float32 or float64")
     code = DTYPE_CODES[native]
     rows, cols = block.shape
-    body = STEP_BODY.pack(sim_id, step, rank, nranks, field, row_offset, rows,
-                          rows if global_rows is None else global_rows, cols, code)
+    body = STEP_BODY.pack(
+        sim_id,
+        step,
+        rank,
+        nranks,
+        field,
+        row_offset,
+        rows,
+        rows if global_rows is None else global_rows,
+        cols,
+        code,
+    )
     payload = np.ascontiguousarray(block, dtype=DTYPES[code]).tobytes()
     return [_header(Kind.STEP, token), body, payload]
 
 
-def encode_finish(token: bytes, sim_id: int, steps_sent: int, *, rank: int = 0,
-                  nranks: int = 1) -> list[bytes]:
+def encode_finish(
+    token: bytes, sim_id: int, steps_sent: int, *, rank: int = 0, nranks: int = 1
+) -> list[bytes]:
     return [_header(Kind.FINISH, token), FINISH_BODY.pack(sim_id, rank, nranks, steps_sent)]
 
 
@@ -179,8 +198,14 @@ def check_token(received: bytes, expected: bytes) -> bool:
     return hmac.compare_digest(received, expected)
 
 
-def decode(frames: list[bytes], token: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD,
-           max_rows: int = 1 << 24, max_cols: int = 1 << 28) -> Message:
+def decode(
+    frames: list[bytes],
+    token: bytes,
+    *,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    max_rows: int = 1 << 24,
+    max_cols: int = 1 << 28,
+) -> Message:
     """Decode and validate one message; raise :class:`ProtocolError` on anything wrong."""
     try:
         return _decode(frames, token, max_payload, max_rows, max_cols)
@@ -190,8 +215,9 @@ def decode(frames: list[bytes], token: bytes, *, max_payload: int = DEFAULT_MAX_
         raise ProtocolError(f"undecodable message: {type(exc).__name__}") from exc
 
 
-def _decode(frames: list[bytes], token: bytes, max_payload: int, max_rows: int,
-            max_cols: int) -> Message:
+def _decode(
+    frames: list[bytes], token: bytes, max_payload: int, max_rows: int, max_cols: int
+) -> Message:
     if not isinstance(frames, list | tuple) or len(frames) < 2:
         raise ProtocolError("expected at least 2 frames")
     head = bytes(frames[0])
@@ -235,8 +261,9 @@ def _check_ranks(rank: int, nranks: int) -> None:
         raise ProtocolError(f"rank {rank} out of range for {nranks} ranks")
 
 
-def _decode_step(frames: list[bytes], body: bytes, max_payload: int, max_rows: int,
-                 max_cols: int) -> StepMessage:
+def _decode_step(
+    frames: list[bytes], body: bytes, max_payload: int, max_rows: int, max_cols: int
+) -> StepMessage:
     if len(frames) != 3:
         raise ProtocolError(f"STEP takes 3 frames, got {len(frames)}")
     if len(body) != STEP_BODY.size:
@@ -257,6 +284,9 @@ def _decode_step(frames: list[bytes], body: bytes, max_payload: int, max_rows: i
     if size != rows * cols * dtype.itemsize:
         raise ProtocolError(f"payload is {size} bytes, header says {rows}x{cols} {dtype.name}")
     # a read-only view of the frame on little-endian hosts: the assembler copies it once
-    block = np.frombuffer(payload, dtype=dtype).reshape(rows, cols).astype(
-        dtype.newbyteorder("="), copy=False)
+    block = (
+        np.frombuffer(payload, dtype=dtype)
+        .reshape(rows, cols)
+        .astype(dtype.newbyteorder("="), copy=False)
+    )
     return StepMessage(sim_id, step, rank, nranks, offset, grows, block, fld)
