@@ -94,7 +94,7 @@ def test_breed_run_through_the_scheduler(cluster, make_run, mpi) -> None:
     assert len(rows) == 6 and {r["status"] for r in rows} == {"done"}
     assert {r["job_id"] for r in rows} == set(jobs.values())  # the scheduler's ids, one per sim
     summary = run.summary()  # every step of every simulation, each from 2 rank blocks
-    assert summary["buffer"]["received"] == 6 * 11 and summary["rejected"]["blocks"] == 6 * 22
+    assert summary["buffer"]["received"] == 6 * 11 and summary["messages"]["blocks"] == 6 * 22
     if mpi == "srun":  # each job ran one srun step of 2 tasks (ci/slurm.sh keeps accounting)
         acct = subprocess.run(
             ["sacct", "-n", "-P", "-j", ",".join(jobs.values()), "-o", "JobID,NTasks"],

@@ -356,7 +356,7 @@ def test_clients_held_by_back_pressure_are_not_cancelled_as_silent(make_run) -> 
     longest = max(m.get("receiver_longest_pause_s", 0) for m in metrics)
     print(f"\nlongest pause of the receiver {longest:.1f} s")
     assert longest > 2 * run.cfg["launcher"]["simulation_timeout"]  # the clients were held
-    assert summary["rejected"].get("sims_timed_out", 0) == 0
+    assert summary["messages"].get("sims_timed_out", 0) == 0
     rows = samples_csv(run.dir)
     assert len(rows) == S and all(int(r["attempts"]) == 1 for r in rows)
     assert not any(r["reason"].startswith("silent") for r in run.jobs())
@@ -578,8 +578,8 @@ def test_finish_before_any_step_is_retried_at_once(make_run) -> None:
     assert row["status"] == "done" and int(row["attempts"]) == 2
     assert [float(row[f"T{k}"]) for k in range(5)] == pytest.approx(body["params"])
     summary = json.loads((run.dir / "summary.json").read_text())
-    assert summary["rejected"]["incomplete_sims"] == 1
-    assert summary["rejected"].get("sims_timed_out", 0) == 0
+    assert summary["messages"]["incomplete_sims"] == 1
+    assert summary["messages"].get("sims_timed_out", 0) == 0
     assert_clean(run)
 
 

@@ -147,8 +147,8 @@ def test_a_users_solver_with_two_mpi_ranks_per_client(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["sims_done"] == 24
-    assert summary["rejected"]["blocks"] == 24 * 21 * 2 * 2  # sims x steps x fields x ranks
-    assert summary["rejected"]["samples"] == 24 * 21
+    assert summary["messages"]["blocks"] == 24 * 21 * 2 * 2  # sims x steps x fields x ranks
+    assert summary["messages"]["samples"] == 24 * 21
 
 
 @pytest.mark.slow
@@ -181,7 +181,7 @@ def test_a_client_that_breaks_the_problem_is_told_at_once(tmp_path: Path) -> Non
     assert time.monotonic() - t0 < 120  # never a wait for simulation_timeout (300 s)
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["rejected"]["bad_shape"] >= 1 and summary["rejected"]["refused_sims"] >= 1
+    assert summary["rejected"]["bad_shape"] >= 1 and summary["messages"]["refused_sims"] >= 1
     jobs = (run / "jobs.csv").read_text().splitlines()
     failed = [j for j in jobs if ",failed," in j]
     assert failed and all(",3," in j for j in failed)  # the client's own exit code

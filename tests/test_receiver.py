@@ -217,3 +217,50 @@ def test_a_finish_before_any_step_hands_the_simulation_out_again(harness: Harnes
     assert harness.finish(sim, 0) is Kind.REJECT
     wait_for("handed out again", lambda: harness.table.records[sim].status == "failed")
     assert harness.assign()["sim_id"] == sim
+
+
+def _reject_reasons() -> set[str]:
+    """Every reason the server's code rejects a message for: the string passed to a
+    ``reject``/``_reject`` call, and the reasons ``check_step`` returns."""
+    import ast
+    from pathlib import Path
+
+    import breed.server
+
+    reasons: set[str] = set()
+    for path in Path(breed.server.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("reject", "_reject")
+                and node.args
+                and isinstance(node.args[-1], ast.Constant)
+            ):
+                reasons.add(node.args[-1].value)
+            if (
+                isinstance(node, ast.Return)
+                and isinstance(node.value, ast.Tuple)
+                and len(node.value.elts) == 2
+                and isinstance(node.value.elts[1], ast.Constant)
+                and path.name == "datapath.py"
+            ):
+                reasons.add(node.value.elts[1].value)
+    return reasons
+
+
+def test_summary_separates_rejections_from_message_counts() -> None:
+    """summary.json's ``rejected`` holds rejections only (every reason the code rejects for),
+    ``messages`` the rest (accepted blocks, samples, assignments...)."""
+    from collections import Counter
+
+    from breed.server.datapath import REJECTIONS, split_counts
+
+    reasons = _reject_reasons()
+    assert {"malformed", "rejected_token", "bad_shape", "out_of_range"} <= reasons
+    assert reasons <= set(REJECTIONS), reasons - set(REJECTIONS)
+    messages, rejected = split_counts(
+        Counter({"samples": 66, "blocks": 66, "assigned": 6, "bad_shape": 2, "malformed": 1})
+    )
+    assert messages == {"assigned": 6, "blocks": 66, "samples": 66}
+    assert rejected == {"bad_shape": 2, "malformed": 1}

@@ -69,7 +69,7 @@ def test_tiny_run_completes_with_outputs(tmp_path: Path, persistent: bool, inges
     assert val and all(m["val_mse"] > 0 for m in val)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["sims_done"] == 6 and summary["buffer"]["received"] == 6 * 11
-    assert summary["rejected"]["samples"] == 6 * 11  # each step stored once, either mode
+    assert summary["messages"]["samples"] == 6 * 11  # each step stored once, either mode
     assert summary["final_validation"]["iteration"] == summary["iterations"]
     resolved = yaml.safe_load((run / "config.resolved.yaml").read_text())
     assert resolved["model"]["lr"] == 1e-3  # defaults filled in

@@ -247,6 +247,26 @@ def check_step(msg: StepMessage, spec: StepSpec) -> tuple[str, str] | None:
 
 
 REFUSALS = ("bad_step", "bad_field", "bad_shape", "bad_dtype")  # the client breaks the problem
+# Every reason a message is rejected for (the counters of ``DataPath.reject`` and of the control
+# socket's): ``summary.json``'s ``rejected``; the receiver's other counters count what was
+# accepted or dropped by design (``messages``).
+REJECTIONS = (
+    "malformed",
+    "rejected_token",
+    "bad_job_key",
+    "oversized",
+    "unknown_sim",
+    *REFUSALS,
+    "non_finite",
+    "out_of_range",
+)
+
+
+def split_counts(counts: Counter[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """The receiver's counters as (messages by kind, rejections by reason)."""
+    messages = {k: int(v) for k, v in sorted(counts.items()) if k not in REJECTIONS}
+    rejected = {k: int(v) for k, v in sorted(counts.items()) if k in REJECTIONS}
+    return messages, rejected
 
 
 def sample_of(fields: list[np.ndarray]) -> np.ndarray:

@@ -36,7 +36,7 @@ from breed.netaddr import resolve_host
 from breed.problems.problem import Problem
 from breed.security import JobKeys
 from breed.server.control import ControlHandler
-from breed.server.datapath import DataPath, StepSpec
+from breed.server.datapath import DataPath, StepSpec, split_counts
 from breed.server.guard import (
     CONTROL_PROOF_S,
     DATA_PROOF_S,
@@ -346,6 +346,12 @@ class Receiver(threading.Thread):
         for key, value in self.ingest.counts.items():
             self.counts[key] += value - self._worker_counts[key]
             self._worker_counts[key] = value
+
+    def message_counts(self) -> dict[str, dict[str, int]]:
+        """``messages`` (counts by kind: assigned, blocks, samples, ...) and ``rejected`` (by
+        reason), as ``summary.json`` and the pong report them."""
+        messages, rejected = split_counts(self.counts)
+        return {"messages": messages, "rejected": rejected}
 
     def _sims(self) -> SimTable:
         """The simulation table itself: the control rank (rank 0) has it."""

@@ -278,7 +278,7 @@ class Server:
             "target": self.sims.target,
             "wanted_clients": self.sims.wanted_clients(self.cfg["launcher"]["max_jobs"]),
             "buffer": self.intake.stats(),
-            "rejected": dict(self.receiver.counts),
+            **self.receiver.message_counts(),
             "warnings": {k: w for k, w in (("checkpoint", self.checkpointer.warning()),) if w},
         }
 
@@ -346,7 +346,7 @@ class Server:
             **clock.summary(self.iteration),
             "sims_done": self.sims.done_count() if self.root else None,
             "target": self.sims.target if self.root else None,
-            "rejected": dict(self.receiver.counts),
+            **self.receiver.message_counts(),
             "buffer": buffers[0],
             "buffers": buffers,
             "final_validation": self.last_validation,
@@ -376,7 +376,7 @@ class Server:
             "wall_time": time.time() - self.start,
             "sims_done": len(rows),
             "target": self.cfg["study"]["simulations"],
-            "rejected": dict(self.receiver.counts),
+            **self.receiver.message_counts(),
             "problem": self.problem.name,
         }
         try:
