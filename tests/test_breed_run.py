@@ -34,7 +34,12 @@ BREED_RUN = {
     "solver": {"grid": 64, "steps": 100},
     "model": {"hidden": 8, "layers": 1, "batch_size": 32},
     # log_interval 1: every batch is in per_sample_loss.csv, so eq. 4 can be checked per batch
-    "training": {"validation_interval": 100, "log_interval": 1, "progress": False},
+    "training": {
+        "validation_interval": 100,
+        "log_interval": 1,
+        "progress": False,
+        "tensorboard": True,
+    },
     "buffer": {"capacity": 200, "watermark": 101},
     "launcher": {"max_jobs": 2, "ping_interval": 0.2, "poll_interval": 0.2},
     "validation": {"size": 4},
@@ -58,6 +63,7 @@ def stop_leftover_server(run: Path) -> None:
 def run_breed(tmp_path: Path):
     """``run_breed(name, sampler=...)`` runs `breed run` and returns its run directory."""
     started: list[Path] = []
+    consoles: dict[Path, str] = {}  # what `breed run` printed on stderr, by run directory
 
     def run(name: str, sampler: dict) -> Path:
         cfg = {**BREED_RUN, "sampler": sampler}
@@ -73,8 +79,10 @@ def run_breed(tmp_path: Path):
         )
         log = out / "logs" / "server.log"
         assert proc.returncode == 0, proc.stderr + (log.read_text() if log.exists() else "")
+        consoles[out] = proc.stderr
         return out
 
+    run.consoles = consoles  # type: ignore[attr-defined]
     yield run
     for out in started:
         stop_leftover_server(out)
@@ -149,6 +157,32 @@ def test_breed_run_steers_and_records(run_breed) -> None:
             assert float(r["batch_loss"]) == pytest.approx(mu, rel=1e-6)
             want = max(loss - mu, 0.0) / sd if sd > 0 else 0.0
             assert float(r["delta"]) == pytest.approx(want, rel=1e-6, abs=1e-9), it
+    # the story on the console and in metrics.jsonl: phases, one record per resampling,
+    # a final line naming the run directory and the error
+    console = run_breed.consoles[run].splitlines()
+    assert console[-1].startswith("breed run: finished in "), console[-3:]
+    assert f"results in {run}" in console[-1] and "validation MSE" in console[-1]
+    assert any("waiting for data" in x for x in console) and any(
+        x.startswith("breed run: training") for x in console
+    ), console
+    with open(run / "metrics.jsonl") as fh:
+        resamples = [r for r in map(json.loads, fh) if r["kind"] == "resample"]
+    assert [r["generation"] for r in resamples] == list(range(1, len(resamples) + 1))
+    assert len(resamples) >= max(gens)  # a later resampling may redraw an earlier's rows
+    for r in resamples:
+        assert 0 <= r["proposal_share"] <= 1 and r["K"] >= 1 and 0 < r["ess_fraction"] <= 1
+        assert r["proposal"] == round(r["proposal_share"] * r["K"])
+        assert 0 < r["sigma_median"] <= SIGMA and r["q_p10"] <= r["q_median"] <= r["q_p90"]
+    told = [x for x in console if x.startswith("breed run: Breed resampling ")]
+    assert 1 <= len(told) <= len(resamples), console
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    for key in ("r", "proposal_share", "K", "ess_fraction", "q_median"):
+        scalars = events.Scalars(f"resample/{key}")
+        assert [x.step for x in scalars] == [r["iteration"] for r in resamples], key
+
     qs = [num(r["Q"]) for r in log]
     assert any(q is not None for q in qs) and all(q >= 0 for q in qs if q is not None)
     # Q is logged once a simulation is in Lambda_J and stays defined from then on

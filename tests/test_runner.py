@@ -5,6 +5,7 @@ token on resume, path resolution, the console progress, and the server process's
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from breed.launcher.runner import (
     ServerProcess,
     check_runtime,
     client_env,
+    final_line,
+    last_error_line,
     prepare_run_dir,
     read_token,
     resolve_paths,
@@ -167,6 +170,62 @@ def test_progress_bar_follows_the_server(capsys):
     finally:
         progress.close()
     assert "3/8" in capsys.readouterr().err
+
+
+def test_progress_tells_phases_and_resamplings(capsys):
+    progress = Progress(6, enabled=False)
+    last = {"generation": 2, "iteration": 40, "K": 5, "r": 0.25, "proposal": 1}
+    progress({"phase": "waiting for data", "iteration": 0})
+    progress({"phase": "waiting for data", "iteration": 0, "resamplings": 0})
+    progress({"phase": "training", "iteration": 3, "resamplings": 0})
+    progress({"phase": "training", "iteration": 41, "resamplings": 2, "last_resampling": last})
+    progress({"phase": "training", "iteration": 42, "resamplings": 2, "last_resampling": last})
+    progress.close()
+    assert capsys.readouterr().err.splitlines() == [
+        "breed run: waiting for data (iteration 0)",
+        "breed run: training (iteration 3)",
+        "breed run: Breed resampling 2 at iteration 40: 5 pending λ redrawn, r = 0.25, "
+        "1 from the proposal (1 more since the last report)",
+    ]
+
+
+def test_a_resumed_console_does_not_retell_old_resamplings(capsys):
+    progress = Progress(6, enabled=False)
+    last = {"generation": 7, "iteration": 90, "K": 2, "r": 0.5, "proposal": 1}
+    progress({"resamplings": 7, "last_resampling": last})  # first pong after a resume
+    progress.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_last_error_line_prefers_the_one_liner_then_the_crash(tmp_path):
+    log_path = tmp_path / "server.log"
+    log_path.write_text(
+        "2026 breed INFO starting\nTraceback (most recent call last):\n"
+        '  File "x.py", line 1, in <module>\n    boom()\nMemoryError: cannot allocate\n'
+    )
+    assert last_error_line(log_path, "breed server: ") == "MemoryError: cannot allocate"
+    with open(log_path, "a") as fh:
+        fh.write("breed server: training.iterations: must be > 0\n")
+    assert last_error_line(log_path, "breed server: ") == "training.iterations: must be > 0"
+    assert last_error_line(tmp_path / "absent.log", "breed server: ") is None
+
+
+def test_final_line_names_the_results_and_the_error(tmp_path):
+    (tmp_path / rundir.SUMMARY).write_text(
+        json.dumps(
+            {
+                "sims_done": 8,
+                "iterations": 250,
+                "final_validation": {"val_mse": 0.01234, "traj_err_p99": 0.5},
+            }
+        )
+    )
+    assert final_line(tmp_path, 12.34) == (
+        f"finished in 12.3 s: 8 simulations, 250 iterations, validation MSE 0.0123 "
+        f"(p99 0.5); results in {tmp_path}"
+    )
+    (tmp_path / rundir.SUMMARY).unlink()
+    assert final_line(tmp_path, 1.0) == f"finished; results in {tmp_path}"
 
 
 @pytest.fixture

@@ -51,6 +51,9 @@ class ServerStatus(TypedDict, total=False):
     target: int
     iteration: int
     warnings: dict[str, str]  # topic -> one line, while the condition lasts
+    phase: str  # what the server is doing (waiting for data, training, final validation)
+    resamplings: int  # how many times the sampler resampled so far (Breed)
+    last_resampling: dict[str, Any]  # the last one's record (generation, K, r, proposal)
 
 
 Row = dict[str, str | int | float | None]  # one row of jobs.csv as written

@@ -19,6 +19,7 @@ Exit codes: 0 success; 2 invalid configuration or arguments (nothing started); 1
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from breed import procs, rundir
-from breed.cli import OneLineParser
+from breed.cli import OneLineParser, describe
 from breed.config import ConfigError, dump_config, load_config, parse_overrides
 from breed.fsio import atomic_write_json
 from breed.launcher import make_backend
@@ -76,18 +77,6 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
             "scale estimated from the first samples, which needs one server rank; "
             "declare problem.fields.N.range"
         )
-    tc = cfg["training"]
-    if tc["iterations"] is not None:
-        if cfg["buffer"]["kind"] != "reservoir":
-            raise ConfigError(
-                "training.iterations: a budget is spent on the reservoir after "
-                "the stream; buffer.kind fifo trains on each sample once"
-            )
-        if tc["max_iterations"] is not None and tc["max_iterations"] < tc["iterations"]:
-            raise ConfigError(
-                f"training.iterations: {tc['iterations']} is more than "
-                f"training.max_iterations {tc['max_iterations']}"
-            )
     if cfg["model"]["factory"]:  # a user's model: built once here so a bad one stops the run
         from breed.learning.trainer import build_model
 
@@ -140,7 +129,7 @@ def prepare_run_dir(cfg: dict[str, Any], run_dir: Path, argv: list[str]) -> str:
     made by :func:`breed.rundir.create`; returns the token (hex)."""
     cfg = {**cfg, "output": str(run_dir)}
     dump_config(cfg, run_dir / rundir.CONFIG)
-    atomic_write_json(run_dir / rundir.PROVENANCE, provenance(cfg["seed"], ["breed", *argv]))
+    atomic_write_json(run_dir / rundir.PROVENANCE, provenance(cfg["seed"], "run", argv))
     if cfg["launcher"]["curve"]:
         ensure_curve_keys(run_dir)
     return new_token(run_dir)
@@ -259,11 +248,15 @@ class ServerProcess:
 
 
 class Progress:
-    """Console progress bar over finished simulations (tqdm), fed by server pongs."""
+    """The console's story of a run, fed by server pongs: a progress bar over finished
+    simulations (tqdm) labelled with the server's phase, one line per phase change and per
+    Breed resampling, the server's warnings when they start and end."""
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.bar = None
         self.warnings: dict[str, str] = {}  # shown on the console, by topic
+        self.phase: str | None = None
+        self.resamplings: int | None = None  # None: not heard yet (a resume starts later)
         if enabled:
             from tqdm import tqdm
 
@@ -286,20 +279,44 @@ class Progress:
         for topic in set(self.warnings) - set(now):
             self.say(f"resolved: {topic} ({self.warnings[topic].split(';')[0]})")
         self.warnings = dict(now)
+        phase = status.get("phase")
+        if phase is not None and phase != self.phase:
+            self.phase = phase
+            self.say(f"{phase} (iteration {status.get('iteration', 0)})")
+        self._resampled(status)
         if self.bar is None:
             return
         self.bar.total = status.get("target", self.bar.total)
         self.bar.n = status.get("sims_done", 0)
+        if phase is not None:
+            self.bar.set_description(phase, refresh=False)
         self.bar.set_postfix(it=status.get("iteration", 0), refresh=False)
         self.bar.refresh()
+
+    def _resampled(self, status: ServerStatus) -> None:
+        """One line per resampling the server made since the last pong (the last one's
+        numbers; pongs are a second apart, Breed resamples every P iterations)."""
+        count, last = status.get("resamplings", 0), status.get("last_resampling")
+        if self.resamplings is not None and count > self.resamplings and last:
+            more = count - self.resamplings
+            self.say(
+                f"Breed resampling {last.get('generation', count)} at iteration "
+                f"{last.get('iteration', '?')}: {last.get('K', 0)} pending λ redrawn, "
+                f"r = {last.get('r', float('nan')):.2f}, "
+                f"{last.get('proposal', 0)} from the proposal"
+                + (f" ({more - 1} more since the last report)" if more > 1 else "")
+            )
+        self.resamplings = count
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def last_error_line(path: Path, prefix: str) -> str | None:
-    """The last line of a log that starts with ``prefix`` (a one-line error), without it."""
+    """The last line of a log that starts with ``prefix`` (a one-line error), without it;
+    failing that, the exception line a traceback ends with (a crash, not a refusal)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(max(0, fh.seek(0, os.SEEK_END) - 65536))
@@ -307,7 +324,34 @@ def last_error_line(path: Path, prefix: str) -> str | None:
     except OSError:
         return None
     hits = [x[len(prefix) :] for x in lines if x.startswith(prefix)]
-    return hits[-1] if hits else None
+    if hits:
+        return hits[-1]
+    crash = [i for i, x in enumerate(lines) if x.startswith("Traceback (most recent call last)")]
+    if crash:
+        tail = [x for x in lines[crash[-1] + 1 :] if x and not x[0].isspace()]
+        return tail[0].strip() if tail else None
+    return None
+
+
+def final_line(run_dir: Path, seconds: float) -> str:
+    """The console's last line of a finished run: where the results are, the final
+    validation error (summary.json, the file that marks a run finished) and ``seconds``, the
+    launcher's wall time (the server's own starts after its validation set)."""
+    try:
+        summary = json.loads((run_dir / rundir.SUMMARY).read_text())
+    except (OSError, ValueError):
+        return f"finished; results in {run_dir}"
+    val = summary.get("final_validation") or {}
+    error = (
+        f"validation MSE {val['val_mse']:.3g} (p99 {val.get('traj_err_p99', float('nan')):.3g})"
+        if isinstance(val.get("val_mse"), int | float)
+        else "no validation"
+    )
+    return (
+        f"finished in {seconds:.1f} s: "
+        f"{summary.get('sims_done')} simulations, {summary.get('iterations')} iterations, "
+        f"{error}; results in {run_dir}"
+    )
 
 
 def client_env(
@@ -395,7 +439,14 @@ def ensure_validation(cfg: dict[str, Any], run_dir: Path) -> None:
     if cfg["validation"]["file"] is not None or cfg["training"]["mode"] == "collect":
         return
     problem, path = problem_of(cfg), run_dir / rundir.VALIDATION
-    if problem.name == "heat2d" or path.exists():
+    if path.exists():
+        return
+    if problem.name == "heat2d":  # the server solves them before it listens: say so
+        print(
+            f"breed run: making the validation set ({cfg['validation']['size']} trajectories "
+            f"of heat2d) before training starts",
+            file=sys.stderr,
+        )
         return
     from breed.launcher.collection import collect_validation
     from breed.learning.validation import save_validation
@@ -474,6 +525,7 @@ def _launch(
     backend: Backend | None,
     jobs: list[dict[str, str]] | None,
 ) -> int:
+    t0 = time.monotonic()
     lc = cfg["launcher"]
     curve = ensure_curve_keys(run_dir) if lc["curve"] else None
     if backend is None:
@@ -509,6 +561,8 @@ def _launch(
             raise LauncherError(
                 f"only {status['sims_done']} of {status['target']} simulations finished"
             )
+        progress.close()
+        print(f"breed run: {final_line(run_dir, time.monotonic() - t0)}", file=sys.stderr)
         return 0
     except LauncherError as exc:
         print(f"breed run: {exc}", file=sys.stderr)
@@ -531,7 +585,7 @@ def _launch(
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = OneLineParser(prog="breed run", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="breed run", description=describe("run"))
     parser.add_argument("config", nargs="?", type=Path, help="run configuration (YAML)")
     parser.add_argument(
         "--output",
@@ -541,10 +595,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--set",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set model.hidden=32",
+        help="override config keys, e.g. --set model.hidden=32 study.simulations=8 "
+        "(several pairs, or --set repeated; put CONFIG before --set)",
     )
     parser.add_argument(
         "--resume",
@@ -582,9 +638,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--resume: {exc}") from None
             lock.record()
             return run(cfg, run_dir, argv, resume=True, backend=backend, jobs=jobs)
+        overrides = parse_overrides(args.set)  # first: a CONFIG after --set reads as a pair
         if args.config is None:
             raise ConfigError("config: give a configuration file (or --resume RUN_DIR)")
-        cfg = resolve_paths(load_config(args.config, parse_overrides(args.set)), Path.cwd())
+        cfg = resolve_paths(load_config(args.config, overrides), Path.cwd())
         backend = check_runtime(cfg)
         run_dir = args.output or Path(cfg["output"])
         check_resources(cfg, run_dir)

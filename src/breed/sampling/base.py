@@ -73,6 +73,9 @@ class Sampler(ABC):
         # the one hand-out count: simulation ids are its values (the table and the
         # checkpoint ask it, none keeps its own)
         self.handed = 0
+        # one record per resampling (Breed's); the server logs each to metrics.jsonl and the
+        # console. Samplers that never resample keep it empty.
+        self.history: list[dict[str, Any]] = []
 
     def next(self) -> Draw:
         """Parameters of simulation ``handed``, the next to start (called at hand-out time)."""

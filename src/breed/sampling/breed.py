@@ -155,7 +155,6 @@ class BreedSampler(Sampler):
         self._member_sigma = np.full(n, self._sigma0)  # its sigma when it serves as a parent
         self.generation = 0
         self.draws: list[Draw] = []  # handed-out draws, never modified
-        self.history: list[dict[str, Any]] = []  # one entry per resampling
         self._last_resample = 0
         self._proposal: tuple[np.ndarray, np.ndarray, float] | None = None  # ids, w, r
         # every generation's mixture r q + (1 - r) U as drawn (unit box): the denominators of
@@ -292,6 +291,9 @@ class BreedSampler(Sampler):
         for name, value in rows.items():
             getattr(self, name)[start:] = value
         self.generation, self._last_resample, self._proposal = s, int(iteration), (ids, w, r)
+        q = self.stats.quality(ids)
+        finite = q[np.isfinite(q)]
+        q10, q50, q90 = np.quantile(finite, [0.1, 0.5, 0.9]) if finite.size else [None] * 3
         self.history.append(
             {
                 "iteration": int(iteration),
@@ -299,7 +301,12 @@ class BreedSampler(Sampler):
                 "K": k,
                 "r": r,
                 "proposal": int(is_prop.sum()),
+                "proposal_share": float(is_prop.mean()),
                 "window": len(ids),
+                "q_p10": None if q10 is None else float(q10),
+                "q_median": None if q50 is None else float(q50),
+                "q_p90": None if q90 is None else float(q90),
+                "sigma_median": float(np.median(self._mixtures[-1]["sigmas"])),
                 "ess_fraction": effective_sample_fraction(w),
                 "redraws": redraws,
                 "kept_parent": kept,

@@ -223,6 +223,8 @@ class Server:
         self.failed_jobs_seen: set[str] = set()
         self.job_map: dict[str, str] = {}  # launcher job name -> scheduler job id
         self.last_validation: dict[str, Any] | None = None
+        self.phase = "waiting for data"  # what the console shows (status)
+        self._resamples_logged = 0  # the sampler's history records already in metrics.jsonl
         self.receiver = Receiver(
             token=self.token,
             host=lc["host"],
@@ -280,7 +282,16 @@ class Server:
             "buffer": self.intake.stats(),
             **self.receiver.message_counts(),
             "warnings": {k: w for k, w in (("checkpoint", self.checkpointer.warning()),) if w},
+            "phase": self.phase,
+            **self._resampling_status(),
         }
+
+    def _resampling_status(self) -> dict[str, Any]:
+        """How many times the sampler resampled and the last record (for the console)."""
+        history = self.sampler.history if self.sampler is not None else []
+        return (
+            {"resamplings": len(history), "last_resampling": dict(history[-1])} if history else {}
+        )
 
     def _on_sim_done(self, sim_id: int) -> None:
         if self.sampler is None:
@@ -323,10 +334,14 @@ class Server:
             else None
         )
         clock = LoopClock()
+        if self.sampler is not None:  # a resumed run logged its earlier resamplings already
+            self._resamples_logged = len(self.sampler.history)
         try:
             self._loop(metrics, per_sample, clock)
             if metrics is not None and self.iteration and self.iteration != clock.last_validated:
+                self.phase = "final validation"
                 self._validate(metrics)
+            self.phase = "writing results"
         finally:
             if metrics is not None:
                 metrics.close()
@@ -450,6 +465,7 @@ class Server:
                 clock.starved(time.monotonic() - t0, self.iteration > 0)
                 continue
             clock.batch(batch.waited if batch is not None else 0.0)
+            self.phase = "training"
             t1 = time.monotonic()
             # DDP averages gradients over ranks: weight each rank by its share of the global
             # batch so the step is the global batch's MSE; a rank without data steps with 0
@@ -468,6 +484,7 @@ class Server:
                 sampler = self._root_sampler()
                 deltas = sampler.on_losses(self.iteration, ids, steps, losses)
                 sampler.on_iteration(self.iteration)
+                self._log_resamplings(metrics, sampler)
             if self.iteration % tc["log_interval"] == 0:
                 self._watch_launcher()
                 mu, sigma = batch_moments(losses)
@@ -532,6 +549,23 @@ class Server:
         elif self.launcher_lost and not silent:
             log.info("the launcher is back")
         self.launcher_lost = silent
+
+    def _log_resamplings(self, metrics: JsonLines, sampler: Sampler) -> None:
+        """One ``resample`` row per new record of the sampler's history (metrics.jsonl and
+        TensorBoard: generation, K, r(s), proposal share, window Q quantiles, sigma, ESS)."""
+        for record in sampler.history[self._resamples_logged :]:
+            row = {"kind": "resample", "time": time.time() - self.start, **record}
+            row["iteration"] = record.get("iteration", self.iteration)
+            metrics.write(row)
+            log.info(
+                "resampling %d at iteration %d: %d pending, r = %.2f, %d from the proposal",
+                record.get("generation", 0),
+                row["iteration"],
+                record.get("K", 0),
+                record.get("r", float("nan")),
+                record.get("proposal", 0),
+            )
+        self._resamples_logged = len(sampler.history)
 
     def _buffer_metrics(self) -> dict[str, Any]:
         stats = self.buffer.stats()
