@@ -101,6 +101,9 @@ def validate(data: Any, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     vfile = data["validation"]["file"]
     if vfile is not None and not Path(vfile).is_file():
         raise ConfigError(f"validation.file: no such file {vfile!r}")
+    from breed.learning.budget import check_budget  # the budget keys, related to each other
+
+    check_budget(data)
     return data
 
 

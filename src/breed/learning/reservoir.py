@@ -183,7 +183,8 @@ def buffer_from_config(
     cfg: dict[str, Any], normalisation: Normalisation | None = None
 ) -> SampleBuffer:
     """The run's buffer (``buffer.*``, the problem's sample size, ``seed``), normalising by
-    default; it recycles samples after the stream when ``training.iterations`` is a budget."""
+    default; it recycles samples after the stream when the run has an iteration budget."""
+    from breed.learning.budget import iteration_budget
     from breed.problems import problem_of
 
     bc = cfg["buffer"]
@@ -197,5 +198,5 @@ def buffer_from_config(
         seed=cfg["seed"],
         normalisation=norm,
     )
-    buf.recycle = cfg["training"].get("iterations") is not None
+    buf.recycle = iteration_budget(cfg) is not None
     return buf

@@ -25,6 +25,7 @@ from breed import rundir
 from breed.cli import OneLineParser
 from breed.client import mpi_world
 from breed.fsio import atomic_write_json
+from breed.learning.budget import deterministic, iteration_budget, per_simulation
 from breed.learning.buffer import SampleBuffer
 from breed.learning.reservoir import buffer_from_config
 from breed.learning.trainer import Trainer, resolve_device
@@ -53,6 +54,7 @@ from breed.server.checkpoint import load as load_checkpoint
 from breed.server.collect import TrajectoryStore
 from breed.server.collective import Collective
 from breed.server.guard import raise_fd_limit
+from breed.server.order import OrderedIngest, Pace, StagedIntake, use_deterministic_torch
 from breed.server.receiver import Receiver, ReceiverOptions
 from breed.server.recovery import capture, restore, truncate_logs
 from breed.server.shard import RankLink, RemoteTable, ShardedTable
@@ -163,6 +165,8 @@ class Server:
         torch.manual_seed(seed)
         if cfg["training"]["threads"]:
             torch.set_num_threads(cfg["training"]["threads"])
+        if deterministic(cfg):
+            use_deterministic_torch(cfg["training"]["threads"])
         self.coll = collective or Collective(
             comm, resolve_host(lc["host"]), resolve_device(cfg["model"]["device"]).type
         )
@@ -213,6 +217,8 @@ class Server:
             None if self.collecting else buffer_from_config(cfg, self.trainer.normalisation)
         )
         self.intake: Buffer = self.store or self.buffer  # where the receiver puts samples
+        # deterministic mode: ingest in id order at a fixed pace (breed.server.order)
+        self.order, self.pace = self._ordering()
         self.validation = self._validation_set() if self.root and not self.collecting else None
         self.finished = threading.Event()
         self.failure: str | None = None  # why the run ended without its results
@@ -256,6 +262,24 @@ class Server:
             truncate_logs(run_dir, 0)
 
     # -- set-up -------------------------------------------------------------------------
+    def _ordering(self) -> tuple[OrderedIngest | None, Pace | None]:
+        per = per_simulation(self.cfg)
+        if per is None or self.collecting or not self.root:
+            return None, None
+        if not deterministic(self.cfg):
+            return None, Pace(per, self.sims, self.buffer)
+        staged = StagedIntake(self.buffer, self.problem.steps + 1)
+        self.intake = staged
+        order = OrderedIngest(
+            staged,
+            self.sims,
+            self._root_sampler(),
+            self.sampler_lock,
+            per,
+            self.cfg["sampler"]["lag"],
+        )
+        return order, None
+
     def _validation_set(self) -> ValidationSet:
         """The run's validation set: the configured file, or the run's own (the heat preset
         makes it here; other problems' are collected by the launcher before we start)."""
@@ -294,8 +318,8 @@ class Server:
         )
 
     def _on_sim_done(self, sim_id: int) -> None:
-        if self.sampler is None:
-            return  # rank r > 0: rank 0 hears of it through the link
+        if self.sampler is None or self.order is not None:
+            return  # rank r > 0 hears of it through the link; in order: told at ingest
         with self.sampler_lock:
             self.sampler.on_simulation_done(sim_id, self.problem.steps + 1)
 
@@ -351,7 +375,7 @@ class Server:
             self.receiver.ingest.poll_counts()
             self.receiver.merge_worker_counts()
         buffers = self.coll.allgather(self.buffer.stats())
-        budget = self.cfg["training"]["iterations"]
+        budget = iteration_budget(self.cfg)
         summary = {
             "iterations": self.iteration,
             "wall_time": time.time() - self.start,
@@ -438,12 +462,15 @@ class Server:
     def _loop(self, metrics: JsonLines | None, per_sample: CsvLog | None, clock: LoopClock) -> None:
         tc, size = self.cfg["training"], self.coll.size
         batch_size = self.cfg["model"]["batch_size"]
-        max_it, budget = tc["max_iterations"], tc["iterations"]
+        max_it, budget = tc["max_iterations"], iteration_budget(self.cfg)
         while True:
             if self.root and self.link is not None:
                 for sim_id in self._sharded().collect_completions():
                     self._on_sim_done(sim_id)
             t0 = time.monotonic()
+            if self._hold():
+                clock.starved(time.monotonic() - t0, self.iteration > 0)
+                continue
             # with a budget the reservoir recycles after the stream: "all seen" is read before
             # the draw, so a batch holding the last unseen samples is trained, never dropped
             seen_before = budget is not None and self.buffer.finished()
@@ -453,7 +480,8 @@ class Server:
                 all_seen=seen_before
                 if budget is not None
                 else batch is None and self.buffer.finished(),  # a drawn batch is trained
-                data_finished=self.root and self.sims.finished(),
+                data_finished=self.root
+                and (self.sims.finished() if self.order is None else self.order.drained),
                 stop=max_it is not None and self.iteration >= max_it,
             )
             if ag.data_finished and not self.buffer.closed:
@@ -506,6 +534,17 @@ class Server:
                 clock.last_validated = self.iteration
             if self.checkpointer.due(self.iteration):
                 self.save_checkpoint()
+
+    def _hold(self) -> bool:
+        """Wait for the next simulation instead of training (the pace of
+        ``iterations_per_simulation``; deterministic mode: ingest in id order)."""
+        if self.order is not None and not self.order.advance(self.iteration):
+            self.order.wait(0.05)
+            return True
+        if self.pace is not None and self.pace.hold(self.iteration):
+            time.sleep(0.01)
+            return True
+        return False
 
     @property
     def buffer(self) -> SampleBuffer:
@@ -652,6 +691,8 @@ class Server:
                 buffer=self.buffer,
                 counts=self.receiver.counts,
             )
+            if self.order is not None and "order" in state:
+                self.order.load_state_dict(state["order"])
             truncate_logs(self.run_dir, self.iteration)
             log.info(
                 "resumed from %s at iteration %d (%d simulations done, %d steps received)",
@@ -663,14 +704,19 @@ class Server:
 
     def _receiver_state(self) -> dict[str, Any]:
         """Table, sampler, received-steps ledger and buffer samples in one consistent cut
-        (breed.server.recovery): what a restart needs to lose and duplicate nothing."""
-        return capture(
-            ingest_lock=self.receiver.ingest_lock,
-            ledger=self.receiver.ledger,
-            table=self.sims,
-            buffer=self.buffer,
-            counts=self.receiver.counts,
-        )
+        (breed.server.recovery): what a restart needs to lose and duplicate nothing (in
+        deterministic mode also the simulations staged for ingest, in the same cut)."""
+        with self.receiver.ingest_lock:
+            state = capture(
+                ingest_lock=self.receiver.ingest_lock,
+                ledger=self.receiver.ledger,
+                table=self.sims,
+                buffer=self.buffer,
+                counts=self.receiver.counts,
+            )
+            if self.order is not None:
+                state["order"] = self.order.state_dict()
+            return state
 
     def close(self, linger: float = 0.0) -> None:
         """Keep answering (STOP to clients, pongs) until the launcher releases us or

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from breed.problems.problem import Problem
-from breed.sampling.base import Sampler
+from breed.sampling.base import Draw, Sampler
 
 IN_FLIGHT = ("assigned", "running")
 # samples.csv: sim_id, one column per parameter (the problem's names), then these
@@ -130,6 +130,10 @@ class SimTable:
         self.clock: Callable[[], float] = time.monotonic
         # re-entrant: snapshot() holds it (with the sampler lock) around state_dict()
         self._lock = threading.RLock()
+        # deterministic mode (breed.server.order): draws are made by bind() at fixed points of
+        # the training sequence and wait here for a client; a request finding none gets WAIT
+        self.gated = False
+        self.bound: deque[tuple[int, Draw]] = deque()
 
     # -- hand-out -----------------------------------------------------------------------
     def request(self, job_id: str | None, client: str) -> SimRecord | str:
@@ -139,8 +143,13 @@ class SimTable:
                 rec = self.records[self.retry.popleft()]
                 rec.status, rec.attempts = "assigned", rec.attempts + 1
             elif self.drawn < self._to_draw():
-                with self.sampler_lock:
-                    sim_id, draw = self.sampler.handed, self.sampler.next()
+                if self.gated:
+                    if not self.bound:
+                        return "wait"  # its parameters are not fixed yet
+                    sim_id, draw = self.bound.popleft()
+                else:
+                    with self.sampler_lock:
+                        sim_id, draw = self.sampler.handed, self.sampler.next()
                 rec = SimRecord(
                     sim_id,
                     [float(x) for x in self.to_params(draw.params)],
@@ -159,8 +168,22 @@ class SimTable:
 
     @property
     def drawn(self) -> int:
-        """Simulations drawn so far: the sampler's hand-out count, its one owner."""
-        return self.sampler.handed
+        """Simulations handed to a client so far: the sampler's hand-out count, its one owner,
+        less the draws bound but not taken yet (deterministic mode)."""
+        return self.sampler.handed - len(self.bound)
+
+    def bind(self, limit: int) -> int:
+        """Fix the parameters of every simulation with id < ``limit`` (and within the budget)
+        now: the sampler hands them out to the table, which keeps them for the next requests
+        (deterministic mode: the moment a draw is made is a point of the training sequence,
+        not a client's request). Returns how many were bound."""
+        n = 0
+        with self._lock, self.sampler_lock:
+            while self.sampler.handed < min(limit, self._to_draw()):
+                sim_id = self.sampler.handed
+                self.bound.append((sim_id, self.sampler.next()))
+                n += 1
+        return n
 
     def _to_draw(self) -> int:
         lost = sum(r.status == "lost" for r in self.records.values())
@@ -279,6 +302,10 @@ class SimTable:
                 "records": [asdict(r) for r in self.records.values()],
                 "retry": list(self.retry),
                 "target": self.target,
+                "bound": [
+                    {**asdict(draw), "sim_id": sim_id, "params": draw.params.tolist()}
+                    for sim_id, draw in self.bound
+                ],
             }
 
     def snapshot(self) -> dict[str, Any]:
@@ -293,6 +320,9 @@ class SimTable:
             self.records = {d["sim_id"]: SimRecord(**d) for d in state["records"]}
             self.retry = deque(state["retry"])
             self.target = state["target"]
+            self.bound = deque(
+                (d.pop("sim_id"), Draw(**d)) for d in (dict(x) for x in state.get("bound", []))
+            )
             for rec in self.records.values():
                 if rec.status in IN_FLIGHT:
                     rec.status = "failed"
