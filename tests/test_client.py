@@ -382,6 +382,27 @@ def test_api_abort_float32_and_context_manager(make_server, token):
 
 
 @pytest.mark.timeout(30)
+def test_a_one_field_step_is_an_array_a_mapping_or_a_sequence_of_one(make_server, token):
+    """The three spellings send() documents reach the server as the same field (a list of
+    one array once arrived as a block one axis too deep and was refused as the wrong shape)."""
+    srv = make_server()
+    with Client(srv.control_address, token, timeout=5, send_timeout=5) as client:
+        job = client.request()
+        spellings = [
+            lambda a: a,
+            lambda a: {"u": a},
+            lambda a: [a],
+            lambda a: (a,),
+        ]
+        for t in range(job.steps + 1):
+            client.send(t, spellings[t % 4](np.full((16, 16), 100.0 + t)))
+        client.finish()
+    assert client.finished == 1
+    want = np.stack([np.full((16, 16), 100.0 + t) for t in range(SMALL["steps"] + 1)])
+    assert np.array_equal(srv.trajectory(0, SMALL["steps"]), want)
+
+
+@pytest.mark.timeout(30)
 def test_finish_waits_for_the_answer_and_raises_a_reject(make_server, token):
     srv = make_server(params=[LAM, LAM])
     with Client(srv.control_address, token, timeout=5, send_timeout=5) as client:

@@ -403,6 +403,11 @@ class Client:
                 )
             return [fields[n] for n in names]
         if len(job.fields) == 1:
+            # a sequence of one array (the problem's order) or the array itself: a field's
+            # block has the field's rank, a sequence of one block one axis more
+            one = isinstance(fields, list | tuple) and len(fields) == 1
+            if one and np.ndim(fields) == len(job.fields[0].shape) + 1:
+                return [fields[0]]
             return [fields]
         if isinstance(fields, list | tuple) and len(fields) == len(job.fields):
             return list(fields)
