@@ -12,6 +12,12 @@ steps/s is counted at the sink from the first STEP to the FINISH, so the last co
 the ingest rate of one decoding receiver fed by that client. Each configuration runs
 ``--runs`` times; min-max is printed, with the machine load (``uptime``) before and after.
 The C library is built with CMake into ``--build`` (a temporary directory by default).
+
+The second table is the server's own ingest rate: breed's real receiver (both ingest modes),
+simulation table and reservoir in this process, fed by ``--clients`` concurrent client
+processes of each kind that loop request -> steps -> finish until the budget is done
+(``--sims`` simulations); samples/s from the first assignment to the last simulation done.
+No trainer runs, and the reservoir holds every sample, so the clients are never paused.
 """
 
 from __future__ import annotations
@@ -119,6 +125,76 @@ def once(cmd: list[str], grid: int, steps: int) -> tuple[float, float]:
     return (steps + 1) / seconds, sink.nbytes / seconds / 1e6
 
 
+def server_ingest(
+    cmd: list[str], grid: int, steps: int, sims: int, clients: int, ingest: str
+) -> tuple[float, float]:
+    """(samples/s, MB/s) of breed's receiver fed by ``clients`` processes running ``cmd``."""
+    from breed.config import validate
+    from breed.learning.reservoir import buffer_from_config
+    from breed.problems import problem_of
+    from breed.sampling import make_sampler
+    from breed.server.receiver import Receiver, ReceiverOptions
+    from breed.server.simtable import SimTable
+
+    total = sims * (steps + 1)
+    cfg = validate(
+        {
+            "problem": {
+                "name": "bench",
+                "parameters": [{"name": "a", "low": 0.0, "high": 2.0}],
+                "fields": [{"name": "u", "shape": [grid, grid], "dtype": "float64"}],
+                "steps": steps,
+                "client": {"command": cmd},
+            },
+            "study": {"simulations": sims},
+            "buffer": {"capacity": total + 1, "watermark": 1},
+            "launcher": {"max_jobs": clients, "ingest": ingest},
+        }
+    )
+    problem = problem_of(cfg)
+    table = SimTable(sims, make_sampler(cfg), threading.Lock(), max_retries=0, problem=problem)
+    token = secrets.token_bytes(32)
+    rx = Receiver(
+        token=token,
+        host="127.0.0.1",
+        table=table,
+        buffer=buffer_from_config(cfg),
+        problem=problem,
+        status=lambda: {"finished": table.finished()},
+        on_sim_done=lambda sim_id: None,
+        on_launcher=lambda body: None,
+        options=ReceiverOptions(simulation_timeout=600.0, ingest=ingest),
+    )
+    rx.start()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("BREED_")},
+        "BREED_SERVER": rx.control_address or "",
+        "BREED_TOKEN": token.hex(),
+    }
+    try:
+        t0 = time.perf_counter()
+        procs = [
+            subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for _ in range(clients)
+        ]
+        deadline = t0 + 600
+        while not table.finished():
+            if time.perf_counter() > deadline or all(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.002)
+        seconds = time.perf_counter() - t0
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            if proc.returncode != 0:
+                raise SystemExit(f"client_overhead: error: {cmd[0]}: {err.decode()[:300]}")
+        if table.done_count() != sims:
+            raise SystemExit(f"client_overhead: error: {table.done_count()} of {sims} done")
+    finally:
+        rx.stop_event.set()
+        rx.join(timeout=30)
+    return total / seconds, total * grid * grid * 8 / seconds / 1e6
+
+
 def build(where: Path) -> Path:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for cmd in (
@@ -146,6 +222,8 @@ def main() -> int:
     ap.add_argument("--grids", type=int, nargs="+", default=[64, 512])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--build", type=Path, default=None, help="CMake build dir (default: temp)")
+    ap.add_argument("--clients", type=int, default=4, help="concurrent clients (ingest table)")
+    ap.add_argument("--sims", type=int, default=16, help="simulations (ingest table)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         c_client = build(args.build or Path(tmp) / "build")
@@ -174,6 +252,29 @@ def main() -> int:
                 f"{min(mb):,.0f}–{max(mb):,.0f} |",
                 flush=True,
             )
+        print(f"\nserver ingest, {args.clients} concurrent clients, {args.sims} simulations:")
+        print("| grid | steps | ingest | C samples/s | Python samples/s | C/Python | C MB/s |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for grid in args.grids:
+            steps = max(10, min(200, int(4e8 / (args.sims * grid * grid * 8))))
+            for ingest in ("thread", "process"):
+                rates = {
+                    name: [
+                        server_ingest(cmd, grid, steps, args.sims, args.clients, ingest)
+                        for _ in range(args.runs)
+                    ]
+                    for name, cmd in clients.items()
+                }
+                c = [r for r, _ in rates["C"]]
+                py = [r for r, _ in rates["Python"]]
+                mb = [m for _, m in rates["C"]]
+                print(
+                    f"| {grid}² | {steps + 1} | {ingest} | {min(c):,.0f}–{max(c):,.0f} | "
+                    f"{min(py):,.0f}–{max(py):,.0f} | "
+                    f"{sorted(c)[len(c) // 2] / sorted(py)[len(py) // 2]:.2f} | "
+                    f"{min(mb):,.0f}–{max(mb):,.0f} |",
+                    flush=True,
+                )
         print(f"load after: {uptime()}")
     return 0
 
