@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from scipy.stats import wilcoxon
 
 from breed.config import load_config
 from breed.learning.buffer import Batch
@@ -45,6 +44,7 @@ from breed.learning.trainer import Trainer, load_model
 from breed.learning.validation import load_validation
 from breed.sampling.breed import BreedSampler
 from breed.server.checkpoint import load as load_checkpoint
+from breed.study.tables import CI_LEVEL, RATIO_LABEL, RATIO_MEANING, compare_paired
 
 METHODS = ("uniform", "breed")  # uniform is the paper's Random
 LABEL = {"uniform": "Random", "breed": "Breed"}
@@ -266,15 +266,24 @@ def table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def paired(rand: list[float], breed: list[float]) -> list[str]:
-    ratio = np.array(rand) / np.array(breed)
-    geo = float(np.exp(np.log(ratio).mean()))
-    p = wilcoxon(rand, breed).pvalue if len(rand) > 1 and np.any(ratio != 1) else math.nan
+    """Random/Breed cells (breed.study.tables owns the convention and the statistics)."""
+    c = compare_paired(rand, breed)
     return [
-        fmt(geo),
-        f"{fmt(ratio.min())}–{fmt(ratio.max())}",
-        f"{int((ratio > 1).sum())}/{len(ratio)}",
-        fmt(p),
+        fmt(c.gmean),
+        f"{fmt(c.ci_low)}–{fmt(c.ci_high)}",
+        f"{fmt(c.min)}–{fmt(c.max)}",
+        f"{c.breed_wins}/{c.pairs}",
+        fmt(c.wilcoxon_p),
     ]
+
+
+PAIRED_HEAD = [
+    f"{RATIO_LABEL} geo-mean",
+    f"{CI_LEVEL:.0%} CI (bootstrap)",
+    "min–max",
+    "Breed wins",
+    "Wilcoxon p",
+]
 
 
 def model_report(name: str, res: dict[str, list[dict[str, Any]]]) -> str:
@@ -298,10 +307,7 @@ def model_report(name: str, res: dict[str, list[dict[str, Any]]]) -> str:
                 "error",
                 "Random",
                 "Breed",
-                "Random/Breed geo-mean",
-                "min–max",
-                "Breed wins",
-                "Wilcoxon p",
+                *PAIRED_HEAD,
             ],
             rows,
         )
@@ -322,10 +328,7 @@ def model_report(name: str, res: dict[str, list[dict[str, Any]]]) -> str:
                 "steps",
                 "Random",
                 "Breed",
-                "Random/Breed geo-mean",
-                "min–max",
-                "Breed wins",
-                "Wilcoxon p",
+                *PAIRED_HEAD,
             ],
             rows,
         )
@@ -367,7 +370,7 @@ def model_report(name: str, res: dict[str, list[dict[str, Any]]]) -> str:
                 str(x["seed"]),
                 str(x["iterations"]),
                 str(y["iterations"]),
-                fmt(y["iterations"] / x["iterations"]),
+                fmt(x["iterations"] / y["iterations"]),
                 fmt(x["traj_mean"]),
                 fmt(y["traj_mean"]),
                 fmt(x["train_loss"]),
@@ -383,7 +386,7 @@ def model_report(name: str, res: dict[str, list[dict[str, Any]]]) -> str:
                 "seed",
                 "it Random",
                 "it Breed",
-                "it B/R",
+                "it R/B",
                 "val Random",
                 "val Breed",
                 "train Random",
@@ -493,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         f"## Breed vs Random: S = {args.simulations}, {args.seeds} paired seeds, "
         f"validation {val.size} Halton trajectories ({val_path})\n",
         f"Config: {base_path} (sigma 0.0125 = 5 K, P 200, N 200, r (0.5, 0.9, 3), M 64, "
-        f"T 100, B 128, reservoir 6000/300, {args.max_jobs} clients). Ratios > 1: Breed better. "
+        f"T 100, B 128, reservoir 6000/300, {args.max_jobs} clients). {RATIO_MEANING}. "
         f"Recomputed val MSE vs the run's own: max rel. diff {max(checks):.1e}.\n",
     ]
     parts += [model_report(name, per) + "\n" for name, per in res.items()]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from scipy.stats import wilcoxon
+
+from breed.study.tables import CI_LEVEL, RATIO_LABEL, RATIO_MEANING, compare_paired
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "examples" / "burgers.yaml"
@@ -74,15 +74,14 @@ def run_one(
 
 
 def paired(rand: list[float], bred: list[float]) -> list[str]:
-    ratios = [r / b for r, b in zip(rand, bred, strict=True)]
-    gm = math.exp(statistics.fmean(math.log(x) for x in ratios))
-    p = wilcoxon(rand, bred).pvalue if len(ratios) >= 6 else float("nan")
-    wins = sum(x > 1 for x in ratios)
+    """Random/Breed cells (breed.study.tables owns the convention and the statistics)."""
+    c = compare_paired(rand, bred)
     return [
-        f"{gm:.3f}",
-        f"{min(ratios):.3f}–{max(ratios):.3f}",
-        f"{wins}/{len(ratios)}",
-        f"{p:.3g}",
+        f"{c.gmean:.3f}",
+        f"{c.ci_low:.3f}–{c.ci_high:.3f}",
+        f"{c.min:.3f}–{c.max:.3f}",
+        f"{c.breed_wins}/{c.pairs}",
+        f"{c.wilcoxon_p:.3g}",
     ]
 
 
@@ -101,9 +100,11 @@ def report(
         "",
         f"Machine load (1, 5, 15 min) at the start: {load}; wall {wall:.0f} s.",
         "",
-        "| metric | Random (mean ± sd) | Breed (mean ± sd) | Random/Breed (geo. mean) "
-        "| min–max | Breed wins | Wilcoxon p |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"{RATIO_MEANING}.",
+        "",
+        f"| metric | Random (mean ± sd) | Breed (mean ± sd) | {RATIO_LABEL} (geo. mean) "
+        f"| {CI_LEVEL:.0%} CI (bootstrap) | min–max | Breed wins | Wilcoxon p |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m in METRICS:
         r, b = [x[m] for x in res["uniform"]], [x[m] for x in res["breed"]]

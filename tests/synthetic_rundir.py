@@ -79,7 +79,6 @@ def write_synthetic_run(
                 "iteration": it,
                 "time": it * 0.01,
                 "val_mse": v,
-                "traj_err_mean": np.sqrt(v),
                 "traj_err_p99": 3 * np.sqrt(v),
                 "traj_err_max": 5 * np.sqrt(v),
                 "val_mse_no_t0": v,

@@ -183,50 +183,84 @@ def test_geometric_mean() -> None:
     assert math.isnan(S.geometric_mean(np.array([np.nan])))
 
 
-def test_paired_ratios_divide_by_the_same_seed() -> None:
-    runs = pd.DataFrame(
-        [
-            {
-                "study": "s",
-                "config_id": "breed-a",
-                "pair_id": "H16-L1",
-                "seed": 0,
-                "method": "breed",
-                "val_mse": 1.0,
-            },
-            {
-                "study": "s",
-                "config_id": "breed-a",
-                "pair_id": "H16-L1",
-                "seed": 1,
-                "method": "breed",
-                "val_mse": 4.0,
-            },
-            {
-                "study": "s",
-                "config_id": "random",
-                "pair_id": "H16-L1",
-                "seed": 0,
-                "method": "random",
-                "val_mse": 4.0,
-            },
-            {
-                "study": "s",
-                "config_id": "random",
-                "pair_id": "H16-L1",
-                "seed": 1,
-                "method": "random",
-                "val_mse": 4.0,
-            },
-        ]
-    )
+def paired_runs(random: list[float], breed: list[float], configs: int = 1) -> pd.DataFrame:
+    """A runs table of one model: a Random run and ``configs`` Breed runs per seed."""
+    rows = []
+    for seed, (r, b) in enumerate(zip(random, breed, strict=True)):
+        rows.append({"config_id": "random", "seed": seed, "method": "random", "val_mse": r})
+        for k in range(configs):
+            rows.append({"config_id": f"breed-{k}", "seed": seed, "method": "breed", "val_mse": b})
+    runs = pd.DataFrame(rows).assign(study="s", pair_id="H16-L1", reference=False)
     for m in S.VALIDATION_METRICS[1:]:
-        runs[m] = runs["val_mse"]
+        runs[m] = 2 * runs["val_mse"]
+    return runs
+
+
+def test_paired_ratios_are_random_over_breed_of_the_same_seed() -> None:
+    """Random/Breed, > 1 = Breed better (the direction changed from Breed/Random: the docs and
+    benchmarks always reported Random/Breed); a Breed seed without its Random run is left out."""
+    runs = paired_runs([4.0, 4.0], [1.0, 4.0])
+    runs = pd.concat([runs, runs.iloc[[1]].assign(seed=9, val_mse=0.001)], ignore_index=True)
     ratios = S.paired_ratios(runs)
-    row = ratios.iloc[0]
-    assert row["pairs"] == 2
-    assert row["val_mse_ratio_gmean"] == pytest.approx(0.5)  # sqrt(0.25 * 1)
-    assert (row["val_mse_ratio_min"], row["val_mse_ratio_max"]) == (0.25, 1.0)
+    assert list(ratios["metric"]) == S.VALIDATION_METRICS  # long form: one row per metric
+    row = ratios.set_index("metric").loc["val_mse"]
+    assert row["pairs"] == 2 and row["breed_wins"] == 1
+    assert row[f"{S.RATIO}_gmean"] == pytest.approx(2.0)  # sqrt(4 * 1)
+    assert (row[f"{S.RATIO}_min"], row[f"{S.RATIO}_max"]) == (1.0, 4.0)
+    assert (row["random_mean"], row["breed_mean"]) == (4.0, 2.5)
+    assert S.RATIO == "random_over_breed" and "Breed is better" in S.RATIO_MEANING
+    assert math.isnan(row["wilcoxon_p"])  # 2 pairs: no test
+
+
+def test_paired_bootstrap_ci_brackets_the_geometric_mean_and_is_stable() -> None:
+    rng = np.random.default_rng(3)
+    breed = rng.lognormal(0, 0.3, 12)
+    random = breed * rng.lognormal(np.log(1.3), 0.1, 12)  # Random 30 % worse, per seed
+    c = S.compare_paired(random, breed)
+    assert c.pairs == 12 and c.breed_wins == 12
+    assert c.ci_low < c.gmean < c.ci_high
+    assert 1.0 < c.ci_low and c.ci_high < 1.6
+    assert c.min <= c.ci_low and c.ci_high <= c.max
+    assert S.compare_paired(random, breed) == c  # seeded: tables are byte-stable
+    # swapping the methods inverts the ratio and its interval
+    swapped = S.compare_paired(breed, random)
+    assert swapped.gmean == pytest.approx(1 / c.gmean)
+    assert swapped.ci_low == pytest.approx(1 / c.ci_high, rel=0.05)
+    assert swapped.breed_wins == 0
+
+
+def test_wilcoxon_from_six_pairs_only() -> None:
+    from scipy.stats import wilcoxon
+
+    random, breed = [2.0, 3.0, 2.5, 4.0, 3.5, 2.2], [1.0, 1.5, 2.0, 3.0, 3.6, 2.0]
+    assert S.WILCOXON_MIN_PAIRS == 6
+    c = S.compare_paired(random, breed)
+    assert c.wilcoxon_p == pytest.approx(wilcoxon(random, breed).pvalue)
+    assert c.breed_wins == 5
+    assert math.isnan(S.compare_paired(random[:5], breed[:5]).wilcoxon_p)
+
+
+def test_compare_paired_drops_unusable_pairs_and_handles_none() -> None:
+    c = S.compare_paired([2.0, np.nan, 3.0, 1.0], [1.0, 1.0, 0.0, 1.0])
+    assert c.pairs == 2 and c.gmean == pytest.approx(math.sqrt(2.0))
+    one = S.compare_paired([2.0], [1.0])
+    assert one.gmean == 2.0 and math.isnan(one.ci_low) and math.isnan(one.ci_high)
+    none = S.compare_paired([], [])
+    assert none.pairs == 0 and math.isnan(none.gmean)
+    assert list(none.row()) == S.RATIO_COLUMNS
+
+
+def test_summary_reports_mean_and_range_and_quartiles_only_from_five_seeds() -> None:
+    runs = paired_runs([1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 1.0, 2.0, 2.0, 9.0], configs=1)
+    runs = runs[~((runs["method"] == "breed") & (runs["seed"] == 4))]  # Breed: 4 seeds
+    summary = S.summary_by_config(runs).set_index("config_id")
+    rnd, brd = summary.loc["random"], summary.loc["breed-0"]
+    assert (rnd["seeds"], brd["seeds"]) == (5, 4)
+    assert (rnd["val_mse_mean"], rnd["val_mse_min"], rnd["val_mse_max"]) == (3.0, 1.0, 5.0)
+    assert (rnd["val_mse_q25"], rnd["val_mse_median"], rnd["val_mse_q75"]) == (2.0, 3.0, 4.0)
+    assert (brd["val_mse_mean"], brd["val_mse_min"], brd["val_mse_max"]) == (1.5, 1.0, 2.0)
+    assert brd[["val_mse_q25", "val_mse_median", "val_mse_q75"]].isna().all()
+    assert "traj_err_mean_mean" not in summary  # val_mse is the per-trajectory mean
 
 
 def test_tables_from_synthetic_runs(config: dict, tmp_path: Path) -> None:
@@ -263,6 +297,13 @@ def test_tables_from_synthetic_runs(config: dict, tmp_path: Path) -> None:
     summary = S.summary_by_config(runs)
     assert list(summary["seeds"]) == [2, 2]
     rnd = summary.set_index("config_id").loc["random-H16-L1"]
-    assert rnd["val_mse_median"] == pytest.approx(
-        runs.query("method == 'random'")["val_mse"].median()
+    assert rnd["val_mse_mean"] == pytest.approx(runs.query("method == 'random'")["val_mse"].mean())
+    assert math.isnan(rnd["val_mse_median"])  # 2 seeds: no quartiles
+
+    ratios = S.paired_ratios(runs).set_index("metric")
+    assert ratios.loc["val_mse", "pairs"] == 2
+    r = runs.set_index(["method", "seed"])["val_mse"]
+    assert ratios.loc["val_mse", f"{S.RATIO}_gmean"] == pytest.approx(
+        math.sqrt(r["random", 0] / r["breed", 0] * r["random", 1] / r["breed", 1])
     )
+    assert ratios.loc["val_mse", f"{S.RATIO}_gmean"] > 1  # synthetic Breed is 10 % lower

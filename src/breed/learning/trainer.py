@@ -150,14 +150,14 @@ def validation_metrics(err: np.ndarray) -> dict[str, float | None]:
 
     Every (trajectory, step) has the same M*M nodes, so ``val_mse`` (mean over trajectories x
     steps x nodes) is the mean of ``err``. The per-trajectory error is each trajectory's MSE over
-    its steps and nodes; its mean, 99th percentile and maximum are reported as AL4PDE/OGAS do.
+    its steps and nodes; its 99th percentile and maximum are reported as AL4PDE/OGAS do (its
+    mean is ``val_mse`` itself, every trajectory having T+1 steps, so it is not repeated).
     """
     err = np.asarray(err, dtype=np.float64)
     steps = err.shape[1] - 1
     traj = err.mean(axis=1)
     out: dict[str, float | None] = {
         "val_mse": float(err.mean()),
-        "traj_err_mean": float(traj.mean()),
         "traj_err_p99": float(np.quantile(traj, 0.99)),
         "traj_err_max": float(traj.max()),
         "val_mse_no_t0": float(err[:, 1:].mean()) if steps >= 1 else None,

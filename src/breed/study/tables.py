@@ -1,5 +1,6 @@
 """Tidy tables drawn from the run directories of a study: runs, curves, inputs, correlations,
-per-configuration summaries and the paired Random/Breed ratios."""
+per-configuration summaries and the paired Random/Breed ratios (> 1: Breed better), whose
+convention this module owns (``RATIO``)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,23 @@ import itertools
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
+from scipy.stats import wilcoxon
 
 from breed.problems import problem_of
 from breed.rundir import METRICS, PER_SAMPLE, SAMPLES, SUMMARY
 from breed.study.grid import PARAMS, RunSpec
 
-VALIDATION_METRICS = ["val_mse", "traj_err_mean", "traj_err_p99", "traj_err_max"]
+# The final validation metrics compared (breed.learning.trainer.validation_metrics): the MSE
+# over trajectories x steps x nodes, and the 99th percentile and maximum of the per-trajectory
+# MSE (the tail the mean hides; the per-trajectory mean is val_mse itself).
+VALIDATION_METRICS = ["val_mse", "traj_err_p99", "traj_err_max"]
 CORRELATION_COLUMNS = ["iteration", "sample_loss", "batch_loss", "Q", "uniform"]
 
 
@@ -153,17 +160,24 @@ TABLES: dict[str, Callable[[list[RunSpec], Path], pd.DataFrame]] = {
 
 
 # --------------------------------------------------------------------------- summaries
+# Seeds per configuration below which quartiles are not reported (the quartiles of 2 or 3
+# values are the values themselves, dressed up as a distribution): mean and min-max only.
+QUARTILES_MIN_SEEDS = 5
+
+
 def summary_by_config(runs: pd.DataFrame) -> pd.DataFrame:
-    """Median and spread over seeds of the final metrics of each configuration."""
+    """Final metrics of each configuration over its seeds: ``seeds`` (n), mean, min and max,
+    and median and quartiles only where n >= ``QUARTILES_MIN_SEEDS`` (blank otherwise)."""
     keys = ["study", "config_id", "method", *[c for c in PARAMS.values() if c in runs]]
     grouped = runs.groupby(keys, dropna=False, sort=False)
     out = grouped.size().rename("seeds").to_frame()
+    few = out["seeds"] < QUARTILES_MIN_SEEDS
     for m in VALIDATION_METRICS:
-        out[f"{m}_median"] = grouped[m].median()
-        out[f"{m}_q25"] = grouped[m].quantile(0.25)
-        out[f"{m}_q75"] = grouped[m].quantile(0.75)
+        out[f"{m}_mean"] = grouped[m].mean()
         out[f"{m}_min"] = grouped[m].min()
         out[f"{m}_max"] = grouped[m].max()
+        for name, q in (("q25", 0.25), ("median", 0.5), ("q75", 0.75)):
+            out[f"{m}_{name}"] = grouped[m].quantile(q).mask(few)
     return out.reset_index()
 
 
@@ -173,28 +187,123 @@ def geometric_mean(values: np.ndarray) -> float:
     return float(np.exp(np.mean(np.log(values)))) if len(values) else float("nan")
 
 
+# ------------------------------------------------------------- the Random/Breed convention
+# The one owner of the comparison's direction, for the tables, the figures, the report and the
+# benchmarks: a ratio is Random's error over Breed's error of the same model and seed, so a
+# ratio > 1 means Breed is better (lower error). Column names carry the direction.
+RATIO = "random_over_breed"
+RATIO_LABEL = "Random/Breed"
+RATIO_MEANING = "Random/Breed of the error, paired by seed: > 1 means Breed is better"
+WILCOXON_MIN_PAIRS = 6  # fewer pairs: the exact two-sided p cannot go below 0.0625
+CI_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 4000
+RATIO_COLUMNS = [
+    "pairs",
+    "random_mean",
+    "breed_mean",
+    f"{RATIO}_gmean",
+    f"{RATIO}_ci_low",
+    f"{RATIO}_ci_high",
+    f"{RATIO}_min",
+    f"{RATIO}_max",
+    "breed_wins",
+    "wilcoxon_p",
+]
+
+
+def random_over_breed(random: ArrayLike, breed: ArrayLike) -> np.ndarray:
+    """Pairwise Random/Breed of the errors (> 1: Breed better); both in the same pair order."""
+    return np.asarray(random, dtype=float) / np.asarray(breed, dtype=float)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Random vs Breed over paired seeds: the geometric mean of Random/Breed with a paired
+    bootstrap CI (resampling pairs), its range, Breed's wins and a Wilcoxon signed-rank p."""
+
+    pairs: int
+    random_mean: float
+    breed_mean: float
+    gmean: float
+    ci_low: float
+    ci_high: float
+    min: float
+    max: float
+    breed_wins: int
+    wilcoxon_p: float  # NaN under WILCOXON_MIN_PAIRS pairs
+
+    def row(self) -> dict[str, float]:
+        """The comparison as ``RATIO_COLUMNS``."""
+        values = [getattr(self, f.name) for f in fields(self)]
+        return dict(zip(RATIO_COLUMNS, values, strict=True))
+
+
+def compare_paired(
+    random: ArrayLike,
+    breed: ArrayLike,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> PairedComparison:
+    """Random/Breed of paired errors (pairs with a missing or non-positive error dropped).
+
+    The CI is the percentile interval of the geometric mean over ``resamples`` bootstrap
+    draws of whole pairs (seeded: the tables are byte-stable); with 2-5 pairs it is little more
+    than the range, with one pair it is undefined. The Wilcoxon signed-rank test is on the
+    paired differences of the errors, two-sided, from ``WILCOXON_MIN_PAIRS`` pairs on.
+    """
+    r, b = np.asarray(random, dtype=float), np.asarray(breed, dtype=float)
+    keep = np.isfinite(r) & np.isfinite(b) & (r > 0) & (b > 0)
+    r, b = r[keep], b[keep]
+    n = len(r)
+    if n == 0:
+        nan = math.nan
+        return PairedComparison(0, nan, nan, nan, nan, nan, nan, nan, 0, nan)
+    logs = np.log(random_over_breed(r, b))
+    lo = hi = math.nan
+    if n > 1:
+        idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+        boot = np.exp(logs[idx].mean(axis=1))
+        tail = 100 * (1 - CI_LEVEL) / 2
+        lo, hi = (float(x) for x in np.percentile(boot, [tail, 100 - tail]))
+    p = math.nan
+    if n >= WILCOXON_MIN_PAIRS and np.any(r != b):
+        p = float(wilcoxon(r, b).pvalue)
+    return PairedComparison(
+        pairs=n,
+        random_mean=float(r.mean()),
+        breed_mean=float(b.mean()),
+        gmean=float(np.exp(logs.mean())),
+        ci_low=lo,
+        ci_high=hi,
+        min=float(np.exp(logs.min())),
+        max=float(np.exp(logs.max())),
+        breed_wins=int((logs > 0).sum()),
+        wilcoxon_p=p,
+    )
+
+
 def paired_ratios(runs: pd.DataFrame) -> pd.DataFrame:
-    """Breed / Random ratios of final metrics, paired by model and seed (< 1: Breed better)."""
+    """Random/Breed of each final metric, every Breed configuration against the Random run of
+    the same model and seed (long form: one row per configuration and metric; > 1: Breed
+    better)."""
     random = runs[runs["method"] == "random"].set_index(["pair_id", "seed"])
     rows = []
     for config_id, group in runs[runs["method"] == "breed"].groupby("config_id", sort=False):
-        row: dict[str, Any] = {
+        keys = list(zip(group["pair_id"], group["seed"], strict=True))
+        paired = [k in random.index for k in keys]
+        mine = group[paired]
+        theirs = random.loc[[k for k, p in zip(keys, paired, strict=True) if p]]
+        head = {
             "study": group["study"].iloc[0],
             "config_id": config_id,
             "pair_id": group["pair_id"].iloc[0],
+            "reference": bool(group["reference"].iloc[0]) if "reference" in group else False,
         }
         for m in VALIDATION_METRICS:
-            ratios = [
-                r[m] / random.loc[(r["pair_id"], r["seed"]), m]
-                for _, r in group.iterrows()
-                if (r["pair_id"], r["seed"]) in random.index
-            ]
-            row["pairs"] = len(ratios)
-            row[f"{m}_ratio_gmean"] = geometric_mean(np.array(ratios))
-            row[f"{m}_ratio_min"] = min(ratios) if ratios else math.nan
-            row[f"{m}_ratio_max"] = max(ratios) if ratios else math.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
+            result = compare_paired(theirs[m].to_numpy(), mine[m].to_numpy())
+            rows.append({**head, "metric": m, **result.row()})
+    columns = ["study", "config_id", "pair_id", "reference", "metric", *RATIO_COLUMNS]
+    return pd.DataFrame(rows, columns=columns)
 
 
 __all__ = [
@@ -210,7 +319,17 @@ __all__ = [
     "inputs_table",
     "correlations_table",
     "TABLES",
+    "QUARTILES_MIN_SEEDS",
     "summary_by_config",
     "geometric_mean",
+    "RATIO",
+    "RATIO_LABEL",
+    "RATIO_MEANING",
+    "RATIO_COLUMNS",
+    "WILCOXON_MIN_PAIRS",
+    "CI_LEVEL",
+    "random_over_breed",
+    "PairedComparison",
+    "compare_paired",
     "paired_ratios",
 ]
