@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -102,12 +103,39 @@ def test_fig3b_one_panel_per_varied_parameter(config: dict, tmp_path: Path) -> N
     t = tables(cfg, "sampling", tmp_path)
     fig = F.fig_hyperparameters(t["runs"], t["curves"], ["sigma", "P"])
     assert [ax.get_title() for ax in fig.axes] == ["varying σ", "varying P"]
-    legend = [x.get_text() for x in fig.axes[0].get_legend().get_texts()]
     # σ is a fraction of each range (0.0125 = the paper's 5 K of 400 K); the centre sits in
-    # every panel
-    assert legend == ["σ=0.0025", "σ=0.0125", "σ=0.0625", "Random"]
+    # every panel. Final losses are in the legend, not written at the curves' ends.
+    runs = t["runs"].query("method == 'breed'")
+    centre = runs[runs["centre"].astype(bool)]
+
+    def entry(label: str, group: pd.DataFrame) -> str:
+        return f"{label}: {group['val_mse'].median():.2e}"
+
+    legend = [x.get_text() for x in fig.axes[0].get_legend().get_texts()]
+    assert legend[1] == entry("σ=0.0125 (centre)", centre)
+    assert legend[0] == entry("σ=0.0025", runs.query("sigma == 0.0025"))
+    assert [x.split(":")[0] for x in legend] == [
+        "σ=0.0025",
+        "σ=0.0125 (centre)",
+        "σ=0.0625",
+        "Random",
+    ]
     legend = [x.get_text() for x in fig.axes[1].get_legend().get_texts()]
-    assert legend == ["P=10", "P=200", "Random"]
+    assert [x.split(":")[0] for x in legend] == ["P=10", "P=200 (centre)", "Random"]
+    assert texts(fig) == []  # no end-of-curve labels to collide
+
+    def colors(ax: plt.Axes) -> dict[str, tuple]:
+        handles = ax.get_legend().legend_handles
+        return {
+            t.get_text().split(":")[0]: matplotlib.colors.to_rgba(h.get_color())
+            for t, h in zip(ax.get_legend().get_texts(), handles, strict=True)
+        }
+
+    left, right = colors(fig.axes[0]), colors(fig.axes[1])
+    # one colour per configuration across panels: the centre and Random look the same in both
+    assert left["σ=0.0125 (centre)"] == right["P=200 (centre)"]
+    assert left["Random"] == right["Random"]
+    assert len(set(left.values())) == len(left)  # and differ within a panel
     with pytest.raises(F.FigureError):
         F.fig_hyperparameters(t["runs"].query("method == 'random'"), t["curves"], ["sigma"])
 
@@ -151,9 +179,13 @@ def test_fig6_lower_triangle_of_median_correlations(config: dict, tmp_path: Path
     t = tables(config, "quick", tmp_path)
     fig = F.fig_correlation(t["runs"], t["correlations"])
     values = texts(fig)
-    assert len(values) == 10  # 5 variables: strictly lower triangle
+    assert len(values) == 2 * 10  # 5 variables: strictly lower triangle; median and range
     c = t["correlations"].query("a == 'sample_loss' and b == 'Q'")
     assert f"{c['r'].median():.2f}" in values
+    assert f"[{c['r'].min():.2f}, {c['r'].max():.2f}]" in values  # the seeds' spread
+    rows = t["correlations"].groupby("run_id")["n"].first()
+    title = fig.axes[0].get_title()
+    assert f"2 seeds, {rows.sum()} rows, {rows.min()}–{rows.max()} per seed" in title
 
 
 def test_figures_need_a_reference_breed_run(config: dict, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -90,10 +91,20 @@ def seed_band(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def _plot_config(
-    ax: plt.Axes, curves: pd.DataFrame, runs: pd.DataFrame, color: str, label: str, dy: float = 0.0
+    ax: plt.Axes,
+    curves: pd.DataFrame,
+    runs: pd.DataFrame,
+    color: Any,
+    label: str,
+    dy: float = 0.0,
+    annotate: bool = True,
 ) -> None:
     """Validation (solid, band over seeds) and moving-average training (dotted) of one
-    configuration; dots: each seed's last validation loss, labelled with their median."""
+    configuration; dots: each seed's last validation loss, their median written next to them
+    (``annotate``) or in the legend entry (where many curves end close together)."""
+    final = float(np.nanmedian(runs["val_mse"])) if len(runs) else float("nan")
+    if not annotate:
+        label = f"{label}: {final:.2e}"
     mine = curves[curves["run_id"].isin(runs["run_id"])]
     train = mine[mine["kind"] == "train"]
     if len(train):
@@ -109,7 +120,8 @@ def _plot_config(
         # Seeds stop at different iterations: mark each seed's last validation loss, and
         # write the median of those at the median stopping point.
         ax.plot(runs["iterations"], runs["val_mse"], "o", ms=2.5, color=color)
-        final = float(np.nanmedian(runs["val_mse"]))
+        if not annotate:
+            return
         where = float(np.nanmedian(runs["iterations"]))
         ax.annotate(
             f"{final:.2e}",
@@ -122,10 +134,11 @@ def _plot_config(
         )
 
 
-def _finish(fig: plt.Figure, axes: np.ndarray, title: str) -> None:
+def _finish(fig: plt.Figure, axes: np.ndarray, title: str, label_room: bool = True) -> None:
     for ax in axes.flat:
-        lo, hi = ax.get_xlim()
-        ax.set_xlim(lo, hi + 0.18 * (hi - lo))  # room for the final-loss labels
+        if label_room:  # room for the end-of-curve final-loss labels
+            lo, hi = ax.get_xlim()
+            ax.set_xlim(lo, hi + 0.18 * (hi - lo))
         ax.set_yscale("log")
         ax.grid(True, which="major", alpha=0.3)
     fig.suptitle(title, fontsize=10)
@@ -169,8 +182,20 @@ def fig_model_grid(runs: pd.DataFrame, curves: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+CENTRE_COLOR = "black"  # Fig. 3b: the centre configuration, the same in every panel
+
+
+def value_colors(values: Sequence[float], centre: float) -> dict[float, Any]:
+    """Fig. 3b's colour of each value of one varied parameter: the centre black (it is the same
+    configuration in every panel), the others viridis by rank (without its pale yellow end)."""
+    ordered = sorted(values)
+    shades = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(len(ordered), 2)))
+    return {v: CENTRE_COLOR if v == centre else shades[k] for k, v in enumerate(ordered)}
+
+
 def fig_hyperparameters(runs: pd.DataFrame, curves: pd.DataFrame, varied: list[str]) -> plt.Figure:
-    """Fig. 3b: one panel per varied Breed hyperparameter, the others at the centre values."""
+    """Fig. 3b: one panel per varied Breed hyperparameter, the others at the centre values.
+    Final losses are in the legend (end-of-curve labels of close curves would collide)."""
     breed = runs[runs["method"] == "breed"]
     centre = breed[breed["centre"].astype(bool)]
     if centre.empty or not varied:
@@ -178,31 +203,36 @@ def fig_hyperparameters(runs: pd.DataFrame, curves: pd.DataFrame, varied: list[s
     c = centre.iloc[0]
     random = runs[(runs["method"] == "random") & (runs["pair_id"] == c["pair_id"])]
     fig, axes = plt.subplots(
-        1, len(varied), figsize=(max(3.4 * len(varied), 5.5), 3.2), sharey=True, squeeze=False
+        1, len(varied), figsize=(max(3.6 * len(varied), 5.5), 5.4), sharey=True, squeeze=False
     )
     for ax, param in zip(axes[0], varied, strict=True):
         others = [p for p in varied if p != param]
         panel = (
             breed[np.logical_and.reduce([breed[p] == c[p] for p in others])] if others else breed
         )
-        values = sorted(panel[param].unique())
-        shades = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(len(values), 2)))
-        for k, value in enumerate(values):  # viridis without its pale yellow end
-            _plot_config(
-                ax,
-                curves,
-                panel[panel[param] == value],
-                shades[k],
-                f"{SYMBOLS.get(param, param)}={value:g}",
+        colors = value_colors(list(panel[param].unique()), c[param])
+        for value, color in colors.items():
+            name = f"{SYMBOLS.get(param, param)}={value:g}" + (
+                " (centre)" if value == c[param] else ""
             )
+            _plot_config(ax, curves, panel[panel[param] == value], color, name, annotate=False)
         if len(random):
-            _plot_config(ax, curves, random, "0.5", "Random")
+            _plot_config(ax, curves, random, "0.5", "Random", annotate=False)
         ax.set_title(f"varying {SYMBOLS.get(param, param)}", fontsize=9)
         ax.set_xlabel("NN iteration")
-        ax.legend(fontsize=6)
+        ax.legend(  # under the panel: never over the curves
+            fontsize=6,
+            title="final validation MSE (median over seeds)",
+            title_fontsize=6,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.24),
+        )
     axes[0, 0].set_ylabel("loss (normalised MSE)")
     _finish(
-        fig, axes, "Breed hyperparameters, one at a time (validation solid, training MA-40 dotted)"
+        fig,
+        axes,
+        "Breed hyperparameters, one at a time (validation solid, training MA-40 dotted)",
+        label_room=False,
     )
     return fig
 
@@ -272,12 +302,15 @@ def fig_deviation(runs: pd.DataFrame, inputs: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def correlation_matrix(correlations: pd.DataFrame, run_ids: list[str]) -> pd.DataFrame:
-    """Median over the given runs of each pairwise correlation, as a square matrix."""
+def correlation_matrix(
+    correlations: pd.DataFrame, run_ids: list[str], how: str = "median"
+) -> pd.DataFrame:
+    """``how`` (median, min, max) over the given runs of each pairwise correlation, as a
+    square matrix."""
     sub = correlations[correlations["run_id"].isin(run_ids)]
     if sub.empty:
         raise FigureError("no per-sample loss correlations for the reference Breed runs")
-    med = sub.groupby(["a", "b"])["r"].median()
+    med = sub.groupby(["a", "b"])["r"].agg(how)
     names = list(CORR_LABELS)
     mat = pd.DataFrame(np.nan, index=names, columns=names)
     for (a, b), value in med.items():
@@ -285,32 +318,61 @@ def correlation_matrix(correlations: pd.DataFrame, run_ids: list[str]) -> pd.Dat
     return mat
 
 
+def correlation_rows(correlations: pd.DataFrame, run_ids: list[str]) -> pd.Series:
+    """Rows of ``per_sample_loss.csv`` each run's correlations were computed from."""
+    sub = correlations[correlations["run_id"].isin(run_ids)]
+    return sub.groupby("run_id")["n"].first().astype(int)
+
+
 def fig_correlation(runs: pd.DataFrame, correlations: pd.DataFrame) -> plt.Figure:
-    """Fig. 6: lower triangle of the correlation matrix of the per-sample training log."""
+    """Fig. 6: lower triangle of the correlation matrix of the per-sample training log: the
+    median over seeds, under it the seeds' min-max; the title gives the rows it used."""
     breed, _ = reference_pair(runs)
-    mat = correlation_matrix(correlations, list(breed["run_id"]))
-    n = len(mat)
+    ids = list(breed["run_id"])
+    mats = {how: correlation_matrix(correlations, ids, how) for how in ("median", "min", "max")}
+    rows = correlation_rows(correlations, ids)
+    n = len(mats["median"])
     # strictly lower triangle: rows 1..n-1 against columns 0..n-2 (diagonal and upper omitted)
-    lower = np.where(np.tril(np.ones((n, n), bool), k=-1), mat.to_numpy(), np.nan)[1:, :-1]
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    keep = np.tril(np.ones((n, n), bool), k=-1)
+    low = {k: np.where(keep, m.to_numpy(), np.nan)[1:, :-1] for k, m in mats.items()}
+    lower = low["median"]
+    spread = len(rows) > 1
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
     im = ax.imshow(lower, cmap="RdBu_r", vmin=-1, vmax=1)
     for i in range(n - 1):
         for j in range(i + 1):
             if np.isfinite(lower[i, j]):
+                color = "white" if abs(lower[i, j]) > 0.6 else "black"
                 ax.text(
                     j,
-                    i,
+                    i - (0.12 if spread else 0.0),
                     f"{lower[i, j]:.2f}",
                     ha="center",
                     va="center",
                     fontsize=8,
-                    color="white" if abs(lower[i, j]) > 0.6 else "black",
+                    color=color,
                 )
-    labels = [CORR_LABELS[c] for c in mat.index]
+                if spread:
+                    ax.text(
+                        j,
+                        i + 0.22,
+                        f"[{low['min'][i, j]:.2f}, {low['max'][i, j]:.2f}]",
+                        ha="center",
+                        va="center",
+                        fontsize=5.5,
+                        color=color,
+                    )
+    labels = [CORR_LABELS[c] for c in mats["median"].index]
     ax.set_xticks(range(n - 1), labels[:-1], rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(n - 1), labels[1:], fontsize=8)
     fig.colorbar(im, ax=ax, label="Pearson r (median over seeds)")
-    ax.set_title(f"{breed['config_id'].iloc[0]} ({breed['run_id'].nunique()} seeds)", fontsize=8)
+    seeds = f"{len(rows)} seed{'s' if len(rows) != 1 else ''}"
+    used = (
+        f"{rows.sum()} rows, {rows.min()}–{rows.max()} per seed; [min, max] over seeds"
+        if spread
+        else f"{rows.sum()} rows"
+    )
+    ax.set_title(f"{breed['config_id'].iloc[0]}\n{seeds}, {used}", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -353,3 +415,68 @@ def draw(name: str, tables: dict[str, pd.DataFrame], varied: Sequence[str] = ())
     if entry.varied:
         args.append(list(varied))
     return entry.draw(*args)
+
+
+# --------------------------------------------------------------------------- λ draws
+MAX_PAIR_PARAMETERS = 6  # 15 panels at most: beyond, the first six parameters
+
+
+def fig_lambda_pairs(runs: pd.DataFrame, inputs: pd.DataFrame) -> plt.Figure:
+    """The λ of the simulations run to completion, projected on every pair of parameters and
+    coloured by Breed generation (0: the initial uniform design; triangles: proposal draws),
+    pooled over the seeds of the reference Breed configuration (or every run if none is
+    Breed). Where Breed steers shows as later generations gathering in regions of the box."""
+    try:
+        chosen, _ = reference_pair(runs)
+    except FigureError:
+        chosen = runs
+    draws = inputs[inputs["run_id"].isin(chosen["run_id"])]
+    if draws.empty:
+        raise FigureError("no simulation run to completion to draw")
+    cols = list(draws.columns)
+    names = cols[cols.index("sim_id") + 1 : cols.index("source")][:MAX_PAIR_PARAMETERS]
+    pairs = [(i, j) for i in range(1, len(names)) for j in range(i)] or [(0, 0)]
+    n = max(len(names) - 1, 1)
+    fig, axes = plt.subplots(n, n, figsize=(2.3 * n + 1.4, 2.3 * n), squeeze=False)
+    generation = draws["generation"].fillna(0).astype(int)
+    norm = matplotlib.colors.Normalize(0, max(int(generation.max()), 1))
+    proposal = (draws["source"] == "proposal").to_numpy()
+    scatter = None
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for i, j in pairs:
+        ax = axes[i - 1, j] if len(names) > 1 else axes[0, 0]
+        ax.set_visible(True)
+        x = draws[names[j]].to_numpy(float)
+        y = draws[names[i]].to_numpy(float) if len(names) > 1 else draws["sim_id"].to_numpy(float)
+        for mask, marker in ((~proposal, "o"), (proposal, "^")):
+            if mask.any():
+                scatter = ax.scatter(
+                    x[mask],
+                    y[mask],
+                    c=generation[mask],
+                    cmap="viridis",
+                    norm=norm,
+                    marker=marker,
+                    s=12,
+                    alpha=0.8,
+                    linewidths=0,
+                )
+        for axis, values in ((ax.xaxis, x), (ax.yaxis, y)):
+            if values.min() > 0 and values.max() / values.min() > 100:  # a log-scale parameter
+                (ax.set_xscale if axis is ax.xaxis else ax.set_yscale)("log")
+        if i == len(names) - 1 or len(names) == 1:
+            ax.set_xlabel(names[j], fontsize=8)
+        if j == 0:
+            ax.set_ylabel(names[i] if len(names) > 1 else "simulation id", fontsize=8)
+        ax.tick_params(labelsize=6)
+    if scatter is not None:
+        fig.colorbar(scatter, ax=axes, label="Breed generation (0: initial design)", shrink=0.8)
+    k = chosen["run_id"].nunique()
+    title = (
+        f"{chosen['config_id'].iloc[0]} ({k} run{'s' * (k != 1)})"
+        if "config_id" in chosen and len(chosen)
+        else ""
+    )
+    fig.suptitle(f"λ of the simulations run (o uniform, ^ proposal) {title}", fontsize=9)
+    return fig
