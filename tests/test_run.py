@@ -75,6 +75,7 @@ def test_tiny_run_completes_with_outputs(tmp_path: Path, persistent: bool, inges
     assert resolved["model"]["lr"] == 1e-3  # defaults filled in
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["seed"] == 3 and prov["versions"]["torch"]
+    assert prov["command"][:3] == ["breed", "run", str(cfg)]  # the sub-command recorded
     assert os.stat(run / "token").st_mode & 0o777 == 0o600
     assert (run / "model.pt").exists() and (run / "checkpoints" / "checkpoint.pt").exists()
 

@@ -1,7 +1,8 @@
-"""``breed`` command line: one sub-command per entry point, each in its own module.
+"""The ``breed`` command line: one sub-command per entry point, each in its own module.
 
 Sub-commands import their module lazily so ``breed --help`` stays fast and a missing optional
-dependency only hurts the command that needs it.
+dependency only hurts the command that needs it. The help text is the user's (``ABOUT`` and
+``COMMANDS``); this docstring is the developer's.
 """
 
 from __future__ import annotations
@@ -9,9 +10,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 
+ABOUT = (
+    "breed: on-line training of neural-network surrogates of PDE solvers from simulations "
+    "streamed into a training server, steered by the Breed active-learning sampler."
+)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("breed.launcher.runner", "Run one on-line training study from a YAML config."),
+    "show": ("breed.study.show", "Summarise one or several run directories (one screen each)."),
+    "plot": ("breed.study.plot", "Draw the paper's figures of one or several run directories."),
     "server": (
         "breed.server.server",
         "Start the training server (normally started by `breed run`).",
@@ -25,6 +33,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Compute the fixed Halton validation set.",
     ),
 }
+EXAMPLES = """examples:
+  breed run config/examples/quick-run.yaml --output results/quick-run
+  breed run --resume results/quick-run
+  breed show results/quick-run
+  breed plot results/quick-run            # figures in results/quick-run/figures"""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -35,18 +48,64 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
+def describe(name: str) -> str:
+    """The one-line description of ``breed NAME`` (its ``-h`` shows the same as ``breed -h``)."""
+    return COMMANDS[name][1]
+
+
+def version() -> str:
+    """``breed X.Y.Z`` and, from a git checkout, its revision (one quick ``git`` call)."""
+    from importlib import metadata
+
+    from breed import __version__
+    from breed.runlog import git_revision
+
+    try:
+        number = metadata.version("breed")
+    except metadata.PackageNotFoundError:
+        number = __version__
+    rev = git_revision()
+    return f"breed {number}" + (
+        f" (git {rev[:12]}{'+dirty' * rev.endswith('+dirty')})" if rev else ""
+    )
+
+
+def usage() -> str:
+    width = max(len(n) for n in COMMANDS) + 2
+    lines = [
+        "usage: breed COMMAND [ARGS...]    (breed COMMAND -h: its options)",
+        "",
+        *textwrap.wrap(ABOUT, 95),
+        "",
+        "commands:",
+        *(f"  {name:{width}s}{text}" for name, (_, text) in COMMANDS.items()),
+        "",
+        "options:",
+        "  -h, --help     show this help and exit",
+        "  -V, --version  show the version (and git revision) and exit",
+        "",
+        EXAMPLES,
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = OneLineParser(prog="breed", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=sorted(COMMANDS), help="sub-command")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments (see breed CMD -h)")
     if not argv or argv[0] in ("-h", "--help"):
-        parser.print_help()
-        for name, (_, text) in sorted(COMMANDS.items()):
-            print(f"  {name:16s} {text}")
+        sys.stdout.write(usage())
         return 0
-    ns = parser.parse_args(argv[:1])
-    module = importlib.import_module(COMMANDS[ns.command][0])
+    if argv[0] in ("-V", "--version"):
+        print(version())
+        return 0
+    if argv[0] not in COMMANDS:
+        what = "option" if argv[0].startswith("-") else "command"
+        print(
+            f"breed: error: unknown {what} {argv[0]!r} (commands: {', '.join(COMMANDS)}; "
+            "see breed -h)",
+            file=sys.stderr,
+        )
+        return 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
     return int(module.main(argv[1:]) or 0)
 
 

@@ -164,7 +164,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY")
+            raise ConfigError(
+                f"--set {item!r}: expected KEY=VALUE with a dotted KEY (the config file goes "
+                "before --set)"
+            )
         out[key] = parse_yaml(value, f"--set {key}: {value!r}")
     return out
 

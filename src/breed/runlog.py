@@ -60,7 +60,9 @@ def git_revision(start: Path | None = None) -> str | None:
     return rev + ("+dirty" if dirty.strip() else "")
 
 
-def provenance(seed: int, argv: list[str] | None = None) -> dict[str, Any]:
+def provenance(seed: int, subcommand: str, argv: list[str]) -> dict[str, Any]:
+    """What ``provenance.json`` records of a run: seed, the command line as typed (``breed``,
+    the sub-command, its arguments), revision, versions, host, start time."""
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
@@ -69,7 +71,7 @@ def provenance(seed: int, argv: list[str] | None = None) -> dict[str, Any]:
             versions[name] = None
     return {
         "seed": seed,
-        "command": argv if argv is not None else sys.argv,
+        "command": ["breed", subcommand, *argv],
         "git_revision": git_revision(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

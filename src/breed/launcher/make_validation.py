@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from breed.cli import describe
 from breed.launcher.collection import collect_validation
 from breed.learning.validation import compute_validation, save_validation
 
@@ -30,7 +31,7 @@ SOLVER_FLAGS = ("grid", "steps", "dt", "alpha", "length", "bounds")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="breed make-validation", description=__doc__.splitlines()[0])
+    p = _Parser(prog="breed make-validation", description=describe("make-validation"))
     p.add_argument("--output", "-o", required=True, type=Path, help="file to write (.npz)")
     p.add_argument(
         "--config",

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from breed import rundir
-from breed.cli import OneLineParser
+from breed.cli import OneLineParser, describe
 from breed.client import mpi_world
 from breed.fsio import atomic_write_json
 from breed.learning.budget import deterministic, iteration_budget, per_simulation
@@ -732,7 +732,7 @@ class Server:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="breed server", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="breed server", description=describe("server"))
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument(

@@ -1,10 +1,29 @@
 """Studies (paper Section 4.1, Table 1): grids of runs (``grid``), the tidy tables read from
 their run directories (``tables``) and the paper's figures (``figures``). The names below are
-the package's API, used by the Snakemake workflow."""
+the package's API, used by the Snakemake workflow.
 
-from breed.study.grid import *  # noqa: F403
-from breed.study.grid import __all__ as _grid
-from breed.study.tables import *  # noqa: F403
-from breed.study.tables import __all__ as _tables
+They are imported on first use (PEP 562), so ``breed show`` (``breed.study.show``) does not
+pay for pandas and scipy, which only the tables need."""
 
-__all__ = [*_grid, *_tables]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_MODULES = ("breed.study.grid", "breed.study.tables")
+
+
+def _names() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in _MODULES:
+        out.update(dict.fromkeys(importlib.import_module(name).__all__, name))
+    return out
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__all__":
+        return list(_names())
+    owner = _names().get(name)
+    if owner is None:
+        raise AttributeError(f"module 'breed.study' has no attribute {name!r}")
+    return getattr(importlib.import_module(owner), name)
