@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,3 +138,45 @@ def test_same_config_same_results_busy_or_not_whatever_the_clients(tmp_path, bus
     for run in (busy, idle):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["iterations"] == 200 and summary["sims_done"] == S
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(600)
+def test_a_server_killed_mid_run_resumes_to_the_same_results(tmp_path) -> None:
+    """The checkpoint holds the staged simulations, the bound draws and the ingest order:
+    the restarted server continues the same sequence (the launcher restarts it)."""
+    whole = breed_run(tmp_path, "whole", max_jobs=2)
+    cfg = {**CONFIG, "launcher": {**CONFIG["launcher"], "max_jobs": 2}}
+    cfg["training"] = {**CONFIG["training"], "checkpoint_interval": 20}
+    path, out = tmp_path / "killed.yaml", tmp_path / "killed"
+    path.write_text(yaml.safe_dump(cfg))
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "breed", "run", str(path), "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while len(train_rows(out)) < 70:  # past the checkpoints of iterations 20..60
+            assert launcher.poll() is None and time.monotonic() < deadline, "no progress"
+            time.sleep(0.05)
+        os.killpg(int(json.loads((out / "server.json").read_text())["pid"]), signal.SIGKILL)
+        _, err = launcher.communicate(timeout=300)
+        assert launcher.returncode == 0, err[-3000:]
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait(timeout=10)
+        stop_leftover_server(out)
+    assert "resumed from" in (out / "logs" / "server.log").read_text()
+    assert samples(out) == samples(whole)
+    assert curves(out) == curves(whole)
+
+
+def train_rows(run: Path) -> list[str]:
+    try:
+        return [x for x in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    except OSError:
+        return []
