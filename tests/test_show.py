@@ -229,3 +229,22 @@ def test_lambda_pairs_draws_each_simulation_coloured_by_generation(tmp_path: Pat
     assert colours == sorted({float(g) for g in done["generation"]}) == [0.0, 1.0]
     assert first.get_xlabel() in ("", "T0") and panels[0].get_ylabel() == "T1"
     plt.close(fig)
+
+
+@pytest.mark.timeout(60)
+def test_plot_leaves_out_a_run_stopped_before_its_first_validation(tmp_path: Path, capsys) -> None:
+    runs = [make_run(tmp_path, "random"), make_run(tmp_path, "breed")]
+    metrics = runs[0] / rundir.METRICS
+    train = [x for x in metrics.read_text().splitlines() if '"validation"' not in x]
+    metrics.write_text("\n".join(train) + "\n")
+    (runs[0] / rundir.SUMMARY).unlink()
+    tables, notes = plot.tables_of(runs)
+    assert set(tables["curves"]["run_id"]) == {runs[1].name}
+    assert notes == [f"{runs[0].name}: no validation row in metrics.jsonl: no curves"]
+    assert plot.main([str(runs[0])]) == 0  # its λ draws are still there
+    said = capsys.readouterr()
+    assert said.out == f"{runs[0] / 'figures'}: lambda_pairs (PNG and PDF)\n"
+    assert "curves: skipped (validation and training curves (Fig. 3a): no run has a " in said.err
+    (runs[0] / rundir.SAMPLES).unlink()
+    assert plot.main([str(runs[0])]) == 1  # nothing left to draw: said, exit 1
+    assert capsys.readouterr().err.rstrip().endswith("breed plot: no figure drawn")

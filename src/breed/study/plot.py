@@ -66,7 +66,17 @@ def tables_of(dirs: list[Path]) -> tuple[dict[str, Any], list[str]]:
         root = root.parent
     specs = [spec_of(d, root) for d in dirs]
     notes: list[str] = []
-    tables = {"runs": TABLES["runs"](specs, root), "curves": TABLES["curves"](specs, root)}
+    tables = {"runs": TABLES["runs"](specs, root)}
+    curves = []
+    for s in specs:
+        try:
+            curves.append(TABLES["curves"]([s], root))
+        except KeyError:  # stopped before its first validation: no val_mse column yet
+            notes.append(f"{s.run_id}: no validation row in {rundir.METRICS}: no curves")
+    if curves:
+        import pandas as pd
+
+        tables["curves"] = pd.concat(curves, ignore_index=True)
     finished = [s for s in specs if (root / s.run_id / rundir.SAMPLES).is_file()]
     for s in specs:
         if s not in finished:
@@ -88,7 +98,8 @@ def draw_all(dirs: list[Path], out: Path) -> tuple[list[Path], list[str]]:
     written: list[Path] = []
     for name, (what, figure, needs) in PLOTS.items():
         if any(t not in tables for t in needs):
-            notes.append(f"{name}: skipped ({what}: no finished run)")
+            lacking = "a validation row" if "curves" in needs else "a finished run"
+            notes.append(f"{name}: skipped ({what}: no run has {lacking})")
             continue
         args = [tables["runs"], *(tables[t] for t in needs)]
         try:
