@@ -19,7 +19,7 @@ from synthetic_rundir import write_synthetic_run
 from breed import rundir
 from breed import study as S
 from breed.study import figures as F
-from breed.study import plot, show
+from breed.study import plot, runview, show
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def test_show_a_failed_run_says_why_and_what_it_holds(tmp_path: Path, capsys) ->
     (run / rundir.LOGS / rundir.SERVER_LOG).write_text(
         "2026-01-01 INFO breed.server iteration 5\nbreed server: no space left on device\n"
     )
-    metrics = show._read_metrics(run / rundir.METRICS, show.RunView(run, "?"))
+    metrics = runview.read_metrics(run / rundir.METRICS, runview.RunView(run, "?"))
     last = max(m["iteration"] for m in metrics)
     out = shown(capsys, run)
     assert out.splitlines()[0] == f"{run}  [failed / incomplete]"

@@ -19,7 +19,7 @@ from typing import Any
 
 from breed import rundir
 from breed.cli import OneLineParser, describe
-from breed.study.show import ShowError, _config, run_dirs
+from breed.study.runview import ShowError, read_config, run_dirs
 
 # name -> (what it shows, the figure of breed.study.figures, the tables it reads after runs)
 PLOTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -35,7 +35,7 @@ def spec_of(run_dir: Path, root: Path) -> Any:
     from breed.study import BREED_KEYS, PARAMS, RunSpec, get_dotted, make_run_id, method_of
     from breed.study import pair_id as pair_of
 
-    cfg = _config(run_dir)
+    cfg = read_config(run_dir)
     run_id = os.path.relpath(run_dir.resolve(), root)
     try:
         config_id = make_run_id(cfg).rsplit("-", 1)[0]
