@@ -1,4 +1,5 @@
-# Tidy tables of a study's runs (CSV), then the summary over seeds and the paired ratios.
+# Tidy tables of a study's runs (CSV), then the summary over seeds and the paired Random/Breed
+# ratios (CSV, and HTML for the report).
 
 
 rule tables:
@@ -31,8 +32,11 @@ rule summary:
             "results/{study}/tables/ratios.csv",
             caption="../report/ratios.rst",
             category="{study}",
-            labels={"table": "paired Breed/Random ratios"},
+            labels={"table": "paired Random/Breed ratios"},
         ),
+        # the same numbers as HTML, embedded by the captions and the landing page
+        summary_html="results/{study}/tables/summary.html",
+        ratios_html="results/{study}/tables/ratios.html",
     log:
         "results/{study}/logs/summary.log",
     conda:
