@@ -129,3 +129,20 @@ def test_close_cancels_only_unfinished_uncancelled_jobs():
     fake.cancel("2")
     fake.close()
     assert fake.cancelled == [["2"], ["3"]]
+
+
+def test_a_missing_submit_command_is_one_line(tmp_path, monkeypatch) -> None:
+    """What the workflow's cluster profiles check before any job (workflow/rules/common.smk)."""
+    from breed.launcher.cluster import SUBMIT_COMMANDS, missing_submit_command
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert SUBMIT_COMMANDS == {"slurm": "sbatch", "oar": "oarsub"}
+    line = missing_submit_command("slurm")
+    assert line is not None and line.startswith("sbatch not found on PATH: slurm jobs")
+    assert "\n" not in line
+    assert missing_submit_command("local") is None
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text("#!/bin/sh\n")
+    sbatch.chmod(0o755)
+    assert missing_submit_command("slurm") is None  # found: nothing to say
+    assert missing_submit_command("oar").startswith("oarsub not found")

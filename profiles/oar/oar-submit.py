@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -79,6 +80,11 @@ def main(argv: list[str]) -> int:
     logdir = os.path.join(workdir, ".snakemake", "oar_logs")
     os.makedirs(logdir, exist_ok=True)
     cmd = oarsub_argv(read_properties(jobscript), jobscript, workdir, logdir)
+    if shutil.which(cmd[0]) is None:  # one line, not a FileNotFoundError traceback
+        print(
+            f"oar-submit.py: {cmd[0]} not found on PATH (not an OAR submit host?)", file=sys.stderr
+        )
+        return 2
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(

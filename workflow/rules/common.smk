@@ -8,6 +8,7 @@ from functools import cache
 
 try:
     from breed import study as S
+    from breed.launcher.cluster import missing_submit_command
     from breed.rundir import RESULTS
     from breed.study import figures as F
 except ImportError as exc:  # one line, no traceback: the fix is a set-up command
@@ -49,3 +50,21 @@ def study_targets(name):
         targets += expand("results/{study}/figures/{figure}.{ext}", study=study,
                           figure=S.study_figures(config, study), ext=["png", "pdf"])
     return targets
+
+
+def schedulers_needed():
+    """The schedulers this invocation will submit to: the executor's (jobs that are not local
+    rules) and the launcher backend's (every breed_run submits its clients with it)."""
+    jobs = list(workflow.dag.needrun_jobs())
+    submits = workflow.non_local_exec and any(not job.is_local for job in jobs)
+    needed = ["slurm"] if submits and workflow.executor_plugin.name == "slurm" else []
+    if submits or any(job.rule.name == "breed_run" for job in jobs):
+        needed.append(config["launcher_backend"])
+    return needed
+
+
+# Before any job (never in a dry run): a cluster profile on a machine without its scheduler
+# fails here in a second with one line, not at the first submission (~40 s, or a traceback).
+onstart:
+    for problem in filter(None, map(missing_submit_command, schedulers_needed())):
+        sys.exit(problem)

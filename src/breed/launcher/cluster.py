@@ -30,6 +30,23 @@ log = logging.getLogger(__name__)
 DEFAULTS = {"min_poll_interval": 2.0, "forget_grace": 60.0, "command_timeout": 30.0}
 
 
+# The command each scheduler's jobs are submitted with, by the backends and by the workflow's
+# cluster profiles. Without it nothing can run, so callers check it first and fail at once.
+SUBMIT_COMMANDS = {"slurm": "sbatch", "oar": "oarsub"}
+
+
+def missing_submit_command(scheduler: str) -> str | None:
+    """One line saying ``scheduler``'s submit command is not on PATH, or None (found, or not a
+    scheduler: ``local``)."""
+    command = SUBMIT_COMMANDS.get(scheduler)
+    if command is None or shutil.which(command):
+        return None
+    return (
+        f"{command} not found on PATH: {scheduler} jobs cannot be submitted from this machine "
+        f"(run on a {scheduler} submit host, or without the {scheduler} profile/backend)"
+    )
+
+
 def resolve_mpiexec(name: str) -> str:
     """``name`` on PATH, else next to the running interpreter (a venv's mpich wheel), else as is
     (the job's own PATH may have it)."""
