@@ -143,6 +143,9 @@ def test_show_several_runs_side_by_side(tmp_path: Path, capsys) -> None:
     assert lines[-1].startswith(f"{runs[0].name}: failed / incomplete: no error line")
     # a study's folder stands for its runs
     assert sorted(shown(capsys, tmp_path).splitlines()[2:4]) == sorted(lines[2:4])
+    each = shown(capsys, "--each", *runs)  # every run's screen, then the table
+    assert each.startswith(f"{runs[0]}  [failed / incomplete]")
+    assert f"\n{runs[1]}  [finished]\n" in each and each.endswith(out)
 
 
 @pytest.mark.timeout(30)
