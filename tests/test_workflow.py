@@ -1,6 +1,7 @@
 """The Snakemake study pipeline: lint, dry runs of every profile, the OAR profile scripts, the
 Nix flake and the conda env against pyproject.toml, the figure registry against the workflow,
-and (slow tier) the tiny DAG end to end.
+the cluster profiles on a machine without their scheduler, and (slow tier) the Burgers study end
+to end; the tiny DAG and its report are in test_workflow_report.py.
 
 Snakemake runs in a temporary copy of the workflow (Snakefile, workflow/, config/, profiles/
 and the root links `slurm`, `oar`) without src/: the rules import breed as installed in the
