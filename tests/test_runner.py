@@ -6,6 +6,7 @@ token on resume, path resolution, the console progress, and the server process's
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -172,8 +173,7 @@ def test_progress_bar_follows_the_server(capsys):
     assert "3/8" in capsys.readouterr().err
 
 
-def test_progress_tells_phases_and_resamplings(capsys):
-    progress = Progress(6, enabled=False)
+def feed_story(progress: Progress) -> None:
     last = {"generation": 2, "iteration": 40, "K": 5, "r": 0.25, "proposal": 1}
     progress({"phase": "waiting for data", "iteration": 0})
     progress({"phase": "waiting for data", "iteration": 0, "resamplings": 0})
@@ -181,12 +181,28 @@ def test_progress_tells_phases_and_resamplings(capsys):
     progress({"phase": "training", "iteration": 41, "resamplings": 2, "last_resampling": last})
     progress({"phase": "training", "iteration": 42, "resamplings": 2, "last_resampling": last})
     progress.close()
-    assert capsys.readouterr().err.splitlines() == [
-        "breed run: waiting for data (iteration 0)",
-        "breed run: training (iteration 3)",
-        "breed run: Breed resampling 2 at iteration 40: 5 pending λ redrawn, r = 0.25, "
-        "1 from the proposal (1 more since the last report)",
-    ]
+
+
+STORY = [
+    "waiting for data (iteration 0)",
+    "training (iteration 3)",
+    "Breed resampling 2 at iteration 40: 5 pending λ redrawn, r = 0.25, "
+    "1 from the proposal (1 more since the last report)",
+]
+
+
+def test_progress_tells_phases_and_resamplings_above_the_bar(capsys):
+    feed_story(Progress(6, enabled=True))
+    err = capsys.readouterr().err
+    lines = [x for x in err.replace("\r", "\n").splitlines() if x.startswith("breed run: ")]
+    assert lines == [f"breed run: {x}" for x in STORY]
+
+
+def test_without_the_bar_the_story_goes_to_the_log_only(capsys, caplog):
+    caplog.set_level(logging.INFO, logger="breed.run")
+    feed_story(Progress(6, enabled=False))
+    assert capsys.readouterr().err == ""  # stderr: warnings, errors, the final line only
+    assert [r.getMessage() for r in caplog.records] == STORY
 
 
 def test_a_resumed_console_does_not_retell_old_resamplings(capsys):

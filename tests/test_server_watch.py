@@ -18,12 +18,12 @@ def test_silent_launcher_checkpoints_once_then_recovers() -> None:
         launcher_lost=False,
         save_checkpoint=lambda: saved.append(1),
     )
-    Server._watch_launcher(state)  # started by hand, never pinged: nothing to watch
+    Server.watch_launcher(state)  # started by hand, never pinged: nothing to watch
     assert saved == [] and not state.launcher_lost
     state.last_ping = time.monotonic() - 5.0
-    Server._watch_launcher(state)
-    Server._watch_launcher(state)
+    Server.watch_launcher(state)
+    Server.watch_launcher(state)
     assert saved == [1] and state.launcher_lost  # once per silence, not every iteration
     state.last_ping = time.monotonic()
-    Server._watch_launcher(state)
+    Server.watch_launcher(state)
     assert not state.launcher_lost

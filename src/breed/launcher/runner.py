@@ -263,11 +263,20 @@ class Progress:
             self.bar = tqdm(total=total, unit="sim", file=sys.stderr, dynamic_ncols=True)
 
     def say(self, text: str) -> None:
+        """A warning: on the console in any case, and in launcher.log."""
         log.warning(text)
         if self.bar is not None:
             self.bar.write(f"breed run: {text}", file=sys.stderr)
         else:
             print(f"breed run: {text}", file=sys.stderr)
+
+    def tell(self, text: str) -> None:
+        """A line of the run's story: above the bar on an interactive console; with the bar
+        off (``training.progress: false``: scripts, Snakemake, tests) in launcher.log only,
+        so stderr holds nothing but warnings, errors and the final line."""
+        log.info(text)
+        if self.bar is not None:
+            self.bar.write(f"breed run: {text}", file=sys.stderr)
 
     def __call__(self, status: ServerStatus) -> None:
         """Show the server's warnings once when they start and once when they end (a failing
@@ -282,7 +291,7 @@ class Progress:
         phase = status.get("phase")
         if phase is not None and phase != self.phase:
             self.phase = phase
-            self.say(f"{phase} (iteration {status.get('iteration', 0)})")
+            self.tell(f"{phase} (iteration {status.get('iteration', 0)})")
         self._resampled(status)
         if self.bar is None:
             return
@@ -299,7 +308,7 @@ class Progress:
         count, last = status.get("resamplings", 0), status.get("last_resampling")
         if self.resamplings is not None and count > self.resamplings and last:
             more = count - self.resamplings
-            self.say(
+            self.tell(
                 f"Breed resampling {last.get('generation', count)} at iteration "
                 f"{last.get('iteration', '?')}: {last.get('K', 0)} pending λ redrawn, "
                 f"r = {last.get('r', float('nan')):.2f}, "
@@ -431,7 +440,7 @@ def supervise(
             link.close()
 
 
-def ensure_validation(cfg: dict[str, Any], run_dir: Path) -> None:
+def ensure_validation(cfg: dict[str, Any], run_dir: Path, progress: Progress) -> None:
     """A problem with its own client gets its validation set collected by that client, once
     (the heat preset's server makes its own in-process)."""
     from breed.problems import problem_of
@@ -442,10 +451,9 @@ def ensure_validation(cfg: dict[str, Any], run_dir: Path) -> None:
     if path.exists():
         return
     if problem.name == "heat2d":  # the server solves them before it listens: say so
-        print(
-            f"breed run: making the validation set ({cfg['validation']['size']} trajectories "
-            f"of heat2d) before training starts",
-            file=sys.stderr,
+        progress.tell(
+            f"making the validation set ({cfg['validation']['size']} trajectories of heat2d) "
+            "before training starts"
         )
         return
     from breed.launcher.collection import collect_validation
@@ -535,7 +543,7 @@ def _launch(
     progress = Progress(cfg["study"]["simulations"], cfg["training"]["progress"])
     server: ServerProcess | None = None
     try:
-        ensure_validation(cfg, run_dir)
+        ensure_validation(cfg, run_dir, progress)
         if resume:
             launcher.adopt(jobs if jobs is not None else read_jobs(run_dir))
             server = ServerProcess.attach(run_dir, token_from_hex(token), curve, lc["ping_timeout"])

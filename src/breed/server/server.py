@@ -24,7 +24,6 @@ import yaml
 from breed import rundir
 from breed.cli import OneLineParser, describe
 from breed.client import mpi_world
-from breed.fsio import atomic_write_json
 from breed.learning.budget import deterministic, iteration_budget, per_simulation
 from breed.learning.buffer import SampleBuffer
 from breed.learning.reservoir import buffer_from_config
@@ -38,25 +37,19 @@ from breed.learning.validation import (
 from breed.netaddr import resolve_host
 from breed.problems import problem_of
 from breed.protocol import token_from_hex
-from breed.runlog import (
-    PER_SAMPLE_COLUMNS,
-    CsvLog,
-    JsonLines,
-    MetricsLog,
-    write_table,
-)
 from breed.sampling import make_sampler
 from breed.sampling.base import Sampler
-from breed.sampling.deviation import batch_moments
 from breed.security import load_curve_secret
 from breed.server.checkpoint import Checkpointer
 from breed.server.checkpoint import load as load_checkpoint
 from breed.server.collect import TrajectoryStore
 from breed.server.collective import Collective
 from breed.server.guard import raise_fd_limit
+from breed.server.loop import TrainingLoop
 from breed.server.order import OrderedIngest, Pace, StagedIntake, use_deterministic_torch
 from breed.server.receiver import Receiver, ReceiverOptions
 from breed.server.recovery import capture, restore, truncate_logs
+from breed.server.results import ResultsNotWritten, write_collection, write_results
 from breed.server.shard import RankLink, RemoteTable, ShardedTable
 from breed.server.simtable import SimTable, StepTable
 from breed.server.sink import Buffer
@@ -72,70 +65,6 @@ SERVER_WRITES = (
     rundir.METRICS,
     rundir.PER_SAMPLE,
 )
-
-
-FINAL_WRITE_S = 120.0  # how long the final writes are retried (someone may free the disk)
-
-
-class ResultsNotWritten(RuntimeError):
-    """The run trained to its end, but its results could not be written."""
-
-    def __init__(self, reason: str | None, checkpointer: Checkpointer) -> None:
-        kept = (
-            "no checkpoint was written"
-            if checkpointer.last_iteration is None
-            else f"the checkpoint of iteration {checkpointer.last_iteration} is kept"
-        )
-        super().__init__(
-            f"the final results could not be written ({reason}); {kept}: make "
-            "room and run `breed run --resume RUN_DIR`"
-        )
-
-
-class LoopClock:
-    """Where the training loop's time goes: training, waiting for data (starvation)."""
-
-    def __init__(self) -> None:
-        self.first: float | None = None  # first training iteration (the watermark)
-        self.train_s = self.wait_s = 0.0
-        self.waited = 0  # iterations whose batch had to wait for data
-        self.samples = 0
-        self.last_validated = -1
-
-    def starved(self, seconds: float, after_start: bool) -> None:
-        if after_start:
-            self.wait_s += seconds
-
-    def batch(self, waited: float) -> None:
-        if self.first is None:
-            self.first = time.monotonic()
-        if waited > 1e-3:
-            self.waited += 1
-            self.wait_s += waited
-
-    def trained(self, seconds: float, samples: int) -> None:
-        self.train_s += seconds
-        self.samples += samples
-
-    def elapsed(self) -> float:
-        return 0.0 if self.first is None else time.monotonic() - self.first
-
-    def metrics(self) -> dict[str, float]:
-        return {
-            "samples_per_s": self.samples / max(self.elapsed(), 1e-9),
-            "waited": self.waited,
-            "wait_s": self.wait_s,
-            "train_s": self.train_s,
-        }
-
-    def summary(self, iterations: int) -> dict[str, float]:
-        return {
-            "train_loop_s": self.elapsed(),
-            "samples_trained": self.samples,
-            "waiting_fraction": self.waited / max(iterations, 1),
-            "waited_iterations": self.waited,
-            **self.metrics(),
-        }
 
 
 class Server:
@@ -230,7 +159,6 @@ class Server:
         self.job_map: dict[str, str] = {}  # launcher job name -> scheduler job id
         self.last_validation: dict[str, Any] | None = None
         self.phase = "waiting for data"  # what the console shows (status)
-        self._resamples_logged = 0  # the sampler's history records already in metrics.jsonl
         self.receiver = Receiver(
             token=self.token,
             host=lc["host"],
@@ -238,7 +166,7 @@ class Server:
             buffer=self.intake,
             problem=self.problem,
             status=self.status,
-            on_sim_done=self._on_sim_done,
+            on_sim_done=self.on_sim_done,
             on_launcher=self._on_launcher,
             options=ReceiverOptions(
                 simulation_timeout=lc["simulation_timeout"],
@@ -273,7 +201,7 @@ class Server:
         order = OrderedIngest(
             staged,
             self.sims,
-            self._root_sampler(),
+            self.root_sampler(),
             self.sampler_lock,
             per,
             self.cfg["sampler"]["lag"],
@@ -317,7 +245,7 @@ class Server:
             {"resamplings": len(history), "last_resampling": dict(history[-1])} if history else {}
         )
 
-    def _on_sim_done(self, sim_id: int) -> None:
+    def on_sim_done(self, sim_id: int) -> None:
         if self.sampler is None or self.order is not None:
             return  # rank r > 0 hears of it through the link; in order: told at ingest
         with self.sampler_lock:
@@ -348,29 +276,9 @@ class Server:
                 host=self.cfg["launcher"]["host"],
             ).write(self.run_dir)
         if self.collecting:
-            return self._collect()
-        tc = self.cfg["training"]
-        tb_dir = self.run_dir / rundir.TENSORBOARD if tc["tensorboard"] else None
-        metrics = MetricsLog(self.run_dir / rundir.METRICS, tb_dir) if self.root else None
-        per_sample = (
-            CsvLog(self.run_dir / rundir.PER_SAMPLE, PER_SAMPLE_COLUMNS)
-            if tc["per_sample_log"] and self.root
-            else None
-        )
-        clock = LoopClock()
-        if self.sampler is not None:  # a resumed run logged its earlier resamplings already
-            self._resamples_logged = len(self.sampler.history)
-        try:
-            self._loop(metrics, per_sample, clock)
-            if metrics is not None and self.iteration and self.iteration != clock.last_validated:
-                self.phase = "final validation"
-                self._validate(metrics)
-            self.phase = "writing results"
-        finally:
-            if metrics is not None:
-                metrics.close()
-            if per_sample is not None:
-                per_sample.close()
+            return write_collection(self)
+        loop = TrainingLoop(self)
+        loop.run()
         if self.receiver.ingest is not None:  # the worker's latest rejection counters
             self.receiver.ingest.poll_counts()
             self.receiver.merge_worker_counts()
@@ -382,7 +290,7 @@ class Server:
             "iteration_budget": budget,  # over it: the data outlasted the budget
             "budget_exceeded": budget is not None and self.iteration > budget,
             "ranks": self.coll.size,
-            **clock.summary(self.iteration),
+            **loop.clock.summary(self.iteration),
             "sims_done": self.sims.done_count() if self.root else None,
             "target": self.sims.target if self.root else None,
             **self.receiver.message_counts(),
@@ -396,155 +304,13 @@ class Server:
         }
         if self.root:
             try:
-                self._write_results(summary)
+                write_results(self, summary)
             except ResultsNotWritten as exc:  # the launcher must stop, not restart us
                 self.failure = str(exc)
                 self.finished.set()
                 raise
         self.finished.set()
         return summary
-
-    def _collect(self) -> dict[str, Any]:
-        """Collection run: wait for every simulation, write them as a validation set."""
-        while not self.sims.finished():
-            self.finished.wait(0.05)
-        seed = self.cfg["validation"]["seed"]
-        rows = {r.sim_id: r for r in self.sims.records.values() if r.status == "done"}
-        summary = {
-            "mode": "collect",
-            "wall_time": time.time() - self.start,
-            "sims_done": len(rows),
-            "target": self.cfg["study"]["simulations"],
-            **self.receiver.message_counts(),
-            "problem": self.problem.name,
-        }
-        try:
-            assert self.store is not None
-            params = np.array([rows[j].params for j in range(self.store.size)])
-            vset = self.store.validation_set(params, seed)
-        except (KeyError, RuntimeError) as exc:
-            self.failure = f"collection incomplete: {exc}"
-            self.finished.set()
-            raise ResultsNotWritten(self.failure, self.checkpointer) from None
-        save_validation(vset, self.run_dir / rundir.TRAJECTORIES)
-        self.write_samples()
-        summary["validation_fingerprint"] = vset.fingerprint
-        atomic_write_json(self.run_dir / rundir.SUMMARY, summary)
-        self.finished.set()
-        return summary
-
-    def _write_results(self, summary: dict[str, Any], patience: float = FINAL_WRITE_S) -> None:
-        """Final checkpoint, model, samples and summary (last: it marks the run finished).
-        Writes that fail (a full disk) are retried for ``patience`` s, the receiver still
-        answering; then :class:`ResultsNotWritten`, the last checkpoint kept for a resume."""
-        deadline, delay = time.monotonic() + patience, 1.0
-        while not self.save_checkpoint():
-            if time.monotonic() + delay > deadline:
-                raise ResultsNotWritten(self.checkpointer.last_error, self.checkpointer)
-            time.sleep(delay)
-            delay = min(2 * delay, 30.0)
-        summary["checkpoint"] = self.checkpointer.summary()
-        while True:
-            try:
-                self.trainer.save_model(self.run_dir / rundir.MODEL)
-                self.write_samples()
-                atomic_write_json(self.run_dir / rundir.SUMMARY, summary)
-                return
-            except OSError as exc:
-                log.error(
-                    "final results not written (%s); retrying in %g s", exc.strerror or exc, delay
-                )
-                if time.monotonic() + delay > deadline:
-                    raise ResultsNotWritten(exc.strerror or str(exc), self.checkpointer) from None
-                time.sleep(delay)
-                delay = min(2 * delay, 30.0)
-
-    def _loop(self, metrics: JsonLines | None, per_sample: CsvLog | None, clock: LoopClock) -> None:
-        tc, size = self.cfg["training"], self.coll.size
-        batch_size = self.cfg["model"]["batch_size"]
-        max_it, budget = tc["max_iterations"], iteration_budget(self.cfg)
-        while True:
-            if self.root and self.link is not None:
-                for sim_id in self._sharded().collect_completions():
-                    self._on_sim_done(sim_id)
-            t0 = time.monotonic()
-            if self._hold():
-                clock.starved(time.monotonic() - t0, self.iteration > 0)
-                continue
-            # with a budget the reservoir recycles after the stream: "all seen" is read before
-            # the draw, so a batch holding the last unseen samples is trained, never dropped
-            seen_before = budget is not None and self.buffer.finished()
-            batch = self.buffer.sample_batch(batch_size, timeout=0.05 if size == 1 else 0.002)
-            ag = self.coll.agree(
-                samples=0 if batch is None else len(batch),
-                all_seen=seen_before
-                if budget is not None
-                else batch is None and self.buffer.finished(),  # a drawn batch is trained
-                data_finished=self.root
-                and (self.sims.finished() if self.order is None else self.order.drained),
-                stop=max_it is not None and self.iteration >= max_it,
-            )
-            if ag.data_finished and not self.buffer.closed:
-                self.buffer.close()  # end of stream: the reservoir stops recycling samples
-            spent = budget is None or self.iteration >= budget  # the same on every rank
-            if ag.stop or (ag.data_finished and ag.all_seen and spent):
-                return
-            if ag.samples == 0:
-                clock.starved(time.monotonic() - t0, self.iteration > 0)
-                continue
-            clock.batch(batch.waited if batch is not None else 0.0)
-            self.phase = "training"
-            t1 = time.monotonic()
-            # DDP averages gradients over ranks: weight each rank by its share of the global
-            # batch so the step is the global batch's MSE; a rank without data steps with 0
-            weight = size * (0 if batch is None else len(batch)) / ag.samples
-            if batch is not None:
-                mine = (batch.sim_ids, batch.steps, self.trainer.step(batch, weight=weight).losses)
-            else:
-                self.trainer.idle_step()
-                mine = (np.empty(0), np.empty(0), np.empty(0))
-            clock.trained(time.monotonic() - t1, ag.samples)
-            ids, steps, losses = self.coll.gather_losses(*mine, batch_size)
-            if not self.root:
-                continue
-            assert metrics is not None  # rank 0 logs
-            with self.sampler_lock:
-                sampler = self._root_sampler()
-                deltas = sampler.on_losses(self.iteration, ids, steps, losses)
-                sampler.on_iteration(self.iteration)
-                self._log_resamplings(metrics, sampler)
-            if self.iteration % tc["log_interval"] == 0:
-                self._watch_launcher()
-                mu, sigma = batch_moments(losses)
-                metrics.write(
-                    {
-                        "kind": "train",
-                        "iteration": self.iteration,
-                        "time": time.time() - self.start,
-                        "batch_loss": mu,
-                        "batch_loss_std": sigma,
-                        **self._buffer_metrics(),
-                        **clock.metrics(),
-                    }
-                )
-                if per_sample is not None:
-                    self._log_samples(per_sample, ids, steps, losses, deltas, mu)
-            if self.iteration % tc["validation_interval"] == 0:
-                self._validate(metrics)
-                clock.last_validated = self.iteration
-            if self.checkpointer.due(self.iteration):
-                self.save_checkpoint()
-
-    def _hold(self) -> bool:
-        """Wait for the next simulation instead of training (the pace of
-        ``iterations_per_simulation``; deterministic mode: ingest in id order)."""
-        if self.order is not None and not self.order.advance(self.iteration):
-            self.order.wait(0.05)
-            return True
-        if self.pace is not None and self.pace.hold(self.iteration):
-            time.sleep(0.01)
-            return True
-        return False
 
     @property
     def buffer(self) -> SampleBuffer:
@@ -558,11 +324,11 @@ class Server:
         assert isinstance(self.table, SimTable), "rank 0 only"
         return self.table
 
-    def _sharded(self) -> ShardedTable:
+    def sharded(self) -> ShardedTable:
         assert isinstance(self.table, ShardedTable), "multi-rank rank 0 only"
         return self.table
 
-    def _root_sampler(self) -> Sampler:
+    def root_sampler(self) -> Sampler:
         assert self.sampler is not None, "rank 0 only"
         return self.sampler
 
@@ -571,7 +337,7 @@ class Server:
         """Training iterations so far: the trainer counts its steps, the one counter."""
         return self.trainer.iteration
 
-    def _watch_launcher(self) -> None:
+    def watch_launcher(self) -> None:
         """The other direction of the liveness pings: a launcher silent for ping_timeout is
         presumed dead; training goes on (clients still stream) but a checkpoint is taken at
         once, so `breed run --resume` loses nothing."""
@@ -588,80 +354,6 @@ class Server:
         elif self.launcher_lost and not silent:
             log.info("the launcher is back")
         self.launcher_lost = silent
-
-    def _log_resamplings(self, metrics: JsonLines, sampler: Sampler) -> None:
-        """One ``resample`` row per new record of the sampler's history (metrics.jsonl and
-        TensorBoard: generation, K, r(s), proposal share, window Q quantiles, sigma, ESS)."""
-        for record in sampler.history[self._resamples_logged :]:
-            row = {"kind": "resample", "time": time.time() - self.start, **record}
-            row["iteration"] = record.get("iteration", self.iteration)
-            metrics.write(row)
-            log.info(
-                "resampling %d at iteration %d: %d pending, r = %.2f, %d from the proposal",
-                record.get("generation", 0),
-                row["iteration"],
-                record.get("K", 0),
-                record.get("r", float("nan")),
-                record.get("proposal", 0),
-            )
-        self._resamples_logged = len(sampler.history)
-
-    def _buffer_metrics(self) -> dict[str, Any]:
-        stats = self.buffer.stats()
-        return {
-            "samples_received": stats["received"],
-            "buffer_fill": stats["fill"],
-            "receiver_paused_s": self.receiver.paused_s,
-            "receiver_longest_pause_s": self.receiver.active.longest_stop,
-        }
-
-    def _validate(self, metrics: JsonLines) -> None:
-        assert self.validation is not None  # rank 0 of a training run
-        vals = self.trainer.evaluate(self.validation)
-        self.last_validation = {"iteration": self.iteration, **vals}
-        metrics.write(
-            {
-                "kind": "validation",
-                "iteration": self.iteration,
-                "time": time.time() - self.start,
-                **vals,
-            }
-        )
-        log.info("iteration %d: validation MSE %.4g", self.iteration, vals["val_mse"])
-
-    def _log_samples(
-        self,
-        out: CsvLog,
-        ids: np.ndarray,
-        steps: np.ndarray,
-        losses: np.ndarray,
-        deltas: np.ndarray | None,
-        batch_loss: float,
-    ) -> None:
-        with self.sampler_lock:
-            qs = self._root_sampler().qualities(ids)
-        uniform = [self.sims.records[int(s)].source == "uniform" for s in ids]
-        out.write_rows(
-            [
-                [
-                    self.iteration,
-                    int(ids[k]),
-                    int(steps[k]),
-                    float(losses[k]),
-                    batch_loss,
-                    None if deltas is None else float(deltas[k]),
-                    None if np.isnan(qs[k]) else float(qs[k]),
-                    int(uniform[k]),
-                ]
-                for k in range(len(ids))
-            ]
-        )
-
-    def write_samples(self) -> None:
-        rows = self.sims.rows()
-        for row in rows:  # scheduler ids, so users can find a simulation's job and its log
-            row["job_id"] = self.job_map.get(row["job_id"], row["job_id"])
-        write_table(self.run_dir / rundir.SAMPLES, rows, self.sims.columns)
 
     # -- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self) -> bool:
@@ -687,7 +379,7 @@ class Server:
                 state,
                 ledger=self.receiver.ledger,
                 table=self.sims,
-                sampler=self._root_sampler(),
+                sampler=self.root_sampler(),
                 buffer=self.buffer,
                 counts=self.receiver.counts,
             )
