@@ -181,11 +181,12 @@ def test_fig6_lower_triangle_of_median_correlations(config: dict, tmp_path: Path
     values = texts(fig)
     assert len(values) == 2 * 10  # 5 variables: strictly lower triangle; median and range
     c = t["correlations"].query("a == 'sample_loss' and b == 'Q'")
+    assert len(c) == len(config["studies"]["quick"]["seeds"]) == 3
     assert f"{c['r'].median():.2f}" in values
     assert f"[{c['r'].min():.2f}, {c['r'].max():.2f}]" in values  # the seeds' spread
     rows = t["correlations"].groupby("run_id")["n"].first()
     title = fig.axes[0].get_title()
-    assert f"2 seeds, {rows.sum()} rows, {rows.min()}–{rows.max()} per seed" in title
+    assert f"{len(rows)} seeds, {rows.sum()} rows, {rows.min()}–{rows.max()} per seed" in title
 
 
 def test_figures_need_a_reference_breed_run(config: dict, tmp_path: Path) -> None:

@@ -59,13 +59,13 @@ def test_show_a_finished_run_gives_the_files_numbers(tmp_path: Path, capsys) -> 
     val = summary["final_validation"]
     assert out.splitlines()[0] == f"{run}  [finished]"
     assert "problem     heat2d (λ: T0, T1, T2, T3, T4)" in out
-    assert "breed (σ 0.025, P 25, N 40, r 0.5 -> 0.9 over 3 generations)" in out
+    assert "breed (σ 0.025, P 300, N 200, r 0.5 -> 0.7 over 3 generations)" in out
     assert f"{summary['iterations']} iterations in {summary['wall_time']:.1f} s" in out
     assert (
         f"at iteration {val['iteration']}: mean (MSE) {val['val_mse']:.3g}, "
         f"p99 {val['traj_err_p99']:.3g}, max {val['traj_err_max']:.3g}"
     ) in out
-    assert "29 done of 150; 2 retried (3 extra attempts); 1 given up (new λ drawn" in out
+    assert "29 done of 100; 2 retried (3 extra attempts); 1 given up (new λ drawn" in out
     # generations from samples.csv: 15 uniform (generation 0), 15 proposal (generation 1)
     assert "1 resampling; 15 of 30 simulations from the proposal (50 %)" in out
     assert "      0          -     -     -                -     15 (0)" in out
@@ -137,7 +137,7 @@ def test_show_several_runs_side_by_side(tmp_path: Path, capsys) -> None:
     rows = {line.split()[0]: line for line in lines[2:4]}
     summary = json.loads((runs[1] / rundir.SUMMARY).read_text())
     breed = rows[runs[1].name].split()
-    assert breed[1:4] == ["finished", "breed", f"{summary['sims_done']}/150"]
+    assert breed[1:4] == ["finished", "breed", f"{summary['sims_done']}/100"]
     assert f"{summary['final_validation']['val_mse']:.3g}" in breed
     assert rows[runs[0].name].split()[1:3] == ["failed", "/"]
     assert lines[-1].startswith(f"{runs[0].name}: failed / incomplete: no error line")

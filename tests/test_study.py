@@ -98,10 +98,12 @@ def test_mixing_study_uses_table1_centre(config: dict) -> None:
 def test_random_and_breed_of_one_seed_are_paired(config: dict) -> None:
     specs = S.expand_study(config, "quick")
     assert sorted(s.run_id for s in specs) == [
-        "breed-H16-L1-s0.025-P25-N40-r0.5-0.9-3-seed0",
-        "breed-H16-L1-s0.025-P25-N40-r0.5-0.9-3-seed1",
+        "breed-H16-L1-s0.025-P300-N200-r0.5-0.7-3-seed0",
+        "breed-H16-L1-s0.025-P300-N200-r0.5-0.7-3-seed1",
+        "breed-H16-L1-s0.025-P300-N200-r0.5-0.7-3-seed2",
         "random-H16-L1-seed0",
         "random-H16-L1-seed1",
+        "random-H16-L1-seed2",
     ]
     by_seed: dict[int, set[str]] = {}
     for s in specs:
@@ -162,6 +164,8 @@ def test_extra_varied_keys_enter_the_run_id(config: dict) -> None:
         **copy.deepcopy(cfg["studies"]["tiny"]),
         "grid": {"buffer.kind": ["reservoir", "fifo"], "sampler.name": ["uniform"]},
     }
+    # a fifo buffer has no budget to pace: the tiny study's deterministic mode is left out
+    cfg["studies"]["buf"]["base"]["training"] = {"validation_interval": 10}
     assert ids(S.expand_study(cfg, "buf")) == {
         "random-H16-L1-kindreservoir-seed0",
         "random-H16-L1-kindfifo-seed0",
@@ -267,14 +271,14 @@ def test_tables_from_synthetic_runs(config: dict, tmp_path: Path) -> None:
     specs = S.expand_study(config, "quick")
     write_synthetic_study(tmp_path, specs)
     runs = S.runs_table(specs, tmp_path)
-    assert len(runs) == 4 and set(runs["method"]) == {"random", "breed"}
+    assert len(runs) == 6 and set(runs["method"]) == {"random", "breed"}
     r0 = runs.set_index("run_id").loc["random-H16-L1-seed0"]
     last_val = S.read_metrics(tmp_path / "random-H16-L1-seed0").query("kind == 'validation'")
     assert r0["val_mse"] == pytest.approx(last_val["val_mse"].iloc[-1])
     assert r0["iterations"] == 200 and r0["sims_done"] == 39
     assert (
         math.isnan(r0["sigma"])
-        and runs.set_index("run_id").loc["breed-H16-L1-s0.025-P25-N40-r0.5-0.9-3-seed1", "sigma"]
+        and runs.set_index("run_id").loc["breed-H16-L1-s0.025-P300-N200-r0.5-0.7-3-seed1", "sigma"]
         == 0.025
     )
 
@@ -283,27 +287,27 @@ def test_tables_from_synthetic_runs(config: dict, tmp_path: Path) -> None:
     assert len(curves.query("run_id == 'random-H16-L1-seed0' and kind == 'train'")) == 20
 
     inputs = S.inputs_table(specs, tmp_path)
-    assert len(inputs) == 4 * 39  # the "lost" simulation is left out
+    assert len(inputs) == 6 * 39  # the "lost" simulation is left out
     expected = np.std(inputs[["T0", "T1", "T2", "T3", "T4"]].to_numpy(), axis=1)
     assert np.allclose(inputs["deviation"], expected)
 
     corr = S.correlations_table(specs, tmp_path)
     assert set(corr["run_id"]) == {s.run_id for s in specs if s.params["method"] == "breed"}
-    assert len(corr) == 2 * 10  # 5 variables -> 10 pairs per Breed run
+    assert len(corr) == 3 * 10  # 5 variables -> 10 pairs per Breed run
     one = corr.query("a == 'sample_loss' and b == 'batch_loss'").iloc[0]
     frame = pd.read_csv(tmp_path / one["run_id"] / "per_sample_loss.csv")
     assert one["r"] == pytest.approx(frame["sample_loss"].corr(frame["batch_loss"]))
 
     summary = S.summary_by_config(runs)
-    assert list(summary["seeds"]) == [2, 2]
+    assert list(summary["seeds"]) == [3, 3]
     rnd = summary.set_index("config_id").loc["random-H16-L1"]
     assert rnd["val_mse_mean"] == pytest.approx(runs.query("method == 'random'")["val_mse"].mean())
-    assert math.isnan(rnd["val_mse_median"])  # 2 seeds: no quartiles
+    assert math.isnan(rnd["val_mse_median"])  # 3 seeds: no quartiles
 
     ratios = S.paired_ratios(runs).set_index("metric")
-    assert ratios.loc["val_mse", "pairs"] == 2
+    assert ratios.loc["val_mse", "pairs"] == 3
     r = runs.set_index(["method", "seed"])["val_mse"]
     assert ratios.loc["val_mse", f"{S.RATIO}_gmean"] == pytest.approx(
-        math.sqrt(r["random", 0] / r["breed", 0] * r["random", 1] / r["breed", 1])
+        math.prod(r["random", k] / r["breed", k] for k in range(3)) ** (1 / 3)
     )
     assert ratios.loc["val_mse", f"{S.RATIO}_gmean"] > 1  # synthetic Breed is 10 % lower

@@ -64,6 +64,7 @@ def runs_of(random: list[float], breed: list[float]) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["studies"]["quick"]["seeds"] = [0, 1]  # two pairs: no median, no Wilcoxon
     specs = S.expand_study(config, "quick")
     root = tmp_path_factory.mktemp("quick")
     write_synthetic_study(root, specs)

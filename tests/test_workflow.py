@@ -29,8 +29,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 QUICK_JOBS = {
     "validation_config": 1,
     "make_validation": 1,
-    "run_config": 4,
-    "breed_run": 4,
+    "run_config": 6,
+    "breed_run": 6,
     "tables": 1,
     "summary": 1,
     "fig3a": 1,

@@ -61,8 +61,11 @@ def test_tiny_dag_end_to_end_then_figures_alone(tiny: Path) -> None:
     assert ratios[1].startswith("tiny,breed-H16-L1-s0.0625-P5-N4-r0.5-0.9-3,H16-L1,True,val_mse,1,")
     inputs = (res / "tables" / "inputs.csv").read_text().splitlines()
     assert inputs[0] == "sim_id,T0,T1,T2,T3,T4,source,generation,run_id,deviation,statistic"
-    assert len(inputs) == 1 + 2 * 30  # every simulation of both runs (whether Breed steered
-    # any of them depends on timing at this budget: not asserted here)
+    assert len(inputs) == 1 + 2 * 30  # every simulation of both runs
+    draws = pd.read_csv(res / "tables" / "inputs.csv")
+    sources = draws.groupby(draws["run_id"].str.split("-").str[0])["source"].agg(set)
+    # deterministic mode binds parameters after Breed's resamplings: it steers on every run
+    assert sources["random"] == {"uniform"} and sources["breed"] == {"uniform", "proposal"}
     run_cfg = yaml.safe_load((res / "configs" / "random-H16-L1-seed0.yaml").read_text())
     assert run_cfg["validation"]["file"] == "results/tiny/validation.npz"
     assert (res / "random-H16-L1-seed0" / "config.resolved.yaml").exists()
