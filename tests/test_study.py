@@ -112,6 +112,24 @@ def test_random_and_breed_of_one_seed_are_paired(config: dict) -> None:
     assert all(p == {"H16-L1"} for p in by_seed.values())
 
 
+@pytest.mark.parametrize("study", ["quick", "tiny"])
+def test_quick_and_tiny_compare_at_equal_simulations_and_iterations(
+    config: dict, study: str
+) -> None:
+    """Deterministic mode: a fixed pace, so both methods of a seed train the same iterations
+    on the same number of simulations, and Breed's resamplings bind simulations at fixed
+    points (it steers on every run, whatever the timing)."""
+    from breed.learning.budget import deterministic, iteration_budget
+
+    specs = S.expand_study(config, study)
+    assert {s.params["method"] for s in specs} == {"random", "breed"}
+    assert all(deterministic(s.config) for s in specs)
+    assert len({iteration_budget(s.config) for s in specs}) == 1
+    assert len({s.config["study"]["simulations"] for s in specs}) == 1
+    if study == "quick":
+        assert len({s.seed for s in specs}) >= 3
+
+
 def test_backend_and_validation_file_reach_the_run_config(config: dict) -> None:
     cfg = {**config, "launcher_backend": "slurm"}
     spec = S.expand_study(cfg, "tiny")[0]
