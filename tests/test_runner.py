@@ -30,6 +30,7 @@ from breed.launcher.runner import (
     last_error_line,
     prepare_run_dir,
     read_token,
+    record_resume,
     resolve_paths,
 )
 from breed.launcher.slurm import SlurmBackend
@@ -242,6 +243,23 @@ def test_final_line_names_the_results_and_the_error(tmp_path):
     )
     (tmp_path / rundir.SUMMARY).unlink()
     assert final_line(tmp_path, 1.0) == f"finished; results in {tmp_path}"
+
+
+def test_a_resume_is_appended_to_the_provenance(tmp_path):
+    rundir.create(tmp_path / "run")
+    cfg = validate({**TINY, "output": str(tmp_path / "run")})
+    prepare_run_dir(cfg, tmp_path / "run", ["cfg.yaml"])
+    path = tmp_path / "run" / rundir.PROVENANCE
+    first = json.loads(path.read_text())
+    record_resume(tmp_path / "run", ["--resume", "run"])
+    record_resume(tmp_path / "run", ["--resume", "run"])
+    after = json.loads(path.read_text())
+    assert {k: v for k, v in after.items() if k != "resumes"} == first  # the start untouched
+    assert [r["command"] for r in after["resumes"]] == [["breed", "run", "--resume", "run"]] * 2
+    assert {"git_revision", "versions", "host", "start_time"} <= set(after["resumes"][0])
+    path.write_bytes(b"\xff\x00 not json")
+    record_resume(tmp_path / "run", [])  # unreadable: left alone, the resume goes on
+    assert path.read_bytes() == b"\xff\x00 not json"
 
 
 @pytest.fixture

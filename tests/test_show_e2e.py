@@ -146,7 +146,8 @@ def test_show_a_failed_then_resumed_run(make_run) -> None:
     assert failed.returncode == 0, failed.stderr
     out = failed.stdout
     assert out.splitlines()[0] == f"{run.dir}  [failed / incomplete]"
-    assert "why         no error line in logs/server.log" in out
+    # the launcher's own reason, from launcher.log (the killed server left no line)
+    assert "why         launcher: the server process exited" in out
     assert "holds       checkpoints/checkpoint.pt" in out
     assert "missing: summary.json, samples.csv, per_sample_loss.csv" not in out  # it has some
     assert "missing: summary.json, samples.csv" in out

@@ -58,6 +58,7 @@ from breed.security import (
 )
 
 log = logging.getLogger("breed.run")
+RUN_FAILED = "run failed: "  # launcher.log's line of why a run failed (breed show reads it)
 PYTHON = "{python}"  # in a client command: the interpreter breed runs in
 
 
@@ -122,6 +123,24 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
         return make_backend(lc["backend"], {**lc.get(lc["backend"], {}), "mpiexec": lc["mpiexec"]})
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
+
+
+def record_resume(run_dir: Path, argv: list[str]) -> None:
+    """Append this resume to ``provenance.json`` (command, revision, versions, host, time):
+    a run resumed under other code says so. A provenance file that cannot be read is left
+    alone (logged), never a reason to refuse the resume."""
+    path = run_dir / rundir.PROVENANCE
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        log.warning("resume not recorded in %s: %s", path, exc)
+        return
+    now = provenance(record.get("seed", 0), "run", argv)
+    now.pop("seed")
+    record["resumes"] = [*record.get("resumes", []), now]
+    atomic_write_json(path, record)
 
 
 def prepare_run_dir(cfg: dict[str, Any], run_dir: Path, argv: list[str]) -> str:
@@ -506,7 +525,11 @@ def run(
     # the launcher lock makes this process the only writer of its files
     rundir.remove_partial_writes(run_dir, (rundir.JOBS, rundir.PROVENANCE))
     try:
-        token = read_token(run_dir) if resume else prepare_run_dir(cfg, run_dir, argv)
+        if resume:
+            token = read_token(run_dir)
+            record_resume(run_dir, argv)
+        else:
+            token = prepare_run_dir(cfg, run_dir, argv)
     except OSError as exc:  # a full disk, say: nothing has started yet
         print(
             f"breed run: cannot write the run directory {run_dir}: {exc.strerror or exc}",
@@ -572,10 +595,12 @@ def _launch(
         progress.close()
         print(f"breed run: {final_line(run_dir, time.monotonic() - t0)}", file=sys.stderr)
         return 0
-    except LauncherError as exc:
+    except LauncherError as exc:  # in launcher.log too: `breed show` reads why a run failed
+        log.error("%s%s", RUN_FAILED, exc)
         print(f"breed run: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:  # the server refused its inputs (a checkpoint, the lock)
+        log.error("run refused: %s", exc)
         print(f"breed run: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

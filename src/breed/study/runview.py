@@ -244,12 +244,20 @@ def _what_is_there(path: Path, view: RunView, metrics: list[dict[str, Any]]) -> 
         view.reason = f"held by {lock.holder()}"
     else:
         view.state = "failed / incomplete"
-        from breed.launcher.runner import last_error_line
+        from breed.launcher.runner import RUN_FAILED, last_error_line
 
         error = last_error_line(path / rundir.LOGS / rundir.SERVER_LOG, "breed server: ")
+        marker = f" ERROR {RUN_FAILED}"
+        launcher = [
+            x.split(marker, 1)[1]
+            for x in _log_lines(path / rundir.LOGS / rundir.LAUNCHER_LOG)
+            if marker in x
+        ]
         view.reason = (
             f"server: {error}"
             if error
+            else f"launcher: {launcher[-1]}"
+            if launcher
             else f"no error line in {rundir.LOGS}/{rundir.SERVER_LOG} (killed, or stopped "
             "by the launcher?)"
         )
