@@ -55,7 +55,26 @@ TOY = {
 }
 
 
-def test_check_runtime_builds_the_configured_backend(mpiexec):
+@pytest.fixture
+def submit_commands(tmp_path, monkeypatch):
+    """Stand-ins for sbatch and oarsub on PATH (a boundary we do not own: only their
+    presence is checked here; the cluster tier submits to real daemons)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sbatch", "oarsub"):
+        (bin_dir / name).write_text("#!/bin/sh\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_a_cluster_backend_without_its_submit_command_is_refused_at_once(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    for backend, command in (("slurm", "sbatch"), ("oar", "oarsub")):
+        with pytest.raises(ConfigError, match=f"launcher.backend: {command} not found on PATH"):
+            check_runtime(validate({"launcher": {"backend": backend}}))
+
+
+def test_check_runtime_builds_the_configured_backend(mpiexec, submit_commands):
     local = check_runtime(validate({}))
     assert isinstance(local, LocalBackend) and local.options["mpiexec"] == "mpiexec"
     slurm = check_runtime(

@@ -120,9 +120,17 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
             f"the largest field ({block} bytes) + 1024"
         )
     try:
-        return make_backend(lc["backend"], {**lc.get(lc["backend"], {}), "mpiexec": lc["mpiexec"]})
+        backend = make_backend(
+            lc["backend"], {**lc.get(lc["backend"], {}), "mpiexec": lc["mpiexec"]}
+        )
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
+    from breed.launcher.cluster import missing_submit_command
+
+    missing = missing_submit_command(lc["backend"])  # at once, not at the first submit
+    if missing is not None:
+        raise ConfigError(f"launcher.backend: {missing}")
+    return backend
 
 
 def record_resume(run_dir: Path, argv: list[str]) -> None:
