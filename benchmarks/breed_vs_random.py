@@ -14,9 +14,12 @@ Reported per model: final validation error (per-trajectory MSE in normalised uni
 max, also without the t = 0 frame, recomputed here from each run's model.pt), the paired ratios
 Random/Breed (> 1: Breed better; geometric mean, min-max, wins, two-sided Wilcoxon signed-rank
 p-value), the error by time range, the mean input deviation std(T0..T4) (population std over
-the five temperatures, paper Figure 4), the training iterations of each run (they depend on how
-fast data arrives: training ends once every sample has been received and trained on), and the
-cost of one resampling next to one training iteration (from the runs and a micro-benchmark).
+the five temperatures, paper Figure 4), the training iterations of each run, and the cost of
+one resampling next to one training iteration (from the runs and a micro-benchmark). Every
+run trains ``--iterations`` iterations (equal simulations AND equal iterations), in
+deterministic mode by default (:func:`fair_training`: paced per ingested simulation,
+``sampler.lag`` = m), with the paper's m = 10 clients; ``--timing`` runs the default mode,
+whose iterations may exceed the budget when the data outlasts it.
 Runs go sequentially by default (``--parallel 2`` at most); a run directory with a summary.json
 is reused, so an interrupted benchmark continues where it stopped.
 """
@@ -72,8 +75,22 @@ BASE: dict[str, Any] = {
             "r_ramp": 3,
         },
     },
-    "launcher": {"backend": "local", "max_jobs": 2, "persistent": True},
+    "launcher": {"backend": "local", "max_jobs": 10, "persistent": True},
 }
+
+
+def fair_training(iterations: int, simulations: int, timing: bool) -> dict[str, Any]:
+    """``training`` keys that give every run the same iteration budget: deterministic mode
+    with n = iterations // S per ingested simulation (the rest after the stream), or with
+    ``timing`` the budget alone (a timing-dependent run)."""
+    training: dict[str, Any] = {**BASE["training"], "iterations": iterations}
+    if not timing:
+        training.update(
+            deterministic=True, iterations_per_simulation=max(1, iterations // simulations)
+        )
+    return training
+
+
 ERRORS = [
     ("mean", "traj_mean"),
     ("p99", "traj_p99"),
@@ -360,8 +377,8 @@ def model_report(name: str, res: dict[str, list[dict[str, Any]]]) -> str:
     ]
     out.append(table(["simulations", "std(T0..T4)", "count per run"], rows))
     out.append(
-        "\nPer seed (iterations differ because training ends when all data has been "
-        "received and seen; train loss = mean of the last 10 logged batch losses):\n"
+        "\nPer seed (iterations: the budget, unless the data outlasted it; "
+        "train loss = mean of the last 10 logged batch losses):\n"
     )
     rows = []
     for x, y in zip(r, b, strict=True):
@@ -435,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--simulations", type=int, default=800, help="budget S (800)")
     ap.add_argument("--models", default="16x1,16x3", help="HxL list (16x1,16x3)")
     ap.add_argument("--parallel", type=int, choices=(1, 2), default=1)
-    ap.add_argument("--max-jobs", type=int, default=2, help="client jobs per run (2)")
+    ap.add_argument("--max-jobs", type=int, default=10, help="client jobs per run, m (10)")
+    ap.add_argument("--iterations", type=int, default=1600, help="budget of every run (1600)")
+    ap.add_argument("--timing", action="store_true", help="the default, non-deterministic mode")
     ap.add_argument("--validation", type=Path, help="validation set (default: made once)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     args = ap.parse_args(argv)
@@ -460,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         **BASE,
         "study": {"simulations": args.simulations},
         "launcher": {**BASE["launcher"], "max_jobs": args.max_jobs},
+        "training": fair_training(args.iterations, args.simulations, args.timing),
+        "sampler": {**BASE["sampler"], "lag": args.max_jobs},
         "validation": {"file": str(val_path.resolve())},
     }
     base_path = work / "base.yaml"
@@ -496,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         f"## Breed vs Random: S = {args.simulations}, {args.seeds} paired seeds, "
         f"validation {val.size} Halton trajectories ({val_path})\n",
         f"Config: {base_path} (sigma 0.0125 = 5 K, P 200, N 200, r (0.5, 0.9, 3), M 64, "
-        f"T 100, B 128, reservoir 6000/300, {args.max_jobs} clients). {RATIO_MEANING}. "
+        f"T 100, B 128, reservoir 6000/300, {args.max_jobs} clients, {args.iterations} iterations per run, "
+        f"{'timing-dependent' if args.timing else 'deterministic'} mode). {RATIO_MEANING}. "
         f"Recomputed val MSE vs the run's own: max rel. diff {max(checks):.1e}.\n",
     ]
     parts += [model_report(name, per) + "\n" for name, per in res.items()]
