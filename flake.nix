@@ -44,6 +44,7 @@
         hypothesis = "hypothesis";
         tensorboard = "tensorboard";
         ruff = { pkgs = "ruff"; };
+        mypy = "mypy";
         # The PyPI MPICH wheel: under Nix the MPI comes from nixpkgs (the one mpi4py links).
         mpich = { pkgs = "mpi"; };
       };
