@@ -269,17 +269,29 @@ def test_submit_and_status_scripts_against_fake_oar_commands(tmp_path: Path) -> 
 
 
 # --------------------------------------------------------------------------- schedulers absent
-def path_without(*commands: str) -> str:
-    """The venv's bin and this PATH without any folder that holds one of ``commands``."""
+def path_without(shadow: Path, *commands: str) -> str:
+    """The venv's bin and this PATH with ``commands`` hidden: a folder holding one of them
+    is replaced by a shadow folder under ``shadow`` linking everything else it holds (Debian's
+    slurm-client puts sbatch in /usr/bin, next to bash and which)."""
     dirs = [str(Path(sys.executable).parent), *os.environ["PATH"].split(os.pathsep)]
-    keep = [d for d in dirs if d and not any(Path(d, c).exists() for c in commands)]
-    return os.pathsep.join(dict.fromkeys(keep))
+    out = []
+    for k, d in enumerate(dict.fromkeys(x for x in dirs if x)):
+        if not any(Path(d, c).exists() for c in commands):
+            out.append(d)
+            continue
+        copy = shadow / f"path{k}"
+        copy.mkdir(parents=True)
+        for entry in Path(d).iterdir():
+            if entry.name not in commands:
+                (copy / entry.name).symlink_to(entry)
+        out.append(str(copy))
+    return os.pathsep.join(out)
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("profile, command", [("slurm", "sbatch"), ("oar", "oarsub")])
 def test_a_cluster_profile_without_its_scheduler_fails_at_once_in_one_line(
-    workdir: Path, profile: str, command: str
+    workdir: Path, tmp_path: Path, profile: str, command: str
 ) -> None:
     """Before any job (a dry run of the same DAG is the floor: ~2 s idle, ~7 s on the loaded
     CI machine), not at the first submission (40 s, or a traceback under OAR)."""
@@ -291,7 +303,7 @@ def test_a_cluster_profile_without_its_scheduler_fails_at_once_in_one_line(
         "--config",
         "study=tiny",
         timeout=100,
-        path=path_without(command),
+        path=path_without(tmp_path, command),
     )
     elapsed = time.monotonic() - t0
     out = proc.stdout + proc.stderr
@@ -311,7 +323,7 @@ def test_oar_submit_script_without_oarsub_is_one_line(tmp_path: Path) -> None:
     jobscript = tmp_path / "job.sh"
     props = {"rule": "tables", "threads": 1, "resources": {"runtime": 30}}
     jobscript.write_text(f"#!/bin/sh\n# properties = {json.dumps(props)}\necho hi\n")
-    env = {**os.environ, "PATH": path_without("oarsub")}
+    env = {**os.environ, "PATH": path_without(tmp_path, "oarsub")}
     out = subprocess.run(
         [sys.executable, ROOT / "profiles" / "oar" / "oar-submit.py", jobscript],
         capture_output=True,
