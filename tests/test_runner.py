@@ -18,21 +18,19 @@ import pytest
 
 from breed import procs, rundir
 from breed.config import ConfigError, validate
+from breed.launcher.console import Progress, final_line
 from breed.launcher.launcher import LauncherError
 from breed.launcher.local import LocalBackend
 from breed.launcher.oar import OarBackend
 from breed.launcher.runner import (
-    Progress,
-    ServerProcess,
     check_runtime,
     client_env,
-    final_line,
-    last_error_line,
     prepare_run_dir,
     read_token,
     record_resume,
     resolve_paths,
 )
+from breed.launcher.serverproc import ServerProcess, last_error_line
 from breed.launcher.slurm import SlurmBackend
 from breed.protocol import token_from_hex
 

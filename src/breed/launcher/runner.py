@@ -21,21 +21,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from breed import procs, rundir
+from breed import rundir
 from breed.cli import OneLineParser, describe
 from breed.config import ConfigError, dump_config, load_config, parse_overrides
 from breed.fsio import atomic_write_json
 from breed.launcher import make_backend
 from breed.launcher.backend import Backend
+from breed.launcher.console import RUN_FAILED, Progress, final_line
 from breed.launcher.launcher import (
     Launcher,
     LauncherError,
@@ -45,6 +43,7 @@ from breed.launcher.launcher import (
     read_jobs,
 )
 from breed.launcher.mpi import find_mpiexec
+from breed.launcher.serverproc import ServerProcess, last_error_line
 from breed.protocol import token_from_hex
 from breed.resources import check_resources
 from breed.runlog import provenance
@@ -58,7 +57,6 @@ from breed.security import (
 )
 
 log = logging.getLogger("breed.run")
-RUN_FAILED = "run failed: "  # launcher.log's line of why a run failed (breed show reads it)
 PYTHON = "{python}"  # in a client command: the interpreter breed runs in
 
 
@@ -160,234 +158,6 @@ def prepare_run_dir(cfg: dict[str, Any], run_dir: Path, argv: list[str]) -> str:
     if cfg["launcher"]["curve"]:
         ensure_curve_keys(run_dir)
     return new_token(run_dir)
-
-
-class ServerProcess:
-    """The server, started by this launcher (a child) or found alive on ``--resume``."""
-
-    def __init__(self, run_dir: Path, proc: subprocess.Popen[bytes] | None, pid: int) -> None:
-        self.run_dir, self.proc, self.pid = run_dir, proc, pid
-
-    @classmethod
-    def start(cls, cfg: dict[str, Any], run_dir: Path, resume: bool) -> ServerProcess:
-        cmd = [sys.executable, "-m", "breed.server.server", "--run-dir", str(run_dir)]
-        if resume:
-            cmd.append("--resume")
-        ranks = cfg["launcher"]["server_ranks"]
-        if ranks > 1:
-            cmd = [find_mpiexec(cfg["launcher"]["mpiexec"]), "-n", str(ranks), *cmd]
-        (run_dir / rundir.SERVER_INFO).unlink(missing_ok=True)
-        env = {**os.environ, "BREED_RUN_DIR": str(run_dir.resolve())}
-        env.pop("BREED_TOKEN", None)  # the server reads DIR/token
-        with open(run_dir / rundir.LOGS / rundir.SERVER_LOG, "ab") as out:
-            proc = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        return cls(run_dir, proc, proc.pid)
-
-    @classmethod
-    def attach(
-        cls, run_dir: Path, token: bytes, curve: bytes | None, timeout: float
-    ) -> ServerProcess | None:
-        """The server of ``server.json`` if it is still this run's and answers a ping."""
-        try:
-            info = rundir.ServerInfo.read(run_dir)
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        pid = info.pid
-        if not procs.carries(pid, {"BREED_RUN_DIR": str(run_dir.resolve())}):
-            return None  # gone, or its pid reused by a process of another run
-        server = cls(run_dir, None, pid)
-        link = ServerLink(info.control, token, timeout, curve)
-        try:
-            pong = link.ping({})
-        finally:
-            link.close()
-        if pong is None:
-            log.warning("server %d of this run is alive but silent: killed", pid)
-            server.kill()
-            return None
-        return server
-
-    def alive(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is None
-        return procs.alive(self.pid)
-
-    def wait_ready(self, timeout: float = 600) -> rundir.ServerInfo:
-        path = self.run_dir / rundir.SERVER_INFO
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if path.exists():
-                return rundir.ServerInfo.read(self.run_dir)
-            if not self.alive():
-                log_path = self.run_dir / rundir.LOGS / rundir.SERVER_LOG
-                reason = last_error_line(log_path, "breed server: ")
-                if reason and self.exit_code() == 2:  # refused: a bad input, nothing started
-                    raise ConfigError(reason)
-                raise LauncherError(
-                    f"the server exited before listening: "
-                    f"{reason or 'no reason given'}; see {log_path}"
-                )
-            time.sleep(0.05)
-        raise LauncherError(f"the server did not start within {timeout:g} s")
-
-    def exit_code(self) -> int | None:
-        return self.proc.poll() if self.proc is not None else None
-
-    def wait(self, timeout: float) -> int:
-        """Exit code (a server found on resume is not our child: 0 iff it wrote summary.json)."""
-        if self.proc is not None:
-            return self.proc.wait(timeout=timeout)
-        deadline = time.monotonic() + timeout
-        while self.alive():
-            if time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"server {self.pid}", timeout)
-            time.sleep(0.1)
-        return 0 if (self.run_dir / rundir.SUMMARY).exists() else 1
-
-    def signal(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid if self.proc is not None else os.getpgid(self.pid), sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        try:
-            self.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            log.error("server %d did not die after SIGKILL", self.pid)
-
-    def stop(self) -> None:
-        if not self.alive():
-            return
-        self.signal(signal.SIGTERM)
-        try:
-            self.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-
-class Progress:
-    """The console's story of a run, fed by server pongs: a progress bar over finished
-    simulations (tqdm) labelled with the server's phase, one line per phase change and per
-    Breed resampling, the server's warnings when they start and end."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.bar = None
-        self.warnings: dict[str, str] = {}  # shown on the console, by topic
-        self.phase: str | None = None
-        self.resamplings: int | None = None  # None: not heard yet (a resume starts later)
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="sim", file=sys.stderr, dynamic_ncols=True)
-
-    def say(self, text: str) -> None:
-        """A warning: on the console in any case, and in launcher.log."""
-        log.warning(text)
-        if self.bar is not None:
-            self.bar.write(f"breed run: {text}", file=sys.stderr)
-        else:
-            print(f"breed run: {text}", file=sys.stderr)
-
-    def tell(self, text: str) -> None:
-        """A line of the run's story: above the bar on an interactive console; with the bar
-        off (``training.progress: false``: scripts, Snakemake, tests) in launcher.log only,
-        so stderr holds nothing but warnings, errors and the final line."""
-        log.info(text)
-        if self.bar is not None:
-            self.bar.write(f"breed run: {text}", file=sys.stderr)
-
-    def __call__(self, status: ServerStatus) -> None:
-        """Show the server's warnings once when they start and once when they end (a failing
-        checkpoint write, say), and the progress."""
-        now = status.get("warnings") or {}
-        for topic, text in now.items():
-            if topic not in self.warnings:
-                self.say(f"warning: {text}")
-        for topic in set(self.warnings) - set(now):
-            self.say(f"resolved: {topic} ({self.warnings[topic].split(';')[0]})")
-        self.warnings = dict(now)
-        phase = status.get("phase")
-        if phase is not None and phase != self.phase:
-            self.phase = phase
-            self.tell(f"{phase} (iteration {status.get('iteration', 0)})")
-        self._resampled(status)
-        if self.bar is None:
-            return
-        self.bar.total = status.get("target", self.bar.total)
-        self.bar.n = status.get("sims_done", 0)
-        if phase is not None:
-            self.bar.set_description(phase, refresh=False)
-        self.bar.set_postfix(it=status.get("iteration", 0), refresh=False)
-        self.bar.refresh()
-
-    def _resampled(self, status: ServerStatus) -> None:
-        """One line per resampling the server made since the last pong (the last one's
-        numbers; pongs are a second apart, Breed resamples every P iterations)."""
-        count, last = status.get("resamplings", 0), status.get("last_resampling")
-        if self.resamplings is not None and count > self.resamplings and last:
-            more = count - self.resamplings
-            self.tell(
-                f"Breed resampling {last.get('generation', count)} at iteration "
-                f"{last.get('iteration', '?')}: {last.get('K', 0)} pending λ redrawn, "
-                f"r = {last.get('r', float('nan')):.2f}, "
-                f"{last.get('proposal', 0)} from the proposal"
-                + (f" ({more - 1} more since the last report)" if more > 1 else "")
-            )
-        self.resamplings = count
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def last_error_line(path: Path, prefix: str) -> str | None:
-    """The last line of a log that starts with ``prefix`` (a one-line error), without it;
-    failing that, the exception line a traceback ends with (a crash, not a refusal)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 65536))
-            lines = fh.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return None
-    hits = [x[len(prefix) :] for x in lines if x.startswith(prefix)]
-    if hits:
-        return hits[-1]
-    crash = [i for i, x in enumerate(lines) if x.startswith("Traceback (most recent call last)")]
-    if crash:
-        tail = [x for x in lines[crash[-1] + 1 :] if x and not x[0].isspace()]
-        return tail[0].strip() if tail else None
-    return None
-
-
-def final_line(run_dir: Path, seconds: float) -> str:
-    """The console's last line of a finished run: where the results are, the final
-    validation error (summary.json, the file that marks a run finished) and ``seconds``, the
-    launcher's wall time (the server's own starts after its validation set)."""
-    try:
-        summary = json.loads((run_dir / rundir.SUMMARY).read_text())
-    except (OSError, ValueError):
-        return f"finished; results in {run_dir}"
-    val = summary.get("final_validation") or {}
-    error = (
-        f"validation MSE {val['val_mse']:.3g} (p99 {val.get('traj_err_p99', float('nan')):.3g})"
-        if isinstance(val.get("val_mse"), int | float)
-        else "no validation"
-    )
-    return (
-        f"finished in {seconds:.1f} s: "
-        f"{summary.get('sims_done')} simulations, {summary.get('iterations')} iterations, "
-        f"{error}; results in {run_dir}"
-    )
 
 
 def client_env(

@@ -244,7 +244,8 @@ def _what_is_there(path: Path, view: RunView, metrics: list[dict[str, Any]]) -> 
         view.reason = f"held by {lock.holder()}"
     else:
         view.state = "failed / incomplete"
-        from breed.launcher.runner import RUN_FAILED, last_error_line
+        from breed.launcher.console import RUN_FAILED
+        from breed.launcher.serverproc import last_error_line
 
         error = last_error_line(path / rundir.LOGS / rundir.SERVER_LOG, "breed server: ")
         marker = f" ERROR {RUN_FAILED}"
