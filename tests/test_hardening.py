@@ -29,6 +29,8 @@ from faultkit import (
     merge,
     run_processes,
     samples_csv,
+    signal_group,
+    stop_mid_stream,
 )
 
 from breed.launcher import runner
@@ -105,10 +107,13 @@ def kill_run_keep_dir(run: RunUnderTest, proc: subprocess.Popen) -> None:
 def test_idle_connections_of_a_stranger_do_not_kill_the_server(make_run) -> None:
     """Without the token, a stranger keeps ~1100 idle TCP connections open on the server's
     ports (re-opening those the server sheds) while the server may hold only 256 descriptors.
-    The server sheds them, keeps training and checkpointing, and is never restarted."""
+    The server sheds them, keeps training and checkpointing, and is never restarted. The
+    client is frozen mid-stream until the attacker has re-opened shed connections, so the run
+    cannot end before the attack has gone on (it did once: 8 s runs)."""
     run = make_run({**PACED, "training": {"checkpoint_interval": 5, "progress": False}})
     proc = run.start(nofile=256)
     run.wait_until("the server", lambda p: True)
+    job, _, _ = stop_mid_stream(run, PACED["solver"]["steps"])
     targets = ports(run)
     held: list[socket.socket] = []
     opened = 0
@@ -141,6 +146,10 @@ def test_idle_connections_of_a_stranger_do_not_kill_the_server(make_run) -> None
     thread = threading.Thread(target=attack, daemon=True)
     thread.start()
     try:
+        deadline = time.monotonic() + 60
+        while opened <= 1200 and time.monotonic() < deadline:  # 100 re-opened after sheds
+            stop.wait(0.1)
+        signal_group(run.job_pgid(job), signal.SIGCONT)
         assert run.finish(proc) == 0, run.stderr()
     finally:
         stop.set()
