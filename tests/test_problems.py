@@ -116,6 +116,10 @@ def test_a_users_solver_runs_end_to_end_with_breed_steering(tmp_path: Path) -> N
     )
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "results" / "toy"
+    # the collection run is a step of the run: one final line, the run's own
+    lines = proc.stderr.splitlines()
+    assert [x for x in lines if "finished in" in x] == lines[-1:]
+    assert lines[-1].endswith(f"results in {Path('results/toy')}")
     rows = (run / "samples.csv").read_text().splitlines()
     assert rows[0].startswith("sim_id,a,k,w,source,")
     assert sum(",done," in r for r in rows[1:]) == 40

@@ -371,7 +371,8 @@ def _launch(
                 f"only {status['sims_done']} of {status['target']} simulations finished"
             )
         progress.close()
-        print(f"breed run: {final_line(run_dir, time.monotonic() - t0)}", file=sys.stderr)
+        if cfg["training"]["mode"] != "collect":  # a collection run is a step of its run
+            print(f"breed run: {final_line(run_dir, time.monotonic() - t0)}", file=sys.stderr)
         return 0
     except LauncherError as exc:  # in launcher.log too: `breed show` reads why a run failed
         log.error("%s%s", RUN_FAILED, exc)
