@@ -14,27 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from breed.server.simtable import RECORD_COLUMNS
 from breed.study import RunSpec
 
-SAMPLE_COLUMNS = [
-    "sim_id",
-    "T0",
-    "T1",
-    "T2",
-    "T3",
-    "T4",
-    "source",
-    "generation",
-    "parent",
-    "sigma",
-    "Q",
-    "status",
-    "attempts",
-    "job_id",
-    "assign_time",
-    "start_time",
-    "end_time",
-]
+SAMPLE_COLUMNS = ["sim_id", "T0", "T1", "T2", "T3", "T4", *RECORD_COLUMNS]  # the table's own
 
 
 def write_synthetic_run(
