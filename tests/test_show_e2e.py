@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from breed import rundir
+from breed.study.show import MAX_GENERATION_ROWS
 
 pytestmark = pytest.mark.slow
 
@@ -95,13 +97,24 @@ def test_show_and_plot_finished_runs(finished: dict[str, Path]) -> None:
     assert f"simulations {summary['sims_done']} done of 10; " in out and done == 10
     proposal = sum(r["source"] == "proposal" for r in rows)
     assert f"{proposal} of {len(rows)} simulations from the proposal" in out
-    for gen, count in Counter(int(r["generation"]) for r in rows).items():
-        mine = sum(r["source"] == "proposal" for r in rows if int(r["generation"]) == gen)
-        line = next(x for x in out.splitlines() if x.split()[:1] == [str(gen)])
-        assert line.endswith(f"{count} ({mine})"), line
+    # The generation table: every generation of samples.csv or of a resample record, the
+    # first and last MAX_GENERATION_ROWS // 2 when there are more (how many resamplings a
+    # free-running Breed run makes depends on timing).
     metrics = [json.loads(x) for x in (run / rundir.METRICS).read_text().splitlines()]
-    for rec in [m for m in metrics if m.get("kind") == "resample"][:3]:
-        line = next(x for x in out.splitlines() if x.split()[:1] == [str(rec["generation"])])
+    resamples = [m for m in metrics if m.get("kind") == "resample"]
+    counts = Counter(int(r["generation"]) for r in rows)
+    gens = sorted(set(counts) | {int(m["generation"]) for m in resamples})
+    half = MAX_GENERATION_ROWS // 2
+    listed = gens if len(gens) <= MAX_GENERATION_ROWS else gens[:half] + gens[-half:]
+    table_rows = {int(x.split()[0]): x for x in out.splitlines() if re.match(r"\s+\d+\s", x)}
+    assert sorted(table_rows) == listed, out
+    if len(gens) > MAX_GENERATION_ROWS:
+        assert f"... {len(gens) - 2 * half} more" in out
+    for gen in listed:
+        mine = sum(r["source"] == "proposal" for r in rows if int(r["generation"]) == gen)
+        assert table_rows[gen].endswith(f"{counts[gen]} ({mine})"), table_rows[gen]
+    for rec in resamples[:half]:
+        line = table_rows[int(rec["generation"])]
         assert line.split()[1:4] == [str(rec["iteration"]), str(rec["K"]), f"{rec['r']:.2f}"]
     messages = ", ".join(f"{k} {v}" for k, v in sorted(summary["messages"].items()))
     assert f"messages    {messages}" in out and "rejected    none" in out
