@@ -1,5 +1,5 @@
 """Deterministic mode end to end (issue 13): one Breed config run twice by `breed run` on the
-local backend, once with every core kept busy and 2 clients, once idle with 4 clients, gives
+local backend, once idle with 4 clients and once with every core kept busy and 2 clients, gives
 the same λ (and source, generation, parent, σ, Q) in samples.csv and the same loss curves.
 
 Real server, real clients, real ZeroMQ; the busy loops are real processes, stopped by the test.
@@ -76,6 +76,13 @@ def busy_cpu() -> Iterator[list[subprocess.Popen]]:
             proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def idle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: the config run with the machine to itself and 4 clients (both tests
+    compare against it; module scope, so it runs before any busy loop starts)."""
+    return breed_run(tmp_path_factory.mktemp("reference"), "idle", max_jobs=4)
+
+
 def breed_run(tmp_path: Path, name: str, max_jobs: int) -> Path:
     cfg = {**CONFIG, "launcher": {**CONFIG["launcher"], "max_jobs": max_jobs}}
     path = tmp_path / f"{name}.yaml"
@@ -121,12 +128,10 @@ def curves(run: Path) -> list[dict]:
 
 
 @pytest.mark.timeout(700)
-def test_same_config_same_results_busy_or_not_whatever_the_clients(tmp_path, busy_cpu) -> None:
+def test_same_config_same_results_busy_or_not_whatever_the_clients(
+    idle: Path, tmp_path: Path, busy_cpu: list[subprocess.Popen]
+) -> None:
     busy = breed_run(tmp_path, "busy", max_jobs=2)
-    for proc in busy_cpu:  # the second run has the machine to itself
-        proc.kill()
-        proc.wait(timeout=10)
-    idle = breed_run(tmp_path, "idle", max_jobs=4)
     a, b = samples(busy), samples(idle)
     assert len(a) == S and all(row[0] == str(k) for k, row in enumerate(a))
     assert a == b
@@ -142,10 +147,10 @@ def test_same_config_same_results_busy_or_not_whatever_the_clients(tmp_path, bus
 
 @pytest.mark.faults
 @pytest.mark.timeout(600)
-def test_a_server_killed_mid_run_resumes_to_the_same_results(tmp_path) -> None:
+def test_a_server_killed_mid_run_resumes_to_the_same_results(idle: Path, tmp_path: Path) -> None:
     """The checkpoint holds the staged simulations, the bound draws and the ingest order:
     the restarted server continues the same sequence (the launcher restarts it)."""
-    whole = breed_run(tmp_path, "whole", max_jobs=2)
+    whole = idle  # an uninterrupted run of the same config (4 clients there, 2 here)
     cfg = {**CONFIG, "launcher": {**CONFIG["launcher"], "max_jobs": 2}}
     cfg["training"] = {**CONFIG["training"], "checkpoint_interval": 20}
     path, out = tmp_path / "killed.yaml", tmp_path / "killed"
