@@ -87,6 +87,22 @@ def test_show_takes_resamplings_from_metrics_when_logged(tmp_path: Path, capsys)
 
 
 @pytest.mark.timeout(30)
+def test_a_long_breed_history_shows_its_first_and_last_generations(tmp_path: Path, capsys) -> None:
+    run = make_run(tmp_path, "breed")
+    with open(run / rundir.METRICS, "a") as fh:
+        for g in range(1, 12):  # generations 0..11: 12 rows, more than MAX_GENERATION_ROWS
+            record = {"kind": "resample", "iteration": 10 * g, "generation": g, "K": 30 - g}
+            fh.write(json.dumps({**record, "r": 0.5}) + "\n")
+    out = shown(capsys, run)
+    rows = [x.split()[0] for x in out.splitlines() if x[:7].strip().isdigit()]
+    half = show.MAX_GENERATION_ROWS // 2
+    assert rows == [str(g) for g in [*range(half), *range(12 - half, 12)]]
+    assert f"    ... {12 - 2 * half} more" in out
+    assert "11 resamplings;" in out
+    assert "     11        110    19  0.50                -      0 (0)" in out
+
+
+@pytest.mark.timeout(30)
 def test_show_a_failed_run_says_why_and_what_it_holds(tmp_path: Path, capsys) -> None:
     run = make_run(tmp_path, "random")
     for name in (rundir.SUMMARY, rundir.SAMPLES):
