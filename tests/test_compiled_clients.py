@@ -192,8 +192,10 @@ def test_breed_run_streams_from_the_fortran_client(built, tmp_path) -> None:
 def test_c_client_killed_mid_stream_is_retried(built, tmp_path, sig) -> None:
     """As tests/test_faults.py does with the Python client: the killed simulation runs again
     with the same λ, nothing lost, nothing trained on twice."""
+    # 128² (128 KiB a step): the C solver sends a 32² simulation whole in one 2 ms slice, into
+    # the two high-water marks and the kernel's socket buffers, so none was caught mid-stream
     steps = 300
-    run = RunUnderTest(tmp_path, {"problem": heat_problem([str(built / "c/heat2d_c")], 32, steps)})
+    run = RunUnderTest(tmp_path, {"problem": heat_problem([str(built / "c/heat2d_c")], 128, steps)})
     try:
         proc = run.start()
         job, sim, have = stop_mid_stream(run, steps)
