@@ -11,6 +11,9 @@ share the remaining cores, so the ratio measures the framework's overhead, not C
 
     python benchmarks/online.py                         # paper model, CPU, ~1 min
     python benchmarks/online.py --hidden 64 --layers 3 --device cuda --clients 8
+
+Each ingest mode (``--ingest``) runs with each ``training.cores`` setting (``--cores``):
+shared cores, and the trainer bound to cores of its own (breed.cores).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def run_config(args: argparse.Namespace) -> dict:
                 "threads": args.threads,
                 "progress": False,
                 "max_iterations": args.max_iterations,
+                "cores": args.cores[0],
             },
             "buffer": {"capacity": args.capacity, "watermark": 300},
             "launcher": {
@@ -159,17 +163,26 @@ def main() -> None:
     ap.add_argument(
         "--ingest", default="thread,process", help="server ingest modes to measure, comma-separated"
     )
+    ap.add_argument(
+        "--cores",
+        default="shared,dedicated",
+        help="training.cores settings to measure, comma-separated (breed.cores)",
+    )
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
     args.ingest = args.ingest.split(",")
+    args.cores = args.cores.split(",")
     modes = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in args.ingest:
-            cfg = run_config(args)
-            cfg["launcher"]["ingest"] = mode
-            (Path(tmp) / mode).mkdir()
-            modes[mode] = online(cfg, Path(tmp) / mode)
-    first = modes[args.ingest[0]]
+        for ingest in args.ingest:
+            for binding in args.cores:
+                mode = f"{ingest}/{binding}"
+                cfg = run_config(args)
+                cfg["launcher"]["ingest"] = ingest
+                cfg["training"]["cores"] = binding
+                (Path(tmp) / mode).mkdir(parents=True)
+                modes[mode] = online(cfg, Path(tmp) / mode)
+    first = next(iter(modes.values()))
     iters = max(summary["iterations"] for summary, _ in modes.values())
     off = offline(cfg, first[1], iters)
     print(
@@ -191,7 +204,7 @@ def main() -> None:
             "overhead_ms_per_sim": overhead * 1e3,
         }
         print(
-            f"  ingest={mode:7s}: on-line samples/s {on:8.0f}   ratio on/off {on / off:6.3f}"
+            f"  {mode:17s}: on-line samples/s {on:8.0f}   ratio on/off {on / off:6.3f}"
             f"   iterations {summary['iterations']:5d}   waited {summary['waiting_fraction']:6.2%}"
             f"   per-sim: solve {solve_s * 1e3:5.1f} ms, busy {busy * 1e3:6.1f} ms, "
             f"overhead {overhead * 1e3:6.1f} ms"

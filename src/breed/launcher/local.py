@@ -32,6 +32,11 @@ class LocalBackend(Backend):
         mpiexec = find_mpiexec(self.options.get("mpiexec", "mpiexec"))
         return [mpiexec, "-n", str(spec.ranks), *spec.argv]
 
+    def _bind(self) -> None:
+        """In the child before exec: off the trainer's cores (``cpus``: breed.cores)."""
+        if self.options.get("cpus"):
+            os.sched_setaffinity(0, self.options["cpus"])
+
     def submit(self, spec: JobSpec) -> str:
         log = open(spec.log_path, "ab") if spec.log_path else None  # noqa: SIM115
         try:
@@ -43,6 +48,7 @@ class LocalBackend(Backend):
                 stdout=log or subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=self._bind,
             )
         finally:
             if log is not None:

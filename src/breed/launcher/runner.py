@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from breed import rundir
+from breed import cores, rundir
 from breed.cli import OneLineParser, describe
 from breed.config import ConfigError, dump_config, load_config, parse_overrides
 from breed.fsio import atomic_write_json
@@ -118,8 +118,16 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
             f"the largest field ({block} bytes) + 1024"
         )
     try:
+        # clients off the trainer's cores (a one-rank server on this host binds the rest)
+        here = lc["backend"] == "local" and lc["server_ranks"] == 1
+        split = cores.plan(cfg) if here else None
         backend = make_backend(
-            lc["backend"], {**lc.get(lc["backend"], {}), "mpiexec": lc["mpiexec"]}
+            lc["backend"],
+            {
+                **lc.get(lc["backend"], {}),
+                "mpiexec": lc["mpiexec"],
+                "cpus": sorted(split.others) if split else None,
+            },
         )
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None

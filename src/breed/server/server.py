@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from breed import rundir
+from breed import cores, rundir
 from breed.cli import OneLineParser, describe
 from breed.client import mpi_world
 from breed.learning.budget import deterministic, iteration_budget, per_simulation
@@ -94,6 +94,11 @@ class Server:
         torch.manual_seed(seed)
         if cfg["training"]["threads"]:
             torch.set_num_threads(cfg["training"]["threads"])
+        ranks = collective.size if collective is not None else (comm.Get_size() if comm else 1)
+        self.cores = cores.plan(cfg) if ranks == 1 else None  # one-rank servers only
+        if self.cores is not None:  # what this thread starts from here on inherits the others
+            cores.bind(self.cores.others)
+            torch.set_num_threads(cores.trainer_threads(cfg))
         if deterministic(cfg):
             use_deterministic_torch(cfg["training"]["threads"])
         self.coll = collective or Collective(
@@ -278,6 +283,9 @@ class Server:
         if self.collecting:
             return write_collection(self)
         loop = TrainingLoop(self)
+        if self.cores is not None:  # receiver, ingest and ZeroMQ threads stay on the others
+            cores.bind(self.cores.trainer)
+            log.info("cores: %s", self.cores.describe())
         loop.run()
         if self.receiver.ingest is not None:  # the worker's latest rejection counters
             self.receiver.ingest.poll_counts()
