@@ -31,7 +31,7 @@ import zmq
 from breed.launcher.backend import Backend, JobSpec, JobState
 from breed.problems import problem_of
 from breed.protocol import ControlMessage, Kind, ProtocolError, decode, encode_control
-from breed.rundir import JOBS
+from breed.rundir import JOBS, LOGS
 from breed.runlog import write_table
 from breed.security import ENV_JOB_KEY, ENV_ONCE, job_key_digest, new_job_key
 
@@ -201,7 +201,7 @@ class Launcher:
             ranks=client.ranks,
             env=env,
             workdir=self.run_dir,
-            log_path=self.run_dir / "logs" / f"{name}.log",
+            log_path=self.run_dir / LOGS / f"{name}.log",
         ), job_key_digest(key)
 
     def alive(self) -> list[Job]:

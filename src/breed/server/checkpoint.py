@@ -10,7 +10,7 @@ numbers.
 Failure. A checkpoint write that fails (disk full, too many open files, the folder replaced or
 gone) must not kill the server, or each restart from that checkpoint dies the same way:
 :class:`Checkpointer` logs it, keeps the previous checkpoint (writes go through a temporary file
-and a rename, :func:`breed.runlog.atomic_write_bytes`), retries with a growing delay, and says so
+and a rename, :func:`breed.fsio.atomic_write_bytes`), retries with a growing delay, and says so
 in the server's status (the launcher shows it on the console) and in ``summary.json``.
 """
 

@@ -39,7 +39,7 @@ from breed.problems import problem_of
 from breed.protocol import token_from_hex
 from breed.sampling import make_sampler
 from breed.sampling.base import Sampler
-from breed.security import load_curve_secret
+from breed.security import TOKEN_FILE, load_curve_secret
 from breed.server.checkpoint import Checkpointer
 from breed.server.checkpoint import load as load_checkpoint
 from breed.server.collect import TrajectoryStore
@@ -86,7 +86,7 @@ class Server:
         self.cfg: dict[str, Any] = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
         cfg, lc = self.cfg, self.cfg["launcher"]
         self.token = token_from_hex(
-            os.environ.get("BREED_TOKEN") or (run_dir / "token").read_text()
+            os.environ.get("BREED_TOKEN") or (run_dir / TOKEN_FILE).read_text()
         )
         soft, hard = raise_fd_limit()  # a stranger's idle connections cost descriptors
         log.info("file descriptor limit %d (hard %d)", soft, hard)
@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         "--linger", type=float, default=5.0, help="seconds to keep answering after training ends"
     )
     args = parser.parse_args(argv)
-    (args.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (args.run_dir / rundir.LOGS).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         server = Server(args.run_dir, resume=args.resume)
