@@ -6,8 +6,9 @@ In one run and one process tree:
       number of iterations on the same simulations' samples, all held in memory.
 Prints the ratio on-line/off-line of trainer samples/s after the watermark, the fraction of
 training iterations that waited for data, and the per-simulation overhead beyond the solve
-(persistent clients). The trainer gets ``--threads`` torch threads; clients and the receiver
-share the remaining cores, so the ratio measures the framework's overhead, not CPU sharing.
+(persistent clients). The trainer gets ``--threads`` torch threads. With shared cores the
+clients and the receiver compete with it for every core, so the ratio also measures that
+sharing; with ``training.cores: dedicated`` they run on the remaining cores only.
 
     python benchmarks/online.py                         # paper model, CPU, ~1 min
     python benchmarks/online.py --hidden 64 --layers 3 --device cuda --clients 8
