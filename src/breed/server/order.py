@@ -39,7 +39,16 @@ def use_deterministic_torch(threads: int | None) -> int:
     thread count."""
     # cuBLAS needs a fixed workspace to be deterministic (a CUDA run; breed's promise is CPU)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
+    # torch.use_deterministic_algorithms also imports torch._inductor, 1.7-2 s of every run's
+    # start on this machine, only to set torch.compile's flag; breed compiles nothing, so it
+    # sets the eager flag alone (the public call where a torch lacks the private one)
+    eager = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if eager is None:
+        torch.use_deterministic_algorithms(True)
+    else:
+        eager(True)
+    if not torch.are_deterministic_algorithms_enabled():
+        raise RuntimeError("torch did not enable its deterministic algorithms")
     n = threads or 1
     torch.set_num_threads(n)
     return n
