@@ -4,9 +4,12 @@ and against Random at the largest S, at equal training iterations, paired seeds 
     python benchmarks/data_efficiency.py --out results/data_efficiency.md          # full sweep
     python benchmarks/data_efficiency.py --budgets 20 40 --seeds 2 --grid 16 --steps 10 \\
         --iterations 200 --max-jobs 2 --out smoke.md                                 # minutes
+    python benchmarks/data_efficiency.py --problem burgers1d --out results/de_burgers.md
 
 Every run is a real ``breed run`` (local backend, ``--max-jobs`` clients, the paper's m = 10
-by default) of :mod:`breed_vs_random`'s paper configuration, with one total iteration budget
+by default) of :mod:`breed_vs_random`'s paper configuration (``--problem heat2d``) or of
+``config/examples/burgers.yaml`` (``--problem burgers1d``: S in {60, 120, 240}, 2400
+iterations by default), with one total iteration budget
 ``--iterations`` for EVERY run whatever its S: the only thing that differs between two runs of
 a seed is the data. By default the runs are deterministic (``training.deterministic``, the
 iterations paced per ingested simulation, ``sampler.lag`` = m), so the same command gives the
@@ -22,6 +25,8 @@ Random at S_max (ratio >= 1), on the mean and on the p99 error.
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import subprocess
 import sys
 import time
@@ -37,9 +42,43 @@ from breed.study.tables import RATIO_MEANING, compare_paired
 
 METHODS = ("uniform", "breed")  # uniform is the paper's Random
 METRICS = (("mean", "traj_mean"), ("p99", "traj_p99"))
+BURGERS = Path(__file__).resolve().parents[1] / "config" / "examples" / "burgers.yaml"
+# per problem: budgets, iterations, validation trajectories
+DEFAULTS = {"heat2d": ([200, 400, 800], 1600, 200), "burgers1d": ([60, 120, 240], 2400, 100)}
+
+
+def configure_burgers(args: argparse.Namespace, val_path: Path) -> dict[str, Any]:
+    """The Burgers example at the sweep's budget, clients and pacing (its model, buffer and
+    Breed settings as they are)."""
+    cfg = yaml.safe_load(BURGERS.read_text())
+    cfg.pop("output", None)
+    training = fair_training(args.iterations, max(args.budgets), args.timing)
+    cfg["training"] = {**cfg["training"], **training, "checkpoint_interval": 1000}
+    if not args.timing:
+        cfg["sampler"]["lag"] = args.max_jobs
+    cfg["launcher"] = {**cfg["launcher"], "max_jobs": args.max_jobs, "persistent": True}
+    cfg["validation"] = {"file": str(val_path.resolve()), "size": args.validation_size}
+    return cfg
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """A run's final errors as its server computed them on the shared validation file
+    (mean = val_mse, the mean of per-trajectory MSEs; p99 over trajectories)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    with open(run_dir / "samples.csv") as fh:
+        sources = [row["source"] for row in csv.DictReader(fh)]
+    final = summary["final_validation"]
+    return {
+        "iterations": summary["iterations"],
+        "traj_mean": final["val_mse"],
+        "traj_p99": final["traj_err_p99"],
+        "n_proposal": sources.count("proposal"),
+    }
 
 
 def configure(args: argparse.Namespace, val_path: Path) -> dict[str, Any]:
+    if args.problem == "burgers1d":
+        return configure_burgers(args, val_path)
     # n per ingested simulation at S_max for every S, the rest after the stream
     training = fair_training(args.iterations, max(args.budgets), args.timing)
     return {
@@ -68,8 +107,12 @@ def report(args: argparse.Namespace, res: dict[tuple[int, str], list[dict[str, A
         f"## Data efficiency: S in {args.budgets}, {args.seeds} paired seeds, "
         f"{args.iterations} iterations for every run, m = {args.max_jobs}, "
         f"{'timing-dependent' if args.timing else 'deterministic'} mode\n",
-        f"Grid {args.grid}², T = {args.steps}, H = {args.hidden}, L = {args.layers}. "
-        f"{RATIO_MEANING}; cells: geometric mean [95 % bootstrap CI] (Breed better/pairs).\n",
+        (
+            f"Grid {args.grid}², T = {args.steps}, H = {args.hidden}, L = {args.layers}. "
+            if args.problem == "heat2d"
+            else f"Problem {args.problem} ({BURGERS.name}'s model, buffer and Breed settings). "
+        )
+        + f"{RATIO_MEANING}; cells: geometric mean [95 % bootstrap CI] (Breed better/pairs).\n",
         "| S | error | Random(S) | Breed(S) | Random(S)/Breed(S) | "
         f"Random({top})/Breed(S) | iterations R / B | Breed's proposal draws |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -102,21 +145,30 @@ def report(args: argparse.Namespace, res: dict[tuple[int, str], list[dict[str, A
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="markdown file for the table")
-    ap.add_argument("--workdir", type=Path, default=Path("results/data_efficiency"))
-    ap.add_argument("--budgets", type=int, nargs="+", default=[200, 400, 800])
+    ap.add_argument("--workdir", type=Path, help="runs (results/data_efficiency[_burgers1d])")
+    ap.add_argument("--problem", choices=sorted(DEFAULTS), default="heat2d")
+    ap.add_argument(
+        "--budgets", type=int, nargs="+", help="S values (200 400 800; Burgers 60 120 240)"
+    )
     ap.add_argument("--seeds", type=int, default=8, help="paired seeds 0..n-1 (8)")
-    ap.add_argument("--iterations", type=int, default=1600, help="budget of every run (1600)")
+    ap.add_argument("--iterations", type=int, help="budget of every run (1600; Burgers 2400)")
     ap.add_argument("--max-jobs", type=int, default=10, help="clients per run, m (10)")
     ap.add_argument("--grid", type=int, default=64)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--layers", type=int, default=1)
-    ap.add_argument("--validation-size", type=int, default=200)
+    ap.add_argument("--validation-size", type=int, help="trajectories (200; Burgers 100)")
     ap.add_argument("--period", type=int, default=200, help="Breed's P in iterations (200)")
     ap.add_argument("--window", type=int, default=200, help="Breed's N (200)")
     ap.add_argument("--timing", action="store_true", help="the default, non-deterministic mode")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     args = ap.parse_args(argv)
+    budgets, iterations, val_size = DEFAULTS[args.problem]
+    args.budgets = args.budgets or budgets
+    args.iterations = args.iterations or iterations
+    args.validation_size = args.validation_size or val_size
+    suffix = "" if args.problem == "heat2d" else f"_{args.problem}"
+    args.workdir = args.workdir or Path(f"results/data_efficiency{suffix}")
     if args.iterations < max(args.budgets) and not args.timing:
         ap.error("--iterations: deterministic mode needs at least one iteration per simulation")
     work = args.workdir
@@ -124,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     val_path = work / "validation.npz"
     base_path = work / "base.yaml"
     if not val_path.exists():
-        probe = {"solver": {"grid": args.grid, "steps": args.steps}}
+        probe: dict[str, Any] = (
+            {"solver": {"grid": args.grid, "steps": args.steps}}
+            if args.problem == "heat2d"
+            else {"problem": args.problem}
+        )
         (work / "validation.yaml").write_text(yaml.safe_dump(probe))
         subprocess.run(
             [
@@ -146,10 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     run_all(jobs, base_path, 1, args.timeout)
     print(f"runs: {time.monotonic() - t0:.0f} s", file=sys.stderr)
-    val = load_validation(val_path)
+    val = load_validation(val_path) if args.problem == "heat2d" else None
     res: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for s, method, run_dir in index:
-        res.setdefault((s, method), []).append(read_run(run_dir, val))
+        row = read_run(run_dir, val) if val is not None else read_summary(run_dir)
+        res.setdefault((s, method), []).append(row)
     text = report(args, res)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
