@@ -4,7 +4,7 @@ and against Random at the largest S, at equal training iterations, paired seeds 
     python benchmarks/data_efficiency.py --out results/data_efficiency.md          # full sweep
     python benchmarks/data_efficiency.py --budgets 20 40 --seeds 2 --grid 16 --steps 10 \\
         --iterations 200 --max-jobs 2 --out smoke.md                                 # minutes
-    python benchmarks/data_efficiency.py --problem burgers1d --out results/de_burgers.md
+    python benchmarks/data_efficiency.py --problem burgers1d --out results/data_efficiency_burgers1d.md
 
 Every run is a real ``breed run`` (local backend, ``--max-jobs`` clients, the paper's m = 10
 by default) of :mod:`breed_vs_random`'s paper configuration (``--problem heat2d``) or of
@@ -25,8 +25,6 @@ Random at S_max (ratio >= 1), on the mean and on the p99 error.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import subprocess
 import sys
 import time
@@ -38,6 +36,7 @@ import yaml
 from breed_vs_random import BASE, fair_training, read_run, run_all
 
 from breed.learning.validation import load_validation
+from breed.study.runview import read_run as read_view
 from breed.study.tables import RATIO_MEANING, compare_paired
 
 METHODS = ("uniform", "breed")  # uniform is the paper's Random
@@ -63,16 +62,14 @@ def configure_burgers(args: argparse.Namespace, val_path: Path) -> dict[str, Any
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
     """A run's final errors as its server computed them on the shared validation file
-    (mean = val_mse, the mean of per-trajectory MSEs; p99 over trajectories)."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    with open(run_dir / "samples.csv") as fh:
-        sources = [row["source"] for row in csv.DictReader(fh)]
-    final = summary["final_validation"]
+    (mean = val_mse, the mean of per-trajectory MSEs; p99 over trajectories), read by
+    ``breed show``'s reader."""
+    view = read_view(run_dir)
     return {
-        "iterations": summary["iterations"],
-        "traj_mean": final["val_mse"],
-        "traj_p99": final["traj_err_p99"],
-        "n_proposal": sources.count("proposal"),
+        "iterations": view.iterations,
+        "traj_mean": view.validation["val_mse"],
+        "traj_p99": view.validation["traj_err_p99"],
+        "n_proposal": view.proposal_total,
     }
 
 
