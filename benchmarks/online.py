@@ -14,7 +14,9 @@ sharing; with ``training.cores: dedicated`` they run on the remaining cores only
     python benchmarks/online.py --hidden 64 --layers 3 --device cuda --clients 8
 
 Each ingest mode (``--ingest``) runs with each ``training.cores`` setting (``--cores``):
-shared cores, and the trainer bound to cores of its own (breed.cores).
+shared cores, and the trainer bound to cores of its own (breed.cores), and each step batch
+(``--batch``: ``launcher.batch_steps``, 1 = one time step per message, ``auto`` = the
+default, about 1 MiB per message; docs/PROTOCOL.md 6.1).
 """
 
 from __future__ import annotations
@@ -169,20 +171,28 @@ def main() -> None:
         default="shared,dedicated",
         help="training.cores settings to measure, comma-separated (breed.cores)",
     )
+    ap.add_argument(
+        "--batch",
+        default="1,auto",
+        help="launcher.batch_steps settings to measure, comma-separated (auto: the default)",
+    )
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
     args.ingest = args.ingest.split(",")
     args.cores = args.cores.split(",")
+    batches = [None if b == "auto" else int(b) for b in args.batch.split(",")]
     modes = {}
     with tempfile.TemporaryDirectory() as tmp:
         for ingest in args.ingest:
             for binding in args.cores:
-                mode = f"{ingest}/{binding}"
-                cfg = run_config(args)
-                cfg["launcher"]["ingest"] = ingest
-                cfg["training"]["cores"] = binding
-                (Path(tmp) / mode).mkdir(parents=True)
-                modes[mode] = online(cfg, Path(tmp) / mode)
+                for batch in batches:
+                    mode = f"{ingest}/{binding}/{'auto' if batch is None else batch}"
+                    cfg = run_config(args)
+                    cfg["launcher"]["ingest"] = ingest
+                    cfg["launcher"]["batch_steps"] = batch
+                    cfg["training"]["cores"] = binding
+                    (Path(tmp) / mode).mkdir(parents=True)
+                    modes[mode] = online(cfg, Path(tmp) / mode)
     first = next(iter(modes.values()))
     iters = max(summary["iterations"] for summary, _ in modes.values())
     off = offline(cfg, first[1], iters)
@@ -205,7 +215,7 @@ def main() -> None:
             "overhead_ms_per_sim": overhead * 1e3,
         }
         print(
-            f"  {mode:17s}: on-line samples/s {on:8.0f}   ratio on/off {on / off:6.3f}"
+            f"  {mode:22s}: on-line samples/s {on:8.0f}   ratio on/off {on / off:6.3f}"
             f"   iterations {summary['iterations']:5d}   waited {summary['waiting_fraction']:6.2%}"
             f"   per-sim: solve {solve_s * 1e3:5.1f} ms, busy {busy * 1e3:6.1f} ms, "
             f"overhead {overhead * 1e3:6.1f} ms"

@@ -19,17 +19,21 @@ from breed.protocol import (
     MAX_CONTROL_BYTES,
     PROTOCOL_VERSION,
     STEP_BODY,
+    STEPS_BODY,
     AuthError,
     ControlMessage,
     FinishMessage,
     Kind,
     ProtocolError,
     StepMessage,
+    StepRun,
     check_token,
     decode,
     encode_control,
     encode_finish,
     encode_step,
+    encode_steps,
+    queue_messages,
     token_from_hex,
 )
 
@@ -51,7 +55,9 @@ def step_frames(**kw) -> list[bytes]:
 
 
 # -- round trips ------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", sorted(k for k in Kind if k not in (Kind.STEP, Kind.FINISH)))
+@pytest.mark.parametrize(
+    "kind", sorted(k for k in Kind if k not in (Kind.STEP, Kind.STEPS, Kind.FINISH))
+)
 def test_control_round_trip(kind):
     body = {"sim_id": 3, "params": [1.5, 2.0], "data": "tcp://127.0.0.1:5", "x": None}
     msg = decode(encode_control(kind, TOKEN, body), TOKEN)
@@ -97,6 +103,42 @@ def test_step_blocks_of_one_or_many_axes_travel_as_rows():
     cube = np.arange(24.0).reshape(2, 3, 4)
     msg = decode(encode_step(TOKEN, 0, 0, cube), TOKEN)
     assert msg.block.shape == (2, 12) and np.array_equal(msg.block, cube.reshape(2, 12))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ">f8"])
+def test_steps_round_trip_is_bit_exact_and_splits_into_steps(dtype):
+    rng = np.random.default_rng(1)
+    blocks = [rng.standard_normal((3, 4)).astype(dtype) for _ in range(5)]
+    frames = encode_steps(TOKEN, 5, 7, blocks, rank=1, nranks=3, row_offset=2, global_rows=10)
+    assert len(frames[1]) == STEPS_BODY.size == 37
+    assert frames[2] == b"".join(
+        b.astype(np.dtype(b.dtype).newbyteorder("<")).tobytes() for b in blocks
+    )
+    run = decode(frames, TOKEN)
+    assert isinstance(run, StepRun)
+    assert (run.step, run.count, run.last_step, run.rows) == (7, 5, 11, 3)
+    steps = run.split()
+    assert [m.step for m in steps] == [7, 8, 9, 10, 11]
+    for m, b in zip(steps, blocks, strict=True):
+        assert (m.sim_id, m.rank, m.nranks, m.row_offset, m.global_rows) == (5, 1, 3, 2, 10)
+        assert m.block.dtype.isnative and np.array_equal(m.block, b)
+
+
+def test_steps_that_do_not_add_up_are_malformed():
+    frames = encode_steps(TOKEN, 0, 0, [np.zeros((2, 3))] * 4)
+    with pytest.raises(ProtocolError, match="payload is"):
+        decode([frames[0], frames[1], frames[2][:-8]], TOKEN)
+    zero = STEPS_BODY.pack(*STEPS_BODY.unpack(frames[1])[:-1], 0)
+    with pytest.raises(ProtocolError, match="count of 0"):
+        decode([frames[0], zero, b""], TOKEN)
+    with pytest.raises(ProtocolError, match="STEPS body"):
+        decode([frames[0], frames[1][:35], frames[2]], TOKEN)  # a STEP body under STEPS
+    with pytest.raises(ValueError, match="share shape"):
+        encode_steps(TOKEN, 0, 0, [np.zeros((2, 3)), np.zeros((3, 3))])
+
+
+def test_queued_messages_keep_about_64_steps():
+    assert [queue_messages(k) for k in (1, 8, 32, 64, 100)] == [64, 8, 2, 2, 2]
 
 
 def test_finish_round_trip():

@@ -21,7 +21,7 @@ import zmq
 from breed.config import validate
 from breed.learning.reservoir import buffer_from_config
 from breed.problems import problem_of
-from breed.protocol import Kind, decode, encode_control, encode_finish, encode_step
+from breed.protocol import Kind, decode, encode_control, encode_finish, encode_step, encode_steps
 from breed.sampling import make_sampler
 from breed.server.receiver import Receiver, ReceiverOptions
 from breed.server.simtable import SimTable
@@ -50,12 +50,12 @@ def wait_for(what: str, cond: Callable[[], bool], timeout: float = 15.0) -> None
 class Harness:
     """A receiver in one ingest mode, with a client's control (REQ) and data (DEALER) sockets."""
 
-    def __init__(self, ingest: str) -> None:
+    def __init__(self, ingest: str, capacity: int = 200, watermark: int = 5) -> None:
         cfg = validate(
             {
                 "study": {"simulations": 4},
                 "solver": {"grid": GRID, "steps": STEPS},
-                "buffer": {"capacity": 200, "watermark": 5},
+                "buffer": {"capacity": capacity, "watermark": watermark},
             }
         )
         problem = problem_of(cfg)
@@ -104,6 +104,9 @@ class Harness:
     def finish(self, sim: int, sent: int) -> Kind:
         """Send FINISH and read the answer (after every step before it): PONG or REJECT."""
         self.data.send_multipart(encode_finish(TOKEN, sim, sent))
+        return self.finish_answer(sim)
+
+    def finish_answer(self, sim: int) -> Kind:
         while True:
             msg = decode(self.data.recv_multipart(), TOKEN)
             if msg.body.get("sim_id") == sim:
@@ -264,3 +267,33 @@ def test_summary_separates_rejections_from_message_counts() -> None:
     )
     assert messages == {"assigned": 6, "blocks": 66, "samples": 66}
     assert rejected == {"bad_shape": 2, "malformed": 1}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ingest", ["thread", "process"])
+def test_a_steps_message_larger_than_the_room_left_loses_nothing(ingest: str) -> None:
+    """One STEPS message completes all T + 1 samples of a simulation, and the buffer (3 slots,
+    never evicting unseen samples) takes 3: the other 2 wait (held by the receiver thread, or
+    in the ingest ring) and no data is read, so FINISH is answered after they are stored,
+    once training has seen what was there."""
+    h = Harness(ingest, capacity=3, watermark=3)
+    try:
+        job = h.assign()
+        assert job["batch"] == {"steps": STEPS + 1, "linger": 1.0}  # auto: a whole simulation
+        sim = job["sim_id"]
+        blocks = [np.full((GRID, GRID), 200.0 + t) for t in range(STEPS + 1)]
+        h.data.send_multipart(encode_steps(TOKEN, sim, 0, blocks))
+        h.data.send_multipart(encode_finish(TOKEN, sim, STEPS + 1))
+        wait_for("the buffer full", lambda: h.rx.ledger.count(sim) == 3)
+        assert not h.buffer.can_accept() and sim not in h.done
+        h.buffer.sample_batch(3)  # the trainer sees them: room again
+        wait_for("the rest stored", lambda: h.rx.ledger.count(sim) == STEPS + 1)
+        assert h.finish_answer(sim) is Kind.PONG
+        wait_for("simulation done", lambda: sim in h.done)
+        assert sorted(t for s, t in h.rx.ledger.pairs().tolist() if s == sim) == list(
+            range(STEPS + 1)
+        )
+        assert h.books()["samples"] == STEPS + 1 and h.books()["duplicate_steps"] == 0
+        assert h.buffer.stats()["received"] == STEPS + 1
+    finally:
+        h.close()

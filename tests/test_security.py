@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from breed.config import validate
 from breed.learning.reservoir import buffer_from_config
 from breed.problems import problem_of
-from breed.protocol import Kind, decode, encode_control, encode_finish, encode_step
+from breed.protocol import Kind, decode, encode_control, encode_finish, encode_step, encode_steps
 from breed.sampling import make_sampler
 from breed.server.checkpoint import load as load_checkpoint
 from breed.server.receiver import Receiver, ReceiverOptions
@@ -151,12 +151,19 @@ def test_each_kind_of_bad_data_is_rejected_counted_and_never_stored(live: Live) 
             encode_step(live.token, sim, 0, field())[:2],
         ],  # truncated: no payload
         "rejected_token": [encode_step(wrong, sim, 0, field()), encode_finish(wrong, sim, 5)],
-        "oversized": [encode_step(live.token, sim, 0, field(rows=2 * GRID))],
+        # more than a whole batch of the field (a batch has at most the T + 1 steps)
+        "oversized": [
+            encode_step(live.token, sim, 0, field(rows=(STEPS + 2) * GRID)),
+            encode_steps(live.token, sim, 0, [field()] * (STEPS + 2)),
+        ],
         "unknown_sim": [
             encode_step(live.token, 999, 0, field()),
             encode_finish(live.token, 999, 5),
         ],
-        "bad_step": [encode_step(live.token, sim, STEPS + 1, field())],
+        "bad_step": [
+            encode_step(live.token, sim, STEPS + 1, field()),
+            encode_steps(live.token, sim, STEPS - 1, [field()] * 3),  # t = 3..5: past T = 4
+        ],
         "bad_field": [encode_step(live.token, sim, 0, field(), field=1)],
         "bad_shape": [
             encode_step(live.token, sim, 0, field(cols=GRID - 1)),
@@ -166,6 +173,7 @@ def test_each_kind_of_bad_data_is_rejected_counted_and_never_stored(live: Live) 
         "non_finite": [
             encode_step(live.token, sim, 0, field(np.nan)),
             encode_step(live.token, sim, 1, field(np.inf)),
+            encode_steps(live.token, sim, 0, [field(), field(np.nan)]),  # one bad step of two
         ],
         "out_of_range": [encode_step(live.token, sim, 0, field(1e6))],
     }

@@ -46,7 +46,6 @@ from breed.protocol import AuthError, Kind, ProtocolError
 
 DEFAULT_TIMEOUT = 30.0
 MAX_WAIT = 60.0
-DATA_SNDHWM = 64  # steps a rank may queue before send blocks (backpressure)
 
 
 class ClientConfigError(ValueError):
@@ -86,6 +85,7 @@ class Assignment:
     steps: int = 0  # send t = 0..steps
     fields: tuple[FieldInfo, ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)  # the problem's, as configured
+    batch: tuple[int, float] | None = None  # (most steps per message, linger s): PROTOCOL 6.1
 
     @property
     def named(self) -> dict[str, float]:
@@ -112,6 +112,7 @@ class Assignment:
                 for f in body["fields"]
             )
             settings = dict(body.get("settings") or {})
+            batch = _batch_of(body.get("batch"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ClientError(f"malformed ASSIGN from the server: {exc!r}") from None
         if isinstance(sim_id, bool) or not isinstance(sim_id, int) or sim_id < 0:
@@ -122,7 +123,38 @@ class Assignment:
             raise ClientError(f"malformed ASSIGN: data address {data!r}")
         if not fields or any(f.dtype not in ("float32", "float64") or not f.shape for f in fields):
             raise ClientError(f"malformed ASSIGN: fields {body['fields']!r}")
-        return cls(sim_id, params, data, attempt, names, steps, fields, settings)
+        return cls(sim_id, params, data, attempt, names, steps, fields, settings, batch)
+
+
+def _batch_of(offer: Any) -> tuple[int, float] | None:
+    """The ASSIGN's ``batch`` offer ``{"steps": k, "linger": s}``, or None (no batching)."""
+    if offer is None:
+        return None
+    steps, linger = offer["steps"], float(offer.get("linger", 0.0))
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 0xFFFF:
+        raise ValueError(f"batch steps {steps!r}")
+    if not (math.isfinite(linger) and linger >= 0):
+        raise ValueError(f"batch linger {linger!r}")
+    return steps, linger
+
+
+@dataclass
+class _Held:
+    """Consecutive steps of one field held for one STEPS message (copies: a solver may
+    reuse its arrays)."""
+
+    first: int
+    row_offset: int
+    since: float  # monotonic time the first was held
+    blocks: list[np.ndarray]
+
+    def follows(self, step: int, row_offset: int, block: np.ndarray) -> bool:
+        return (
+            step == self.first + len(self.blocks)
+            and row_offset == self.row_offset
+            and block.shape == self.blocks[0].shape
+            and block.dtype == self.blocks[0].dtype
+        )
 
 
 def load_token(token: bytes | str | None = None) -> bytes:
@@ -174,7 +206,7 @@ class Client:
         job_id: str | None = None,
         timeout: float | None = None,
         send_timeout: float | None = None,
-        sndhwm: int = DATA_SNDHWM,
+        sndhwm: int | None = None,
         comm: Any = None,
     ) -> None:
         self.comm = comm
@@ -193,7 +225,8 @@ class Client:
         self.send_timeout = (
             max(10 * self.timeout, 60.0) if send_timeout is None else float(send_timeout)
         )
-        self.sndhwm = sndhwm
+        self.sndhwm = sndhwm  # None: about 64 steps, whatever the batch (queue_messages)
+        self._held: dict[int, _Held] = {}  # field index -> steps held for a STEPS message
         self.curve_serverkey = security.curve_from_env()  # BREED_CURVE_SERVERKEY: encrypt
         self.assignment: Assignment | None = None
         self._steps_sent = 0
@@ -300,6 +333,7 @@ class Client:
             raise ClientError(error, collective=True)
         self.assignment = got
         self._steps_sent = 0
+        self._held.clear()
         return self.assignment
 
     # -- data path (every rank) -------------------------------------------------------------
@@ -308,7 +342,9 @@ class Client:
         if sock is None:
             # DEALER, not PUSH: the server answers on the same connection (REJECT, FINISH ack)
             sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.SNDHWM, self.sndhwm)
+            batch = self.assignment.batch if self.assignment is not None else None
+            hwm = self.sndhwm or protocol.queue_messages(batch[0] if batch else 1)
+            sock.setsockopt(zmq.SNDHWM, hwm)
             sock.setsockopt(zmq.SNDTIMEO, int(self.send_timeout * 1000))
             # on close, keep trying to deliver what is queued, but not forever
             sock.setsockopt(zmq.LINGER, int(self.send_timeout * 1000))
@@ -363,7 +399,10 @@ class Client:
         """Push this rank's part of every field of one time step: one array for a one-field
         problem, else a mapping name -> array (or a sequence in the problem's order). Under
         MPI each array is this rank's rows ``[row_offset, row_offset + len(array))`` of the
-        field's first axis."""
+        field's first axis. When the server offers batches (PROTOCOL.md 6.1) the step is held
+        (a copy) and sent with the next ones of its field in one STEPS message: when ``k``
+        are held, before a step that does not follow, at :meth:`finish`, or once the oldest
+        held step is the offer's ``linger`` seconds old (checked here, at each send)."""
         job = self.assignment
         if job is None:
             raise ClientError("send() without an assignment: call request() first")
@@ -374,6 +413,9 @@ class Client:
                 raise ClientError(
                     f"field {info.name}: a scalar, the problem declares shape {list(info.shape)}"
                 )
+            if job.batch is not None:
+                self._hold(k, step, block, row_offset, job.batch[0])
+                continue
             frames = protocol.encode_step(
                 self.token,
                 job.sim_id,
@@ -386,7 +428,41 @@ class Client:
                 field=k,
             )
             self._push_frames(frames)
+        if job.batch is not None and self._held:
+            if time.monotonic() - min(h.since for h in self._held.values()) >= job.batch[1]:
+                self._flush()
         self._steps_sent += 1
+
+    def _hold(self, k: int, step: int, block: np.ndarray, row_offset: int, most: int) -> None:
+        held = self._held.get(k)
+        if held is not None and not held.follows(step, row_offset, block):
+            self._flush(k)
+            held = None
+        if held is None:
+            held = self._held[k] = _Held(step, row_offset, time.monotonic(), [])
+        held.blocks.append(np.array(block, copy=True))
+        if len(held.blocks) >= most:
+            self._flush(k)
+
+    def _flush(self, which: int | None = None) -> None:
+        """Send what is held of one field (or of every field) as STEPS messages."""
+        job = self.assignment
+        assert job is not None
+        for k in [which] if which is not None else sorted(self._held):
+            held = self._held.pop(k)
+            self._push_frames(
+                protocol.encode_steps(
+                    self.token,
+                    job.sim_id,
+                    held.first,
+                    held.blocks,
+                    rank=self.rank,
+                    nranks=self.nranks,
+                    row_offset=held.row_offset,
+                    global_rows=job.fields[k].shape[0],
+                    field=k,
+                )
+            )
 
     def _ordered(self, fields: Any) -> list[Any]:
         job = self.assignment
@@ -422,6 +498,7 @@ class Client:
         job = self.assignment
         if job is None:
             raise ClientError("finish() without an assignment")
+        self._flush()  # every held step before FINISH (one connection keeps order)
         self._push_frames(
             protocol.encode_finish(
                 self.token, job.sim_id, self._steps_sent, rank=self.rank, nranks=self.nranks
@@ -452,6 +529,7 @@ class Client:
         if self.assignment is None:
             return False
         sim_id, self.assignment = self.assignment.sim_id, None
+        self._held.clear()
         if self.rank != 0:
             return False
         try:

@@ -7,8 +7,8 @@ Every message is a list of frames ``[header, body, *payload]``:
 * ``body``: a fixed ``struct`` for the hot data-path messages (``STEP``, ``FINISH``), small
   UTF-8 JSON objects for control messages. Never pickle: a peer must not be able to make the
   server execute code.
-* ``payload`` (``STEP`` only): the raw bytes of one rank's block of one field of one time step,
-  C order. A field of shape ``(n0, n1, ...)`` travels as rows of its first axis, the other
+* ``payload`` (``STEP``, ``STEPS``): the raw bytes of one rank's block of one field of one time
+  step (``STEPS``: of ``count`` consecutive steps, step-major), C order. A field of shape ``(n0, n1, ...)`` travels as rows of its first axis, the other
   axes flattened: a rank sends the rows ``[row_offset, row_offset + rows)`` of it (its slab),
   ``cols = n1 * n2 * ...``. Version 2 added the field index (several fields per step).
 
@@ -40,15 +40,24 @@ TOKEN_BYTES = 32
 HEADER = struct.Struct("!4sHB32s")
 # sim_id, step, rank, nranks, field, row_offset, rows, global_rows, cols, dtype code
 STEP_BODY = struct.Struct("!QIHHHIIIIB")
+# STEP_BODY's fields (step = the first one), then count: consecutive steps in one message
+STEPS_BODY = struct.Struct("!QIHHHIIIIBH")
 # sim_id, rank, nranks, steps sent by this rank
 FINISH_BODY = struct.Struct("!QHHI")
 MAX_CONTROL_BYTES = 64 * 1024
+QUEUED_STEPS = 64  # steps a data connection queues before a send blocks (backpressure)
 DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
 
 DTYPES: dict[int, np.dtype] = {1: np.dtype("<f4"), 2: np.dtype("<f8")}
 """Payload dtypes: little-endian on the wire (a fixed order, so clients and servers of any
 endianness agree; little because x86 and ARM then decode without a byte swap)."""
 DTYPE_CODES = {dt.newbyteorder("="): code for code, dt in DTYPES.items()}
+
+
+def queue_messages(batch_steps: int) -> int:
+    """A data connection's high-water mark in messages when each carries up to
+    ``batch_steps`` steps: about :data:`QUEUED_STEPS` steps wait, as without batching."""
+    return max(2, -(-QUEUED_STEPS // max(1, batch_steps)))
 
 
 class ProtocolError(ValueError):
@@ -70,6 +79,7 @@ class Kind(IntEnum):
     PING = 8  # launcher -> server (JSON status of the launcher)
     PONG = 9  # server -> launcher (JSON status of the server)
     REJECT = 10  # server -> anyone: your message was refused (JSON: reason)
+    STEPS = 11  # client -> server: one rank's blocks of one field of consecutive time steps
 
 
 CONTROL_KINDS = {
@@ -102,6 +112,60 @@ class StepMessage:
     def rows(self) -> int:
         return int(self.block.shape[0])
 
+    @property
+    def count(self) -> int:
+        return 1
+
+    @property
+    def last_step(self) -> int:
+        return self.step
+
+    def split(self) -> list[StepMessage]:
+        return [self]
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """A ``STEPS`` message: one rank's row block of field ``field`` for the consecutive steps
+    ``step .. step + count - 1``; ``block`` is ``(count, rows, cols)``."""
+
+    sim_id: int
+    step: int
+    rank: int
+    nranks: int
+    row_offset: int
+    global_rows: int
+    block: np.ndarray  # (count, rows, cols), native byte order; may be a read-only view
+    field: int = 0
+
+    @property
+    def rows(self) -> int:
+        return int(self.block.shape[1])
+
+    @property
+    def count(self) -> int:
+        return int(self.block.shape[0])
+
+    @property
+    def last_step(self) -> int:
+        return self.step + self.count - 1
+
+    def split(self) -> list[StepMessage]:
+        """The run as the STEP messages it stands for (views of one frame)."""
+        return [
+            StepMessage(
+                self.sim_id,
+                self.step + i,
+                self.rank,
+                self.nranks,
+                self.row_offset,
+                self.global_rows,
+                self.block[i],
+                self.field,
+            )
+            for i in range(self.count)
+        ]
+
 
 @dataclass(frozen=True)
 class FinishMessage:
@@ -117,7 +181,7 @@ class ControlMessage:
     body: dict[str, Any] = field(default_factory=dict)
 
 
-Message = StepMessage | FinishMessage | ControlMessage
+Message = StepMessage | StepRun | FinishMessage | ControlMessage
 
 
 def token_from_hex(text: str) -> bytes:
@@ -160,16 +224,8 @@ def encode_step(
     """Frames for one block; the payload is the block's bytes (little-endian, C order).
     A block of more than two axes is sent as ``(rows, rest flattened)``; a 1-D one as a
     column."""
-    if block.ndim == 1:
-        block = block.reshape(-1, 1)
-    elif block.ndim > 2:
-        block = block.reshape(block.shape[0], -1)
-    elif block.ndim != 2:
-        raise ValueError("a step block needs at least one axis")
-    native = block.dtype.newbyteorder("=")
-    if native not in DTYPE_CODES:
-        raise ValueError(f"unsupported dtype {block.dtype}; use float32 or float64")
-    code = DTYPE_CODES[native]
+    block = _as_rows(block)
+    code = _dtype_code(block)
     rows, cols = block.shape
     body = STEP_BODY.pack(
         sim_id,
@@ -185,6 +241,62 @@ def encode_step(
     )
     payload = np.ascontiguousarray(block, dtype=DTYPES[code]).tobytes()
     return [_header(Kind.STEP, token), body, payload]
+
+
+def encode_steps(
+    token: bytes,
+    sim_id: int,
+    first_step: int,
+    blocks: np.ndarray | list[np.ndarray],
+    *,
+    rank: int = 0,
+    nranks: int = 1,
+    row_offset: int = 0,
+    global_rows: int | None = None,
+    field: int = 0,
+) -> list[bytes]:
+    """Frames for the blocks of consecutive steps ``first_step, first_step + 1, ...`` of one
+    field and slab (one ``STEPS`` message); each block as :func:`encode_step` takes it."""
+    parts = [_as_rows(np.asarray(b)) for b in blocks]
+    if not parts or len(parts) > 0xFFFF:
+        raise ValueError("a STEPS message carries 1 to 65535 steps")
+    if any(p.shape != parts[0].shape or p.dtype != parts[0].dtype for p in parts):
+        raise ValueError("the blocks of a STEPS message must share shape and dtype")
+    code = _dtype_code(parts[0])
+    rows, cols = parts[0].shape
+    body = STEPS_BODY.pack(
+        sim_id,
+        first_step,
+        rank,
+        nranks,
+        field,
+        row_offset,
+        rows,
+        rows if global_rows is None else global_rows,
+        cols,
+        code,
+        len(parts),
+    )
+    payload = np.ascontiguousarray(np.stack(parts), dtype=DTYPES[code]).tobytes()
+    return [_header(Kind.STEPS, token), body, payload]
+
+
+def _as_rows(block: np.ndarray) -> np.ndarray:
+    """A block as ``(rows, rest flattened)``; a 1-D one as a column."""
+    if block.ndim == 1:
+        return block.reshape(-1, 1)
+    if block.ndim > 2:
+        return block.reshape(block.shape[0], -1)
+    if block.ndim != 2:
+        raise ValueError("a step block needs at least one axis")
+    return block
+
+
+def _dtype_code(block: np.ndarray) -> int:
+    native = block.dtype.newbyteorder("=")
+    if native not in DTYPE_CODES:
+        raise ValueError(f"unsupported dtype {block.dtype}; use float32 or float64")
+    return DTYPE_CODES[native]
 
 
 def encode_finish(
@@ -235,8 +347,8 @@ def _decode(
     if not check_token(msg_token, token):
         raise AuthError("wrong run token")
     body = bytes(frames[1])
-    if kind is Kind.STEP:
-        return _decode_step(frames, body, max_payload, max_rows, max_cols)
+    if kind is Kind.STEP or kind is Kind.STEPS:
+        return _decode_step(frames, body, kind, max_payload, max_rows, max_cols)
     if len(frames) != 2:
         raise ProtocolError(f"{kind.name} takes 2 frames, got {len(frames)}")
     if kind is Kind.FINISH:
@@ -262,13 +374,17 @@ def _check_ranks(rank: int, nranks: int) -> None:
 
 
 def _decode_step(
-    frames: list[bytes], body: bytes, max_payload: int, max_rows: int, max_cols: int
-) -> StepMessage:
+    frames: list[bytes], body: bytes, kind: Kind, max_payload: int, max_rows: int, max_cols: int
+) -> StepMessage | StepRun:
     if len(frames) != 3:
-        raise ProtocolError(f"STEP takes 3 frames, got {len(frames)}")
-    if len(body) != STEP_BODY.size:
-        raise ProtocolError("STEP body has the wrong size")
-    sim_id, step, rank, nranks, fld, offset, rows, grows, cols, code = STEP_BODY.unpack(body)
+        raise ProtocolError(f"{kind.name} takes 3 frames, got {len(frames)}")
+    layout = STEP_BODY if kind is Kind.STEP else STEPS_BODY
+    if len(body) != layout.size:
+        raise ProtocolError(f"{kind.name} body has the wrong size")
+    sim_id, step, rank, nranks, fld, offset, rows, grows, cols, code, *more = layout.unpack(body)
+    count = more[0] if more else 1
+    if count == 0:
+        raise ProtocolError("STEPS with a count of 0")
     _check_ranks(rank, nranks)
     if code not in DTYPES:
         raise ProtocolError(f"unknown dtype code {code}")
@@ -281,12 +397,15 @@ def _decode_step(
     if size > max_payload:
         raise ProtocolError(f"payload of {size} bytes exceeds the maximum {max_payload}")
     dtype = DTYPES[code]
-    if size != rows * cols * dtype.itemsize:
-        raise ProtocolError(f"payload is {size} bytes, header says {rows}x{cols} {dtype.name}")
+    if size != count * rows * cols * dtype.itemsize:
+        raise ProtocolError(
+            f"payload is {size} bytes, header says {count}x{rows}x{cols} {dtype.name}"
+        )
     # a read-only view of the frame on little-endian hosts: the assembler copies it once
-    block = (
-        np.frombuffer(payload, dtype=dtype)
-        .reshape(rows, cols)
-        .astype(dtype.newbyteorder("="), copy=False)
-    )
-    return StepMessage(sim_id, step, rank, nranks, offset, grows, block, fld)
+    values = np.frombuffer(payload, dtype=dtype).astype(dtype.newbyteorder("="), copy=False)
+    if kind is Kind.STEP:
+        return StepMessage(
+            sim_id, step, rank, nranks, offset, grows, values.reshape(rows, cols), fld
+        )
+    blocks = values.reshape(count, rows, cols)
+    return StepRun(sim_id, step, rank, nranks, offset, grows, blocks, fld)

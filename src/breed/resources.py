@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from breed import rundir
-from breed.client import DATA_SNDHWM
 from breed.config import ConfigError
-from breed.server.receiver import DATA_HWM, RING_SLOTS
+from breed.protocol import queue_messages
+from breed.server.datapath import Batching, StepSpec
+from breed.server.receiver import ring_slots
 
 F32 = 4
 GIB = 1 << 30
@@ -60,6 +61,13 @@ def estimate(cfg: dict[str, Any]) -> Estimate:
     problem = problem_of(cfg)
     field, inputs = problem.sample_size, problem.dim + 1
     wire = sum(f.size * (8 if f.dtype == "float64" else 4) for f in problem.fields)
+    try:
+        spec = StepSpec.of(problem)
+        per_message = Batching.plan(
+            spec, lc["batch_steps"], lc["batch_linger"], lc["max_message_bytes"]
+        ).steps
+    except ValueError:  # refused by the run's config check, with its own message
+        per_message = 1
     hidden, layers, batch = mc["hidden"], mc["layers"], mc["batch_size"]
     # the paper's MLP (a model.factory's own size is not known before it is built)
     params = (
@@ -85,10 +93,11 @@ def estimate(cfg: dict[str, Any]) -> Estimate:
         "batch": batch * (4 * field + 3 * hidden * layers) * F32,
         "evaluation chunk": 3 * EVAL_ELEMENTS * F32,
         # steps queued per client between its send and our receive high-water marks
-        "message queues": lc["max_jobs"] * (DATA_SNDHWM + DATA_HWM) * wire,
+        # (both high-water marks, in messages of up to per_message steps)
+        "message queues": lc["max_jobs"] * 2 * queue_messages(per_message) * per_message * wire,
     }
     if lc["ingest"] == "process":
-        memory["ingest ring"] = RING_SLOTS * (field * F32 + 64)
+        memory["ingest ring"] = ring_slots(per_message) * (field * F32 + 64)
     if lc["server_ranks"] > 1:
         per_rank = SERVER_BASE + buffer * 3 + params * F32 * 5 + memory["batch"]
         memory["other server ranks"] = (lc["server_ranks"] - 1) * per_rank

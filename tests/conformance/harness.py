@@ -4,7 +4,8 @@
 each REQUEST with the next entry of its script (``("assign", overrides)``, ``("wait", s)``,
 ``("stop",)``, ``("reject", reason)``, ``("gone",)``: close both sockets without a word). It
 records every message a client sends, answers each FINISH on the client's data connection
-(PONG, or REJECT when steps are missing) and can REJECT the first STEP of a simulation. It
+(PONG, or REJECT when steps are missing) and can REJECT the first STEP of a simulation. A
+STEPS message (several steps, offered by an ASSIGN's ``batch``) is recorded as its steps. It
 speaks only what docs/PROTOCOL.md specifies, so any client implementation can be run
 against it (tests/conformance/test_conformance.py).
 """
@@ -25,6 +26,7 @@ from breed.protocol import (
     Kind,
     ProtocolError,
     StepMessage,
+    StepRun,
     decode,
     encode_control,
 )
@@ -60,7 +62,8 @@ class ScriptedServer(threading.Thread):
         self.data_address = f"tcp://127.0.0.1:{self.data.bind_to_random_port('tcp://127.0.0.1')}"
         self.requests: list[dict] = []
         self.aborts: list[dict] = []
-        self.steps: list[StepMessage] = []
+        self.steps: list[StepMessage] = []  # a STEPS message as the steps it carries
+        self.step_messages: list[int] = []  # per data message with steps: how many it carried
         self.finishes: list[FinishMessage] = []
         self.assigned: dict[int, list[float]] = {}
         self.expect_steps: dict[int, int] = {}
@@ -138,19 +141,21 @@ class ScriptedServer(threading.Thread):
         except ProtocolError:
             self.undecodable += 1
             return
-        if isinstance(msg, StepMessage):
-            self.steps.append(
-                StepMessage(
-                    msg.sim_id,
-                    msg.step,
-                    msg.rank,
-                    msg.nranks,
-                    msg.row_offset,
-                    msg.global_rows,
-                    np.array(msg.block),
-                    msg.field,
+        if isinstance(msg, StepMessage | StepRun):
+            self.step_messages.append(msg.count)
+            for one in msg.split():
+                self.steps.append(
+                    StepMessage(
+                        one.sim_id,
+                        one.step,
+                        one.rank,
+                        one.nranks,
+                        one.row_offset,
+                        one.global_rows,
+                        np.array(one.block),
+                        one.field,
+                    )
                 )
-            )
             if self.reject_step:
                 self._answer(
                     ident,

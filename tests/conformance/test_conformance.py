@@ -131,6 +131,21 @@ def test_assign_then_accept_until_stop(serve, token, client_cmd) -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("steps", "linger", "messages"), [(3, 60.0, [1, 1, 3, 3]), (8, 0.0, [1] * 8)]
+)
+def test_batched_steps(serve, token, client_cmd, steps, linger, messages) -> None:
+    """An ASSIGN offering ``batch`` (PROTOCOL.md 6.1): up to ``steps`` consecutive steps per
+    STEPS message and field (t = 0..3: one of 3 and the last alone at FINISH), or one per
+    message when the oldest held step is always ``linger`` = 0 s old; the same data either way."""
+    srv = serve([("assign", {"batch": {"steps": steps, "linger": linger}}), ("stop",)])
+    code, err, _ = run_client(client_cmd, srv.address, token)
+    assert code == 0, err
+    check_data(srv, 1)
+    assert sorted(srv.step_messages) == messages
+
+
+@pytest.mark.timeout(60)
 def test_wait_then_assign(serve, token, client_cmd) -> None:
     srv = serve([("wait", 0.05), ("wait", 0.05), ("assign",), ("stop",)])
     code, err, _ = run_client(client_cmd, srv.address, token)

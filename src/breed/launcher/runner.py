@@ -66,7 +66,7 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
     from breed.learning.normalisation import Normalisation
     from breed.netaddr import resolve_host
     from breed.problems import check_command, problem_of
-    from breed.server.datapath import StepSpec
+    from breed.server.datapath import Batching, StepSpec
 
     lc, problem = cfg["launcher"], problem_of(cfg)
     check_command(problem)
@@ -111,12 +111,12 @@ def check_runtime(cfg: dict[str, Any]) -> Backend:
             raise ConfigError(f"validation.file: {exc}") from None
     if lc["curve"] and not curve_available():
         raise ConfigError("launcher.curve: this libzmq was built without CURVE support")
-    block = StepSpec.of(problem).max_block_bytes
-    if lc["max_message_bytes"] is not None and lc["max_message_bytes"] < block + 1024:
-        raise ConfigError(
-            f"launcher.max_message_bytes: {lc['max_message_bytes']} is below "
-            f"the largest field ({block} bytes) + 1024"
+    try:  # the server plans the same way (breed.server.receiver)
+        Batching.plan(
+            StepSpec.of(problem), lc["batch_steps"], lc["batch_linger"], lc["max_message_bytes"]
         )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         # clients off the trainer's cores (a one-rank server on this host binds the rest)
         here = lc["backend"] == "local" and lc["server_ranks"] == 1

@@ -39,12 +39,15 @@ class ControlHandler:
         on_assign: Callable[[int], None],
         on_abort: Callable[[int], None],
         data_address: Callable[[int], str],
+        batch: dict[str, float | int] | None = None,
     ) -> None:
         self.token, self.table, self.problem, self.counts = token, table, problem, counts
         self.send, self.status, self.on_launcher = send, status, on_launcher
         self.on_assign, self.on_abort, self.data_address = on_assign, on_abort, data_address
         self.job_keys = JobKeys()  # the launcher's jobs, bound to their keys
         self._describe = problem.describe()
+        if batch is not None:  # several steps per data message (docs/PROTOCOL.md 6.1)
+            self._describe = {**self._describe, "batch": batch}
 
     def handle(self, frames: list[bytes]) -> bool:
         """Answer one ROUTER message; True if it carried the run token."""

@@ -25,6 +25,7 @@ from breed.protocol import (
     Kind,
     ProtocolError,
     StepMessage,
+    StepRun,
     decode,
     encode_control,
 )
@@ -49,8 +50,10 @@ class DataPath:
         on_refused: Callable[[int, str], None] | None = None,
         on_seen: Callable[[int], None] | None = None,
         counts: Counter[str] | None = None,
+        batch_steps: int = 1,
     ) -> None:
         self.token, self.spec, self.max_payload = token, spec, max_payload
+        self.batch_steps = batch_steps  # most steps one STEPS message may carry (the ASSIGN's)
         self.known = known
         self.on_finish, self.reply, self.on_refused = on_finish, reply, on_refused
         self.on_seen = on_seen  # a valid step of a known simulation arrived (liveness)
@@ -63,8 +66,8 @@ class DataPath:
 
     def decode(
         self, ident: bytes, frames: list[bytes], wait_for: Callable[[int], object] | None = None
-    ) -> StepMessage | FinishMessage | None:
-        """A checked STEP or FINISH, or None (rejected and counted). ``wait_for(sim_id)`` may
+    ) -> StepMessage | StepRun | FinishMessage | None:
+        """A checked STEP, STEPS or FINISH, or None (rejected and counted). ``wait_for(sim_id)`` may
         fetch an assignment that trails the client's first step (process mode)."""
         self.authentic = False
         if len(frames) > 2 and len(frames[2]) > self.max_payload:
@@ -87,8 +90,11 @@ class DataPath:
                 self.reject(f"FINISH for unknown simulation {msg.sim_id}", "unknown_sim")
                 return None
             return msg
-        if not isinstance(msg, StepMessage):
+        if not isinstance(msg, StepMessage | StepRun):
             self.reject(f"{type(msg).__name__} on the data socket", "malformed")
+            return None
+        if msg.count > self.batch_steps:
+            self.reject(f"STEPS of {msg.count} steps, at most {self.batch_steps}", "malformed")
             return None
         if not self.known(msg.sim_id) and wait_for is not None:
             wait_for(msg.sim_id)
@@ -125,24 +131,34 @@ class DataPath:
 
     def handle(
         self, ident: bytes, frames: list[bytes], wait_for: Callable[[int], object] | None = None
-    ) -> tuple[int, int, np.ndarray] | None:
-        """Decode and assemble one message (both ingest modes' whole path): a completed
-        sample is returned; a FINISH goes to ``on_finish(msg, every_rank)``."""
+    ) -> list[tuple[int, int, np.ndarray]]:
+        """Decode and assemble one message (both ingest modes' whole path): the samples it
+        completes, in step order (several for a STEPS message); a FINISH goes to
+        ``on_finish(msg, every_rank)``."""
         msg = self.decode(ident, frames, wait_for)
         if isinstance(msg, FinishMessage):
             try:
                 every_rank = self.assembler.finish(msg)
             except ProtocolError as exc:  # an inconsistent rank count
                 self.reject(f"inconsistent FINISH: {exc}", "malformed")
-                return None
+                return []
             if self.on_finish is not None:
                 self.on_finish(msg, every_rank)
-            return None
+            return []
         if msg is None:
-            return None
+            return []
         if self.on_seen is not None:
             self.on_seen(msg.sim_id)
-        return self.assemble(ident, msg)
+        if isinstance(msg, StepRun):
+            self.counts["step_batches"] += 1
+        done = []
+        for one in msg.split():
+            got = self.assemble(ident, one)
+            if got is not None:
+                done.append(got)
+            elif (msg.sim_id, ident) in self.refused:  # an inconsistent block: the rest too
+                break
+        return done
 
     def refuse(self, ident: bytes, sim_id: int, reason: str) -> None:
         """Tell the client at once (REJECT on its connection) and the table (once per
@@ -215,17 +231,65 @@ class StepSpec:
         return max(r * c * d.itemsize for (r, c), d in zip(self.shapes, self.dtypes, strict=True))
 
 
-def check_step(msg: StepMessage, spec: StepSpec) -> tuple[str, str] | None:
-    """Why a step of a known simulation is refused (message, counter), or None."""
-    if not 0 <= msg.step <= spec.steps:
-        return f"step {msg.step} outside 0..{spec.steps}", "bad_step"
+BATCH_BYTES = 1 << 20  # an automatic batch carries about this much (launcher.batch_steps: null)
+MAX_AUTO_BATCH = 64  # ... and at most this many steps
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How many steps one data message may carry (the ASSIGN's ``batch``) and the frame
+    limits that follow from it. Why batches: the per-message Python of the receive path
+    (receive, decode, check, store) costs as much as a small field's values."""
+
+    steps: int  # most steps per STEPS message (1: one step per message)
+    linger: float  # seconds a client may hold a step before it sends it
+    max_payload: int  # largest payload frame: ``steps`` of the largest field block
+    max_message: int  # ZMQ_MAXMSGSIZE of the data sockets
+
+    @classmethod
+    def plan(
+        cls, spec: StepSpec, steps: int | None, linger: float, max_message: int | None
+    ) -> Batching:
+        """From ``launcher.batch_steps`` (None: about :data:`BATCH_BYTES` per message, at
+        most :data:`MAX_AUTO_BATCH` steps), ``batch_linger`` and ``max_message_bytes``.
+        ValueError names the setting that does not fit."""
+        block = spec.max_block_bytes
+        if max_message is not None and max_message < block + 1024:
+            raise ValueError(
+                f"launcher.max_message_bytes: {max_message} is below the largest field "
+                f"({block} bytes) + 1024"
+            )
+        if steps is None:
+            steps = min(MAX_AUTO_BATCH, max(1, BATCH_BYTES // block))
+            if max_message is not None:
+                steps = min(steps, (max_message - 1024) // block)
+        elif max_message is not None and steps * block + 1024 > max_message:
+            raise ValueError(
+                f"launcher.batch_steps: {steps} steps of the largest field ({block} bytes "
+                f"each) do not fit launcher.max_message_bytes ({max_message}) - 1024"
+            )
+        steps = max(1, min(steps, spec.steps + 1))  # a simulation has T + 1 steps
+        payload = steps * block
+        return cls(steps, float(linger), payload, max_message or payload + (64 << 10))
+
+    def offer(self) -> dict[str, float | int]:
+        """The ASSIGN's ``batch`` (docs/PROTOCOL.md 6.1)."""
+        return {"steps": self.steps, "linger": self.linger}
+
+
+def check_step(msg: StepMessage | StepRun, spec: StepSpec) -> tuple[str, str] | None:
+    """Why a step (or a STEPS message's every step) of a known simulation is refused
+    (message, counter), or None."""
+    if not (0 <= msg.step and msg.last_step <= spec.steps):
+        where = f"step {msg.step}" if msg.count == 1 else f"steps {msg.step}..{msg.last_step}"
+        return f"{where} outside 0..{spec.steps}", "bad_step"
     if not 0 <= msg.field < len(spec.shapes):
         return f"field {msg.field} of {len(spec.shapes)}", "bad_field"
     rows, cols = spec.shapes[msg.field]
     name = spec.names[msg.field]
-    if msg.global_rows != rows or msg.block.shape[1] != cols:
+    if msg.global_rows != rows or msg.block.shape[-1] != cols:
         return (
-            f"field {name}: {msg.global_rows} rows x {msg.block.shape[1]}, the problem "
+            f"field {name}: {msg.global_rows} rows x {msg.block.shape[-1]}, the problem "
             f"has {rows} x {cols}"
         ), "bad_shape"
     if msg.block.dtype != spec.dtypes[msg.field]:

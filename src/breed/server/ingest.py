@@ -143,6 +143,7 @@ class WorkerSpec:
     center: float | None
     scale: float | None
     hwm: int
+    batch_steps: int = 1  # most samples one message completes (the ring needs that room)
     curve_secret: bytes | None = None
     connection_limit: int = 256  # unproven connections before the oldest are shed
 
@@ -183,6 +184,7 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
         reply=reply,
         on_refused=lambda s, _: marks.append((s, REFUSED, ())),
         on_seen=seen.add,
+        batch_steps=spec.batch_steps,
     )
     center = None if spec.center is None else np.float32(spec.center)
     inv = None if spec.scale is None else np.float32(1.0 / spec.scale)
@@ -191,13 +193,15 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
     try:
         while running:
             running = _apply(inbox, path, known, wait=0.0)
-            free = ring.free()
-            clock.run(free > 0)
+            room = ring.free() >= spec.batch_steps  # a whole message's samples fit
+            clock.run(room)
             guard.events()
-            if free == 0:  # do not read: the clients block on the high-water mark
+            if not room:  # do not read: the clients block on the high-water mark
                 time.sleep(0.0005)
             elif sock.poll(20):
-                for _ in range(min(free, 256)):
+                for _ in range(256):
+                    if ring.free() < spec.batch_steps:
+                        break
                     watch = guard.pending  # read the descriptor of an unproven connection
                     try:
                         frames, fd = receive(sock, watch)
@@ -208,8 +212,7 @@ def _worker(spec: WorkerSpec, lock: Any, inbox: Any, outbox: Any) -> None:
                     )
                     if fd is not None and path.authentic:
                         guard.prove(fd)
-                    if out is not None:
-                        sim_id, step, values = out
+                    for sim_id, step, values in out:
                         values = np.asarray(values, dtype=np.float32)
                         ring.write(sim_id, step, values if inv is None else (values - center) * inv)
                     for sim_id, kind, extra in marks:  # in order with the steps

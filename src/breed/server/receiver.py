@@ -34,9 +34,10 @@ import zmq
 
 from breed.netaddr import resolve_host
 from breed.problems.problem import Problem
+from breed.protocol import queue_messages
 from breed.security import JobKeys
 from breed.server.control import ControlHandler
-from breed.server.datapath import DataPath, StepSpec, split_counts
+from breed.server.datapath import Batching, DataPath, StepSpec, split_counts
 from breed.server.guard import (
     CONTROL_PROOF_S,
     DATA_PROOF_S,
@@ -51,8 +52,13 @@ from breed.server.simtable import SimTable, StepTable
 from breed.server.sink import Buffer, SampleSink
 
 log = logging.getLogger("breed.server")
-DATA_HWM = 64  # messages queued per client connection before the client blocks
-RING_SLOTS = 512  # samples in flight between the ingest process and the buffer
+RING_SLOTS = 512  # samples in flight between the ingest process and the buffer (at least)
+
+
+def ring_slots(batch_steps: int) -> int:
+    """The ingest ring's slots: room for two whole messages (the worker reads a message only
+    when all its samples fit)."""
+    return max(RING_SLOTS, 2 * batch_steps)
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,9 @@ class ReceiverOptions:
 
     simulation_timeout: float = 300.0
     control: bool = True  # rank 0 answers the control socket
-    max_message: int | None = None  # largest frame (null: one block plus 64 KiB)
+    max_message: int | None = None  # largest frame (null: one batch plus 64 KiB)
+    batch_steps: int | None = None  # steps per data message (null: about 1 MiB; Batching)
+    batch_linger: float = 1.0  # seconds a client may hold a step of a batch
     curve_secret: bytes | None = None
     ingest: str = "thread"
     connection_limit: int = 256
@@ -90,9 +98,15 @@ class Receiver(threading.Thread):
         self.simulation_timeout = options.simulation_timeout
         self.spec = StepSpec.of(problem)
         self.steps = problem.steps
-        # a block is at most one whole field: anything larger is refused by decode (counted)
-        self.max_payload = self.spec.max_block_bytes
-        self.max_message = options.max_message or (self.max_payload + (64 << 10))
+        # a payload is at most one batch of whole fields: larger is refused by decode (counted)
+        self.batching = Batching.plan(
+            self.spec, options.batch_steps, options.batch_linger, options.max_message
+        )
+        self.max_payload = self.batching.max_payload
+        self.max_message = self.batching.max_message
+        hwm = queue_messages(self.batching.steps)
+        # thread mode: what a STEPS message completed that the buffer had no room for yet
+        self._held: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.counts: Counter[str] = Counter()
         # the one stage after the data path, both ingest modes (ledger, buffer, table)
         self.sink = SampleSink(table, buffer, self.steps, self.counts, on_sim_done, ledger)
@@ -118,6 +132,7 @@ class Receiver(threading.Thread):
             on_refused=self.sink.refused,
             on_seen=self.sink.seen,
             counts=self.counts,
+            batch_steps=self.batching.steps,
         )
         self.ingest: IngestProcess | None = None
         self.data: zmq.Socket | None = None
@@ -129,14 +144,15 @@ class Receiver(threading.Thread):
                     token=token,
                     bind=f"tcp://{addr}",
                     ring="",
-                    slots=RING_SLOTS,
+                    slots=ring_slots(self.batching.steps),
                     field_size=problem.sample_size,
                     spec=self.spec,
                     max_payload=self.max_payload,
                     max_message=int(self.max_message),
                     center=None if single is None else single[0],
                     scale=None if single is None else single[1],
-                    hwm=DATA_HWM,
+                    hwm=hwm,
+                    batch_steps=self.batching.steps,
                     curve_secret=options.curve_secret,
                     connection_limit=options.connection_limit,
                 )
@@ -145,7 +161,7 @@ class Receiver(threading.Thread):
             self.data_address = self.ingest.address
         else:
             self.data = self._socket(zmq.ROUTER, options.curve_secret)
-            self.data.setsockopt(zmq.RCVHWM, DATA_HWM)
+            self.data.setsockopt(zmq.RCVHWM, hwm)
             port = self.data.bind_to_random_port(f"tcp://{addr}")
             self.data_address = f"tcp://{addr}:{port}"
             self.guards[self.data] = ConnectionGuard(
@@ -174,6 +190,7 @@ class Receiver(threading.Thread):
                 self._assigned,
                 self.path.assembler.discard,
                 lambda s: self.data_addresses[s % len(self.data_addresses)],
+                batch=self.batching.offer(),
             )
 
     def _socket(self, kind: int, curve_secret: bytes | None) -> zmq.Socket:
@@ -207,6 +224,10 @@ class Receiver(threading.Thread):
         try:
             while not self.stop_event.is_set():
                 accepting = self.buffer.can_accept()
+                if self._held is not None and accepting:
+                    with self.sink.lock:
+                        self._store(*self._held)
+                accepting = accepting and self._held is None
                 self.active.run(accepting)
                 t0 = time.monotonic()
                 if self.ingest is not None:  # samples wait in the ring: poll briefly
@@ -266,7 +287,7 @@ class Receiver(threading.Thread):
     def _drain(self, sock: zmq.Socket, handler: Callable[[list], bool], limit: int) -> None:
         guard = self.guards.get(sock)
         for _ in range(limit):
-            if sock is self.data and not self.buffer.can_accept():
+            if sock is self.data and (self._held is not None or not self.buffer.can_accept()):
                 return
             # a connection awaits its first authentic message: read its descriptor too
             try:
@@ -286,11 +307,21 @@ class Receiver(threading.Thread):
         """Handle one data message (``[identity, *message]``); True if it had the token. The
         data path and the sink are the ingest process's own, in this thread."""
         with self.sink.lock:
-            out = self.path.handle(frames[0], frames[1:])
-            if out is not None:
-                sim_id, step, values = out
-                self.sink.store(np.array([sim_id]), np.array([step]), values[None, :])
+            done = self.path.handle(frames[0], frames[1:])
+            if done:
+                self._store(
+                    np.array([d[0] for d in done], dtype=np.int64),
+                    np.array([d[1] for d in done], dtype=np.int64),
+                    np.stack([d[2] for d in done]),
+                )
         return self.path.authentic
+
+    def _store(self, sims: np.ndarray, steps: np.ndarray, fields: np.ndarray) -> None:
+        """Store samples in order; what the buffer has no room for yet is held, and no data
+        is read until it is stored (the order, and a FINISH after its steps, are kept)."""
+        consumed = self.sink.store(sims, steps, fields)
+        left = slice(consumed, None)
+        self._held = None if consumed == len(sims) else (sims[left], steps[left], fields[left])
 
     def _reply_data(self, ident: bytes, frames: list[bytes]) -> None:
         assert self.data is not None
@@ -305,13 +336,13 @@ class Receiver(threading.Thread):
             self.ingest.assign(sim_id)
 
     # -- data (process mode) ------------------------------------------------------------
-    def _drain_ring(self, limit: int = RING_SLOTS) -> int:
+    def _drain_ring(self, limit: int | None = None) -> int:
         """Move samples the ingest process finished from its ring into the buffer, in order
         and in bulk; stop where the buffer is full (they wait in the ring, the worker stops
         reading, the clients block). Returns the records consumed."""
         assert self.ingest is not None
         ring = self.ingest.ring
-        meta, fields = ring.peek(limit)
+        meta, fields = ring.peek(limit or ring_slots(self.batching.steps))
         if len(meta) == 0:
             return 0
         sims, steps = meta[:, 0].astype(np.int64), meta[:, 1].astype(np.int64)

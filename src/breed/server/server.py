@@ -177,6 +177,8 @@ class Server:
                 simulation_timeout=lc["simulation_timeout"],
                 control=self.root,
                 max_message=lc["max_message_bytes"],
+                batch_steps=lc["batch_steps"],
+                batch_linger=lc["batch_linger"],
                 curve_secret=load_curve_secret(run_dir) if lc["curve"] else None,
                 ingest=lc["ingest"] if self.coll.size == 1 else "thread",
                 # every client rank may connect at once (a start, a restart); strangers beyond
