@@ -98,6 +98,44 @@ def test_compiled_heat_solvers_equal_the_python_solver(built, scripted, token, e
     assert err_max < 1e-10
 
 
+@pytest.mark.timeout(300)
+def test_c_client_batches_steps_on_2_mpi_ranks(built, scripted, token) -> None:
+    """ASSIGN offering batch (PROTOCOL 6.1), steps 4 with a linger that never expires: each
+    rank sends its 21 steps as STEPS of 4, 4, 4, 4, 4 and 1 (flushed by FINISH), and the
+    trajectory is still the Python solver's."""
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec")
+    grid, steps = 24, 20
+    srv = scripted(
+        {**heat_problem([], grid, steps, length=2.0), "batch": {"steps": 4, "linger": 600}}
+    )
+    code, err, _ = run_client(
+        [mpiexec, "-n", "2", str(built / "c/heat2d_c")], srv.address, token, timeout=120
+    )
+    assert code == 0, err
+    assert sorted(srv.step_messages) == [1, 1] + [4] * 10
+    assert [(f.rank, f.steps_sent) for f in sorted(srv.finishes, key=lambda f: f.rank)] == [
+        (0, steps + 1),
+        (1, steps + 1),
+    ]
+    want = solve(LAM, grid=grid, steps=steps, dt=0.01, alpha=1.0, length=2.0)
+    got = trajectory(srv, grid, steps)
+    assert float(np.max(np.abs(got - want)) / np.max(np.abs(want))) < 1e-10
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "batch", [{"steps": 0, "linger": 1}, {"steps": 2.5, "linger": 1}, {"steps": 2}, [2, 1]]
+)
+def test_c_client_refuses_a_malformed_batch_in_one_line(built, scripted, token, batch) -> None:
+    srv = scripted({**heat_problem([], 8, 2), "batch": batch})
+    code, err, _ = run_client([str(built / "c/heat2d_c")], srv.address, token)
+    assert code == 1
+    one_line(err, "heat2d_c: error:", "malformed ASSIGN", "batch")
+    assert not srv.steps
+
+
 @pytest.mark.timeout(60)
 def test_c_client_with_a_wrong_token_is_rejected_in_one_line(built, scripted) -> None:
     srv = scripted(heat_problem([], 8, 2))

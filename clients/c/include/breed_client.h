@@ -57,11 +57,17 @@ int breed_request(breed_client *c);
 /* Send this rank's rows [row_offset, row_offset + rows) of field `field` at time step
  * `step` (0..breed_steps). `data` holds rows x (product of the field's other axes) values
  * of type `dtype`, C order; they travel in the field's declared dtype. Checks first for a
- * REJECT of the simulation. Blocks while the server is full (backpressure). */
+ * REJECT of the simulation. Blocks while the server is full (backpressure). When the ASSIGN
+ * offers "batch" {steps k, linger s} (PROTOCOL 6.1), the values are copied and held: a
+ * field's consecutive steps of one slab go as one STEPS message once k are held, before a
+ * step that does not follow, at breed_finish, or when the oldest held step of any field is
+ * s seconds old (checked at each call; there is no timer). `data` may be reused at once. */
 int breed_send(breed_client *c, int step, int field, const void *data, int dtype,
                uint32_t row_offset, uint32_t rows);
 
-/* This rank sent all its steps: send FINISH and wait for the server's acknowledgement. */
+/* This rank sent all its steps: send what is held (batching), then FINISH, and wait for
+ * the server's acknowledgement. breed_abort, breed_close and a new assignment drop held
+ * steps unsent. */
 int breed_finish(breed_client *c);
 
 /* Give the current simulation back (the server runs it again); rank 0 tells the server. */

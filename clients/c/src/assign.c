@@ -37,6 +37,16 @@ int bc_assign(breed_client *c, const jv *b, const char *raw) {
     if (!v || v->type != J_STR || !v->str[0] || strlen(v->str) >= sizeof j->data)
         return bad(c, "data address");
     strcpy(j->data, v->str);
+    v = json_get(b, "batch"); /* optional (PROTOCOL 6.1); null is taken as absent */
+    if (v && v->type != J_NULL) {
+        const jv *k = json_get(v, "steps"), *s = json_get(v, "linger");
+        if (!is_int(k) || k->num < 1 || !s || s->type != J_NUM || !isfinite(s->num) ||
+            s->num < 0)
+            return bad(c, "batch");
+        /* a STEPS count is 16 bits; sending fewer than k steps a message is allowed */
+        j->batch = k->num > BC_MAX_BATCH ? BC_MAX_BATCH : (int)k->num;
+        j->linger = s->num;
+    }
     const jv *params = json_get(b, "params"), *names = json_get(b, "parameters");
     if (!params || params->type != J_ARR || !params->n || !names || names->type != J_ARR ||
         names->n != params->n)
@@ -98,6 +108,7 @@ void bc_clear(breed_client *c) {
     json_free(&j->body);
     free(j->raw);
     memset(j, 0, sizeof *j);
+    for (int k = 0; k < c->nhold; k++) c->hold[k].count = 0; /* held steps are dropped */
     c->open = 0;
 }
 

@@ -1,7 +1,9 @@
 /* libbreed_client: the client side of docs/PROTOCOL.md over libzmq (see breed_client.h).
  * Control path (rank 0): REQ socket to the server's control ROUTER. Data path (every rank):
  * one DEALER per data address, high-water mark 64 steps (backpressure), answers (REJECT,
- * FINISH's PONG) read on the same connection. The assignment itself lives in assign.c. */
+ * FINISH's PONG) read on the same connection. When the ASSIGN offers "batch", each field's
+ * consecutive steps are held and sent k at a time as STEPS messages (PROTOCOL 6.1). The
+ * assignment itself lives in assign.c. */
 #include "client_impl.h"
 
 #include <errno.h>
@@ -174,7 +176,7 @@ static int decode_control(breed_client *c, void *sock, const char *who, jv *body
     if (n != 2) snprintf(why, sizeof why, "expected 2 frames, got %d", n);
     else kind = wire_check_header(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), c->token, why,
                                   sizeof why);
-    if (kind > 0 && (kind == K_STEP || kind == K_FINISH)) {
+    if (kind > 0 && (kind == K_STEP || kind == K_STEPS || kind == K_FINISH)) {
         snprintf(why, sizeof why, "unexpected %s", wire_kind_name(kind));
         kind = -1;
     }
@@ -289,7 +291,9 @@ static void *data_socket(breed_client *c) {
     if (c->ndata == BC_MAX_DATA) { bc_fail(c, BREED_ERR_SYSTEM, "too many data addresses"); return NULL; }
     void *s = zmq_socket(c->ctx, ZMQ_DEALER);
     if (!s) { bc_fail(c, BREED_ERR_SYSTEM, "zmq_socket: %s", zmq_strerror(errno)); return NULL; }
-    int hwm = BC_SNDHWM, ms = c->send_timeout_ms;
+    /* batching k steps a message: about as many steps queued as without (PROTOCOL 6.1) */
+    int k = c->job.batch, hwm = k ? (BC_SNDHWM + k - 1) / k : BC_SNDHWM, ms = c->send_timeout_ms;
+    if (hwm < 2) hwm = 2;
     zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(s, ZMQ_SNDTIMEO, &ms, sizeof ms);
     zmq_setsockopt(s, ZMQ_LINGER, &ms, sizeof ms); /* deliver what is queued, not forever */
@@ -331,6 +335,104 @@ static int answers(breed_client *c, void *sock, int wait_ms, long long *sim) {
     return rc; /* a late REJECT of an earlier, given-back simulation is dropped */
 }
 
+/* n values of `data` (dtype) into `out` in the field's dtype (item bytes), little-endian. */
+static void to_wire(const breed_client *c, unsigned char *out, const void *data, int dtype,
+                    size_t n, size_t item) {
+    for (size_t i = 0; i < n; i++, out += item) {
+        double v = dtype == BREED_FLOAT64 ? ((const double *)data)[i]
+                                          : (double)((const float *)data)[i];
+        if (item == 4) { float x = (float)v; memcpy(out, &x, 4); }
+        else memcpy(out, &v, 8);
+        if (!c->little)
+            for (size_t a = 0, b = item - 1; a < b; a++, b--) {
+                unsigned char t = out[a]; out[a] = out[b]; out[b] = t;
+            }
+    }
+}
+
+static int send_failed(breed_client *c) {
+    return bc_fail(c, BREED_ERR_TIMEOUT, "server %s took no data for %g s", c->job.data,
+                   c->send_timeout_ms / 1000.0);
+}
+
+/* Send what field k holds as one STEPS message (nothing if it holds nothing). */
+static int flush(breed_client *c, void *sock, int k) {
+    bc_hold *h = &c->hold[k];
+    if (!h->count) return BREED_OK;
+    const bc_field *f = &c->job.fields[k];
+    unsigned char head[W_HEADER], body[W_STEPS_BODY];
+    wire_header(head, K_STEPS, c->token);
+    wire_steps_body(body, c->job.sim_id, (uint32_t)h->first, (uint16_t)c->rank,
+                    (uint16_t)c->nranks, (uint16_t)k, h->row_offset, h->rows,
+                    (uint32_t)f->shape[0], (uint32_t)h->cols, (uint8_t)h->dtype,
+                    (uint16_t)h->count);
+    size_t item = h->dtype == BREED_FLOAT32 ? 4 : 8;
+    const void *frames[3] = {head, body, h->buf};
+    size_t len[3] = {W_HEADER, W_STEPS_BODY, (size_t)h->count * h->rows * h->cols * item};
+    h->count = 0;
+    return send_frames(sock, frames, len, 3) != 0 ? send_failed(c) : BREED_OK;
+}
+
+static int flush_all(breed_client *c, void *sock) {
+    int rc = BREED_OK;
+    for (int k = 0; k < c->nhold && k < c->job.nfields && rc == BREED_OK; k++)
+        rc = flush(c, sock, k);
+    return rc;
+}
+
+/* Batching: add one step to field k's hold, flushing first what it cannot follow, then
+ * send what is full or has waited `linger` seconds (any field's). */
+static int hold_step(breed_client *c, void *sock, int step, int k, const void *data, int dtype,
+                     uint32_t row_offset, uint32_t rows) {
+    const bc_field *f = &c->job.fields[k];
+    if (c->nhold < c->job.nfields) {
+        bc_hold *p = realloc(c->hold, (size_t)c->job.nfields * sizeof *p);
+        if (!p) return bc_fail(c, BREED_ERR_SYSTEM, "out of memory for the held steps");
+        memset(p + c->nhold, 0, (size_t)(c->job.nfields - c->nhold) * sizeof *p);
+        c->hold = p;
+        c->nhold = c->job.nfields;
+    }
+    bc_hold *h = &c->hold[k];
+    int rc;
+    if (h->count && (step != h->first + h->count || row_offset != h->row_offset ||
+                     rows != h->rows || f->dtype != h->dtype || f->cols != h->cols) &&
+        (rc = flush(c, sock, k)) != BREED_OK)
+        return rc;
+    size_t n = (size_t)rows * f->cols, item = f->dtype == BREED_FLOAT32 ? 4 : 8;
+    size_t slab = n * item, batch = (size_t)c->job.batch, need = ((size_t)h->count + 1) * slab;
+    if (n && (slab / n != item || batch > SIZE_MAX / slab))
+        return bc_fail(c, BREED_ERR_SYSTEM, "out of memory: %d steps of %u rows of field %d "
+                       "overflow", c->job.batch, rows, k);
+    if (h->cap < need) { /* grown as needed, up to batch slabs */
+        size_t cap = 2 * h->cap > need ? 2 * h->cap : need;
+        if (cap > batch * slab) cap = batch * slab;
+        unsigned char *p = realloc(h->buf, cap);
+        if (!p) return bc_fail(c, BREED_ERR_SYSTEM, "out of memory holding %zu bytes of field "
+                               "%d", cap, k);
+        h->buf = p;
+        h->cap = cap;
+    }
+    unsigned char *o = h->buf + (size_t)h->count * slab;
+    if (dtype == f->dtype && c->little) memcpy(o, data, slab);
+    else to_wire(c, o, data, dtype, n, item);
+    if (!h->count) {
+        h->first = step;
+        h->row_offset = row_offset;
+        h->rows = rows;
+        h->dtype = f->dtype;
+        h->cols = f->cols;
+        h->since = now();
+    }
+    h->count++;
+    if (h->count >= c->job.batch && (rc = flush(c, sock, k)) != BREED_OK) return rc;
+    double t = now();
+    for (int i = 0; i < c->job.nfields; i++) /* no timer: the linger is checked here */
+        if (c->hold[i].count && t - c->hold[i].since >= c->job.linger &&
+            (rc = flush(c, sock, i)) != BREED_OK)
+            return rc;
+    return BREED_OK;
+}
+
 int breed_send(breed_client *c, int step, int field, const void *data, int dtype,
                uint32_t row_offset, uint32_t rows) {
     if (!c->open) return bc_fail(c, BREED_ERR_STATE, "breed_send without an assignment: call "
@@ -349,6 +451,12 @@ int breed_send(breed_client *c, int step, int field, const void *data, int dtype
     long long ignored;
     int rc = answers(c, sock, 0, &ignored); /* a REJECT of an earlier step: stop now */
     if (rc < 0) return rc;
+    if (c->job.batch) {
+        rc = hold_step(c, sock, step, field, data, dtype, row_offset, rows);
+        if (rc != BREED_OK) return rc;
+        if (step != c->last_step) { c->steps_sent++; c->last_step = step; }
+        return BREED_OK;
+    }
     size_t count = (size_t)rows * f->cols, item = f->dtype == BREED_FLOAT32 ? 4 : 8;
     if (c->scratch_len < count * item) {
         void *p = realloc(c->scratch, count * item);
@@ -358,17 +466,7 @@ int breed_send(breed_client *c, int step, int field, const void *data, int dtype
     }
     const void *payload = data;
     if (dtype != f->dtype || !c->little) { /* the wire carries the field's dtype, little-endian */
-        unsigned char *o = c->scratch;
-        for (size_t i = 0; i < count; i++, o += item) {
-            double v = dtype == BREED_FLOAT64 ? ((const double *)data)[i]
-                                              : (double)((const float *)data)[i];
-            if (item == 4) { float x = (float)v; memcpy(o, &x, 4); }
-            else memcpy(o, &v, 8);
-            if (!c->little)
-                for (size_t a = 0, b = item - 1; a < b; a++, b--) {
-                    unsigned char t = o[a]; o[a] = o[b]; o[b] = t;
-                }
-        }
+        to_wire(c, c->scratch, data, dtype, count, item);
         payload = c->scratch;
     }
     unsigned char head[W_HEADER], body[W_STEP_BODY];
@@ -378,9 +476,7 @@ int breed_send(breed_client *c, int step, int field, const void *data, int dtype
                    (uint8_t)f->dtype);
     const void *frames[3] = {head, body, payload};
     size_t len[3] = {W_HEADER, W_STEP_BODY, count * item};
-    if (send_frames(sock, frames, len, 3) != 0)
-        return bc_fail(c, BREED_ERR_TIMEOUT, "server %s took no data for %g s", c->job.data,
-                       c->send_timeout_ms / 1000.0);
+    if (send_frames(sock, frames, len, 3) != 0) return send_failed(c);
     if (step != c->last_step) { c->steps_sent++; c->last_step = step; }
     return BREED_OK;
 }
@@ -395,10 +491,8 @@ int breed_finish(breed_client *c) {
                      (uint32_t)c->steps_sent);
     const void *frames[2] = {head, body};
     size_t len[2] = {W_HEADER, W_FINISH_BODY};
-    int rc = BREED_OK;
-    if (send_frames(sock, frames, len, 2) != 0)
-        rc = bc_fail(c, BREED_ERR_TIMEOUT, "server %s took no data for %g s", c->job.data,
-                     c->send_timeout_ms / 1000.0);
+    int rc = flush_all(c, sock); /* held steps go before FINISH */
+    if (rc == BREED_OK && send_frames(sock, frames, len, 2) != 0) rc = send_failed(c);
     double deadline = now() + c->send_timeout_ms / 1000.0;
     while (rc == BREED_OK) { /* the ack comes after every step this rank sent */
         double left = deadline - now();
@@ -452,6 +546,8 @@ void breed_close(breed_client *c, int discard) {
     }
     if (c->ctx) zmq_ctx_term(c->ctx);
     bc_clear(c);
+    for (int k = 0; k < c->nhold; k++) free(c->hold[k].buf);
+    free(c->hold);
     free(c->scratch);
     free(c->last_raw);
     free(c);

@@ -6,9 +6,9 @@
 #include <string.h>
 
 static const char *NAMES[] = {"?", "REQUEST", "ASSIGN", "STOP", "WAIT", "STEP", "FINISH",
-                              "ABORT", "PING", "PONG", "REJECT"};
+                              "ABORT", "PING", "PONG", "REJECT", "STEPS"};
 
-const char *wire_kind_name(int kind) { return (kind >= 1 && kind <= 10) ? NAMES[kind] : "?"; }
+const char *wire_kind_name(int kind) { return (kind >= 1 && kind <= K_STEPS) ? NAMES[kind] : "?"; }
 
 static unsigned char *be(unsigned char *p, uint64_t v, int bytes) {
     for (int i = bytes - 1; i >= 0; i--) { p[i] = (unsigned char)(v & 0xFF); v >>= 8; }
@@ -37,6 +37,15 @@ void wire_step_body(unsigned char out[W_STEP_BODY], uint64_t sim_id, uint32_t st
     *p = dtype;
 }
 
+void wire_steps_body(unsigned char out[W_STEPS_BODY], uint64_t sim_id, uint32_t step,
+                     uint16_t rank, uint16_t nranks, uint16_t field, uint32_t row_offset,
+                     uint32_t rows, uint32_t global_rows, uint32_t cols, uint8_t dtype,
+                     uint16_t count) {
+    wire_step_body(out, sim_id, step, rank, nranks, field, row_offset, rows, global_rows, cols,
+                   dtype);
+    be(out + W_STEP_BODY, count, 2);
+}
+
 void wire_finish_body(unsigned char out[W_FINISH_BODY], uint64_t sim_id, uint16_t rank,
                       uint16_t nranks, uint32_t steps_sent) {
     unsigned char *p = be(out, sim_id, 8);
@@ -61,7 +70,7 @@ int wire_check_header(const unsigned char *head, size_t len, const unsigned char
         return -1;
     }
     int kind = head[6];
-    if (kind < 1 || kind > 10) {
+    if (kind < 1 || kind > K_STEPS) {
         snprintf(err, errlen, "unknown message kind %d", kind);
         return -1;
     }
