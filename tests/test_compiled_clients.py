@@ -210,7 +210,7 @@ def test_readme_c_client_commands_as_written(tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     cfg = yaml.safe_load((tmp_path / "clients/c/examples/heat2d_c.yaml").read_text())
-    # the 2-rank C client is slow enough that Breed always gets to resample
+    # deterministic mode (lag 4): Breed resamples before the later simulations are bound
     check_steered_heat_run(tmp_path / "results/heat-c", cfg, cfg["study"]["simulations"], True)
 
 
