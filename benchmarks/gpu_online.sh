@@ -16,8 +16,8 @@ python3 -c "import torch, zmq; print('torch', torch.__version__, 'cuda', torch.c
 nproc
 for spec in ${BREED_GPU_MODELS:-64x3}; do  # HxL, space-separated: "64x3 16x1"
   set -- "${spec%x*}" "${spec#*x}"
-  timeout 400 python3 benchmarks/online.py --hidden "$1" --layers "$2" --device cuda \
-    --clients 8 --threads 4 --simulations 1000 --ingest thread,process \
+  timeout 540 python3 benchmarks/online.py --hidden "$1" --layers "$2" --device cuda \
+    --clients 8 --threads 4 --simulations 1000 --ingest thread,process --batch auto --repeats 3 \
     --json "$OUT/gpu_H$1_L$2.json" \
     2>&1 | tee "$OUT/gpu_H$1_L$2.txt"
 done

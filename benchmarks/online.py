@@ -4,13 +4,15 @@ In one run and one process tree:
   (b) on-line: ``breed run`` with the local backend (real server, real clients, ZeroMQ);
   (a) off-line: the same model, same torch thread count, trained in this process for the same
       number of iterations on the same simulations' samples, all held in memory.
-Prints the ratio on-line/off-line of trainer samples/s after the watermark, the fraction of
+Each on-line run is paired with the off-line trainer measured right after it (same iterations),
+and the modes are interleaved over ``--repeats`` rounds; per mode the min-max over the rounds of
+the ratio on-line/off-line of trainer samples/s after the watermark is printed, with the fraction of
 training iterations that waited for data, and the per-simulation overhead beyond the solve
 (persistent clients). The trainer gets ``--threads`` torch threads. With shared cores the
 clients and the receiver compete with it for every core, so the ratio also measures that
 sharing; with ``training.cores: dedicated`` they run on the remaining cores only.
 
-    python benchmarks/online.py                         # paper model, CPU, ~1 min
+    python benchmarks/online.py                         # paper model, CPU, ~6 min
     python benchmarks/online.py --hidden 64 --layers 3 --device cuda --clients 8
 
 Each ingest mode (``--ingest``) runs with each ``training.cores`` setting (``--cores``):
@@ -151,6 +153,32 @@ def orchestration_overhead(rows: list[dict], grid: int) -> tuple[float, float, f
     return solve_s, busy, busy - solve_s
 
 
+def measure_pair(cfg: dict, workdir: Path) -> dict:
+    """One on-line run, then the off-line trainer for the same iterations on its simulations,
+    measured right after it, so that both see the machine in the same state."""
+    load = os.getloadavg()[0]
+    summary, rows = online(cfg, workdir)
+    off = offline(cfg, rows, summary["iterations"])
+    solve_s, busy, overhead = orchestration_overhead(rows, cfg["solver"]["grid"])
+    on = summary["samples_per_s"]
+    return {
+        "load": load,
+        "iterations": summary["iterations"],
+        "online_samples_per_s": on,
+        "offline_samples_per_s": off,
+        "ratio": on / off,
+        "waiting_fraction": summary["waiting_fraction"],
+        "solve_ms": solve_s * 1e3,
+        "busy_ms_per_sim": busy * 1e3,
+        "overhead_ms_per_sim": overhead * 1e3,
+    }
+
+
+def _span(values: list[float], fmt: str) -> str:
+    lo, hi = min(values), max(values)
+    return format(lo, fmt) if len(values) == 1 else f"{lo:{fmt}}-{hi:{fmt}}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--simulations", type=int, default=60)
@@ -176,52 +204,54 @@ def main() -> None:
         default="1,auto",
         help="launcher.batch_steps settings to measure, comma-separated (auto: the default)",
     )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds over every mode (interleaved); each mode's min-max over them is printed",
+    )
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
     args.ingest = args.ingest.split(",")
     args.cores = args.cores.split(",")
     batches = [None if b == "auto" else int(b) for b in args.batch.split(",")]
-    modes = {}
+    configs = {}
+    for ingest in args.ingest:
+        for binding in args.cores:
+            for batch in batches:
+                cfg = run_config(args)
+                cfg["launcher"]["ingest"] = ingest
+                cfg["launcher"]["batch_steps"] = batch
+                cfg["training"]["cores"] = binding
+                configs[f"{ingest}/{binding}/{'auto' if batch is None else batch}"] = cfg
+    pairs: dict[str, list[dict]] = {mode: [] for mode in configs}
     with tempfile.TemporaryDirectory() as tmp:
-        for ingest in args.ingest:
-            for binding in args.cores:
-                for batch in batches:
-                    mode = f"{ingest}/{binding}/{'auto' if batch is None else batch}"
-                    cfg = run_config(args)
-                    cfg["launcher"]["ingest"] = ingest
-                    cfg["launcher"]["batch_steps"] = batch
-                    cfg["training"]["cores"] = binding
-                    (Path(tmp) / mode).mkdir(parents=True)
-                    modes[mode] = online(cfg, Path(tmp) / mode)
-    first = next(iter(modes.values()))
-    iters = max(summary["iterations"] for summary, _ in modes.values())
-    off = offline(cfg, first[1], iters)
+        for rep in range(args.repeats):  # rounds interleave the modes: drift hits them all
+            for mode, cfg in configs.items():
+                workdir = Path(tmp) / f"{rep}" / mode
+                workdir.mkdir(parents=True)
+                pairs[mode].append(measure_pair(cfg, workdir))
     print(
         f"device {Trainer(cfg).device}, model H={args.hidden} L={args.layers}, M={args.grid}, "
-        f"S={args.simulations}, m={args.clients}, trainer threads={args.threads}"
+        f"S={args.simulations}, m={args.clients}, trainer threads={args.threads}; "
+        f"{args.repeats} round(s), min-max over them; each on-line run paired with the "
+        "off-line trainer measured right after it for the same iterations"
     )
-    print(f"  off-line trainer samples/s ({iters} iterations): {off:10.0f}")
-    results = {"offline_samples_per_s": off, "modes": {}}
-    for mode, (summary, rows) in modes.items():
-        on = summary["samples_per_s"]
-        solve_s, busy, overhead = orchestration_overhead(rows, args.grid)
-        results["modes"][mode] = {
-            "iterations": summary["iterations"],
-            "online_samples_per_s": on,
-            "ratio": on / off,
-            "waiting_fraction": summary["waiting_fraction"],
-            "solve_ms": solve_s * 1e3,
-            "busy_ms_per_sim": busy * 1e3,
-            "overhead_ms_per_sim": overhead * 1e3,
-        }
+    loads = [p["load"] for runs in pairs.values() for p in runs]
+    print(f"  1-min load before the runs: {_span(loads, '.2f')}")
+    for mode, runs in pairs.items():
+        col = {key: [p[key] for p in runs] for key in runs[0]}
         print(
-            f"  {mode:22s}: on-line samples/s {on:8.0f}   ratio on/off {on / off:6.3f}"
-            f"   iterations {summary['iterations']:5d}   waited {summary['waiting_fraction']:6.2%}"
-            f"   per-sim: solve {solve_s * 1e3:5.1f} ms, busy {busy * 1e3:6.1f} ms, "
-            f"overhead {overhead * 1e3:6.1f} ms"
+            f"  {mode:22s}: ratio on/off {_span(col['ratio'], '.3f'):11s}"
+            f"  on-line/s {_span(col['online_samples_per_s'], '.0f'):11s}"
+            f"  off-line/s {_span(col['offline_samples_per_s'], '.0f'):11s}"
+            f"  iterations {_span(col['iterations'], 'd'):9s}"
+            f"  waited {_span([100 * w for w in col['waiting_fraction']], '.2f')} %"
+            f"  per-sim overhead {_span(col['overhead_ms_per_sim'], '.1f')} ms"
+            f" (solve {np.median(col['solve_ms']):.1f} ms)"
         )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"repeats": args.repeats, "modes": pairs}, indent=2))
 
 
 if __name__ == "__main__":
