@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
+from minmax import span
 
 
 def config(args: argparse.Namespace, batch: int | None, validation: Path) -> dict:
@@ -83,10 +84,6 @@ def timed_run(cfg: dict, workdir: Path) -> dict:
     }
 
 
-def _span(values: list[float], fmt: str) -> str:
-    return f"{min(values):{fmt}}-{max(values):{fmt}}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--simulations", type=int, default=800)
@@ -122,13 +119,13 @@ def main() -> None:
     for name, rows in runs.items():
         col = {key: [row[key] for row in rows] for key in rows[0]}
         print(
-            f"  batch_steps {name:4s}: wall {_span(col['wall_s'], '.1f')} s, "
-            f"CPU {_span(col['cpu_s'], '.1f')} s, {_span(col['messages'], 'd')} data messages, "
-            f"load before {_span(col['load'], '.2f')}"
+            f"  batch_steps {name:4s}: wall {span(col['wall_s'], '.1f')} s, "
+            f"CPU {span(col['cpu_s'], '.1f')} s, {span(col['messages'], 'd')} data messages, "
+            f"load before {span(col['load'], '.2f')}"
         )
     for key in ("wall_s", "cpu_s"):
         ratios = [one[key] / auto[key] for one, auto in zip(runs["1"], runs["auto"], strict=True)]
-        print(f"  {key[:-2]} ratio batch 1 / auto (paired by round): {_span(ratios, '.2f')}")
+        print(f"  {key[:-2]} ratio batch 1 / auto (paired by round): {span(ratios, '.2f')}")
     if args.json:
         args.json.write_text(json.dumps(runs, indent=2))
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from minmax import span
 
 from breed.config import validate
 from breed.learning.reservoir import buffer_from_config
@@ -174,11 +175,6 @@ def measure_pair(cfg: dict, workdir: Path) -> dict:
     }
 
 
-def _span(values: list[float], fmt: str) -> str:
-    lo, hi = min(values), max(values)
-    return format(lo, fmt) if len(values) == 1 else f"{lo:{fmt}}-{hi:{fmt}}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--simulations", type=int, default=60)
@@ -238,16 +234,16 @@ def main() -> None:
         "off-line trainer measured right after it for the same iterations"
     )
     loads = [p["load"] for runs in pairs.values() for p in runs]
-    print(f"  1-min load before the runs: {_span(loads, '.2f')}")
+    print(f"  1-min load before the runs: {span(loads, '.2f')}")
     for mode, runs in pairs.items():
         col = {key: [p[key] for p in runs] for key in runs[0]}
         print(
-            f"  {mode:22s}: ratio on/off {_span(col['ratio'], '.3f'):11s}"
-            f"  on-line/s {_span(col['online_samples_per_s'], '.0f'):11s}"
-            f"  off-line/s {_span(col['offline_samples_per_s'], '.0f'):11s}"
-            f"  iterations {_span(col['iterations'], 'd'):9s}"
-            f"  waited {_span([100 * w for w in col['waiting_fraction']], '.2f')} %"
-            f"  per-sim overhead {_span(col['overhead_ms_per_sim'], '.1f')} ms"
+            f"  {mode:22s}: ratio on/off {span(col['ratio'], '.3f'):11s}"
+            f"  on-line/s {span(col['online_samples_per_s'], '.0f'):11s}"
+            f"  off-line/s {span(col['offline_samples_per_s'], '.0f'):11s}"
+            f"  iterations {span(col['iterations'], 'd'):9s}"
+            f"  waited {span([100 * w for w in col['waiting_fraction']], '.2f')} %"
+            f"  per-sim overhead {span(col['overhead_ms_per_sim'], '.1f')} ms"
             f" (solve {np.median(col['solve_ms']):.1f} ms)"
         )
     if args.json:
